@@ -1,0 +1,115 @@
+//! The registration body: a form (`application/x-www-form-urlencoded`) or a JSON object.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use serde_json::Value;
+
+use super::envelope::ApiError;
+use crate::contract::Fields;
+
+/// The fields of a registration request, from a form or a JSON object body.
+pub struct RegistrationFields(pub Fields);
+
+impl<S: Send + Sync> FromRequest<S> for RegistrationFields {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let media_type = req.headers().get(header::CONTENT_TYPE).map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.split(';').next())
+                .map(|media| media.trim().to_ascii_lowercase())
+                .unwrap_or_default()
+        });
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        let fields = match media_type.as_deref() {
+            // curl -d and HTML forms send this; a body without a type is read the same way.
+            None | Some("application/x-www-form-urlencoded") => parse_form(&body),
+            Some("application/json") => parse_json(&body)?,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "The content type '{other}' is not supported: send \
+                         application/x-www-form-urlencoded or application/json."
+                    ),
+                ))
+            }
+        };
+        Ok(RegistrationFields(fields))
+    }
+}
+
+/// Percent-decodes a form body; invalid UTF-8 becomes U+FFFD, which no validation accepts.
+pub fn parse_form(body: &[u8]) -> Fields {
+    Fields::from_pairs(
+        form_urlencoded::parse(body).map(|(key, value)| (key.into_owned(), value.into_owned())),
+    )
+}
+
+/// Reads a JSON object as fields: strings as they are, numbers and booleans as their
+/// JSON text, arrays as one field per element.
+pub fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, why);
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("The body is not valid JSON: {e}.")))?;
+    let Value::Object(object) = value else {
+        return Err(bad("The JSON body must be an object.".to_owned()));
+    };
+    let mut pairs = Vec::with_capacity(object.len());
+    for (key, value) in object {
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    pairs.push((key.clone(), json_scalar(&key, item)?));
+                }
+            }
+            other => pairs.push((key.clone(), json_scalar(&key, other)?)),
+        }
+    }
+    Ok(Fields::from_pairs(pairs))
+}
+
+fn json_scalar(key: &str, value: Value) -> Result<String, ApiError> {
+    match value {
+        Value::String(text) => Ok(text),
+        Value::Number(number) => Ok(number.to_string()),
+        Value::Bool(flag) => Ok(flag.to_string()),
+        Value::Null => Ok(String::new()),
+        Value::Array(_) | Value::Object(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("The field '{key}' must be a string, a number or a boolean."),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_and_duplicates() {
+        let fields = parse_form(b"name=a%20b&type=echo&name=c+d&x=%ZZ&empty=");
+        assert_eq!(fields.get("name"), Some("c d"));
+        assert_eq!(fields.get_all("name").collect::<Vec<_>>(), ["a b", "c d"]);
+        assert_eq!(fields.get("x"), Some("%ZZ"));
+        assert_eq!(fields.get("empty"), Some(""));
+        assert_eq!(fields.get("missing"), None);
+    }
+
+    #[test]
+    fn json_objects_become_fields() {
+        let fields =
+            parse_json(br#"{"name":"svc","n":3,"on":true,"up":["a","b"]}"#).expect("valid");
+        assert_eq!(fields.get("n"), Some("3"));
+        assert_eq!(fields.get("on"), Some("true"));
+        assert_eq!(fields.get_all("up").collect::<Vec<_>>(), ["a", "b"]);
+        assert!(parse_json(b"[1]").is_err());
+        assert!(parse_json(b"{").is_err());
+        assert!(parse_json(br#"{"a":{"b":1}}"#).is_err());
+    }
+}

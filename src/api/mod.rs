@@ -1,0 +1,170 @@
+//! The admin API: `/health` and the Service Management endpoints under `/services`.
+//!
+//! Handlers are thin: they parse the request, call the [`Registry`] and wrap its answer
+//! in the JSON envelope. Everything under `/services` needs the admin credentials.
+
+mod envelope;
+pub mod form;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use uuid::Uuid;
+
+pub use envelope::ApiError;
+use form::RegistrationFields;
+
+use crate::auth::AdminAuth;
+use crate::registry::{Registry, RegistryError};
+
+/// The admin API's router.
+pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
+    let services = Router::new()
+        .route("/services", get(list))
+        .route("/services/register", post(register))
+        .route("/services/{uuid}", get(show))
+        .route("/services/{uuid}/start", post(start))
+        .route("/services/{uuid}/stop", post(stop))
+        .route("/services/{uuid}/unregister", post(unregister))
+        .route_layer(middleware::from_fn_with_state(auth, require_admin))
+        .with_state(registry);
+    Router::new()
+        .route("/health", get(health))
+        .merge(services)
+        .fallback(unknown_path)
+        .layer(middleware::map_response(explain_method_not_allowed))
+}
+
+async fn health() -> Response {
+    envelope::ok::<()>(StatusCode::OK, Some("ok"), None)
+}
+
+async fn list(State(registry): State<Arc<Registry>>) -> Response {
+    envelope::ok(StatusCode::OK, None, Some(registry.list()))
+}
+
+async fn show(
+    State(registry): State<Arc<Registry>>,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    let service = registry.get(parse_uuid(&uuid)?)?;
+    Ok(envelope::ok(StatusCode::OK, None, Some(service)))
+}
+
+async fn register(
+    State(registry): State<Arc<Registry>>,
+    RegistrationFields(fields): RegistrationFields,
+) -> Result<Response, ApiError> {
+    let name = fields.get("name").unwrap_or_default();
+    crate::registry::validate_name(name)?;
+    let type_name = match fields.get("type") {
+        Some(type_name) if !type_name.is_empty() => type_name,
+        _ => {
+            return Err(RegistryError::InvalidField {
+                field: "type".to_owned(),
+                message: "The field 'type' is required.".to_owned(),
+            }
+            .into())
+        }
+    };
+    let service = registry.register(name, type_name, &fields).await?;
+    Ok(envelope::ok(
+        StatusCode::CREATED,
+        Some("The service has been successfully registered."),
+        Some(service),
+    ))
+}
+
+async fn start(
+    State(registry): State<Arc<Registry>>,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    registry.start(parse_uuid(&uuid)?).await?;
+    Ok(envelope::ok::<()>(
+        StatusCode::OK,
+        Some("The service has successfully started."),
+        None,
+    ))
+}
+
+async fn stop(
+    State(registry): State<Arc<Registry>>,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    registry.stop(parse_uuid(&uuid)?).await?;
+    Ok(envelope::ok::<()>(
+        StatusCode::OK,
+        Some("The service has successfully stopped."),
+        None,
+    ))
+}
+
+async fn unregister(
+    State(registry): State<Arc<Registry>>,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    registry.unregister(parse_uuid(&uuid)?).await?;
+    Ok(envelope::ok::<()>(
+        StatusCode::OK,
+        Some("The service has been successfully unregistered."),
+        None,
+    ))
+}
+
+/// Only the canonical 36-character form names a service (in either case); anything
+/// else names no service.
+fn parse_uuid(text: &str) -> Result<Uuid, ApiError> {
+    if text.len() != 36 {
+        return Err(ApiError::not_found());
+    }
+    Uuid::try_parse(text).map_err(|_| ApiError::not_found())
+}
+
+async fn require_admin(
+    State(auth): State<Arc<AdminAuth>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes().to_vec());
+    let granted = match auth.check_fast(presented.as_deref()) {
+        Some(decision) => decision,
+        // A hash to verify: tens of milliseconds of CPU, off the async threads.
+        None => tokio::task::spawn_blocking(move || auth.check(presented.as_deref()))
+            .await
+            .unwrap_or(false),
+    };
+    if !granted {
+        return Err(ApiError::unauthorized());
+    }
+    Ok(next.run(request).await)
+}
+
+async fn unknown_path() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Nothing is served at this path.")
+}
+
+/// axum answers a wrong method with an empty 405 (and the right `Allow`); give it the
+/// same JSON envelope as every other admin error.
+async fn explain_method_not_allowed(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let mut explained = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This method is not allowed here.",
+    )
+    .into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        explained.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    explained
+}

@@ -1,0 +1,225 @@
+//! Configuration: command-line flags, the process environment and an optional `.env`.
+//!
+//! Every setting is an environment variable (the contract's names where it has one)
+//! and a flag of the same meaning; `herve --help` lists them. The environment wins over
+//! `.env`, and a flag wins over both. A value that does not parse stops start-up with a
+//! message naming the variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// How verbose the logs are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Every setting of a Herve.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "herve",
+    version,
+    about = "One binary to register, run, supervise and route to your services.",
+    after_help = "Settings are read from flags, then the environment, then ./.env."
+)]
+pub struct Config {
+    /// TCP port of the HTTP server (admin API and service routes).
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 5000)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "HERVE_HOST",
+        value_name = "ADDR",
+        default_value = "0.0.0.0"
+    )]
+    pub host: IpAddr,
+
+    /// Admin user id for HTTP Basic auth. Without it (or without a secret), Herve uses
+    /// the id `admin` with a generated secret kept in the data directory.
+    #[arg(long, env = "AUTH_ADMIN_ID", value_name = "ID")]
+    pub auth_admin_id: Option<String>,
+
+    /// Admin secret: in clear, or a bcrypt ($2a$/$2b$/$2y$) or argon2 PHC hash.
+    #[arg(
+        long,
+        env = "AUTH_ADMIN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub auth_admin_secret: Option<String>,
+
+    /// Directory for the database, the generated admin secret and services' files.
+    #[arg(
+        long,
+        env = "HERVE_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./herve-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Most services that may be registered at once.
+    #[arg(long, env = "HERVE_MAX_SERVICES", value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_services: u32,
+
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long, env = "HERVE_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+
+    /// Largest request head (request line and headers) accepted, in bytes (431 beyond).
+    #[arg(long, env = "HERVE_MAX_HEADER_BYTES", value_name = "BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub max_header_bytes: u32,
+
+    /// Seconds a client has to send a complete request head, counted from when the
+    /// connection opens or its previous response ends; so also the idle keep-alive limit.
+    #[arg(long, env = "HERVE_HEADER_TIMEOUT_S", value_name = "SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_s: u64,
+
+    /// Seconds a request body may go without sending any data before the request fails.
+    #[arg(long, env = "HERVE_BODY_TIMEOUT_S", value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_s: u64,
+
+    /// Most client connections open at once; more wait to be accepted.
+    #[arg(long, env = "HERVE_MAX_CONNECTIONS", value_name = "N", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Seconds in-flight requests get to finish when Herve is asked to stop.
+    #[arg(
+        long,
+        env = "HERVE_SHUTDOWN_TIMEOUT_S",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
+    pub shutdown_timeout_s: u64,
+
+    /// Log verbosity.
+    #[arg(long, env = "HERVE_LOG", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Log format.
+    #[arg(long, env = "HERVE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Whether to log one line per request.
+    #[arg(long, env = "HERVE_ACCESS_LOG", value_name = "BOOL", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub access_log: bool,
+}
+
+impl Default for Config {
+    /// The defaults, ignoring the environment.
+    fn default() -> Self {
+        Config {
+            port: 5000,
+            host: IpAddr::from([0, 0, 0, 0]),
+            auth_admin_id: None,
+            auth_admin_secret: None,
+            data_dir: PathBuf::from("./herve-data"),
+            max_services: 10_000,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            header_timeout_s: 15,
+            body_timeout_s: 30,
+            max_connections: 20_000,
+            shutdown_timeout_s: 30,
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read .env: {0}")]
+    DotEnv(String),
+    #[error(transparent)]
+    Invalid(#[from] clap::Error),
+}
+
+impl Config {
+    /// Reads `.env` from the working directory (if any) into the environment, without
+    /// overriding what is set already, then parses flags and environment.
+    pub fn load() -> Result<Config, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(error) if error.not_found() => {}
+            Err(error) => return Err(ConfigError::DotEnv(error.to_string())),
+        }
+        Ok(Config::try_parse()?)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_s)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_s)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_s)
+    }
+}
+
+/// Prints a configuration error that names the environment variable at fault (clap
+/// names only the flag), or the help and version texts, and exits.
+pub fn exit_with(error: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        error.exit()
+    };
+    let flag = arg.split_whitespace().next().unwrap_or_default();
+    let env = Config::command()
+        .get_arguments()
+        .find(|candidate| {
+            candidate
+                .get_long()
+                .is_some_and(|long| flag == format!("--{long}"))
+        })
+        .and_then(|candidate| candidate.get_env())
+        .map(|env| env.to_string_lossy().into_owned());
+    match env {
+        Some(env) => {
+            let value = match error.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(value)) => value.clone(),
+                _ => String::new(),
+            };
+            let rendered = error.to_string();
+            let reason = rendered
+                .lines()
+                .next()
+                .and_then(|line| line.rsplit_once(": "))
+                .map(|(_, reason)| reason.to_owned())
+                .unwrap_or_default();
+            eprintln!("error: invalid value '{value}' for {env} ({flag}): {reason}");
+            std::process::exit(2);
+        }
+        None => error.exit(),
+    }
+}

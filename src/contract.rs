@@ -1,0 +1,243 @@
+//! The service contract: the one interface every service type implements.
+//!
+//! Built-in types (`echo`, `ping`, …) and a user's own types implement the same
+//! [`ServiceType`] trait and are added to Herve the same way, through
+//! [`crate::HerveBuilder::service_type`]. Herve owns everything around a service —
+//! its uuid, name, status, persistence and the `/<uuid>` prefix of its routes — and
+//! calls the type's hooks at the right moments:
+//!
+//! | moment | hook | what the type does |
+//! |---|---|---|
+//! | `POST /services/register` | [`ServiceType::register`] | validates its own form fields, returns the configuration to persist |
+//! | `POST /services/:uuid/start` (and on boot, for services that were running) | [`ServiceType::start`] | starts an instance from that configuration and returns it |
+//! | `POST /services/:uuid/stop` (and when Herve shuts down) | [`RunningService::stop`] | releases what the instance holds |
+//! | `POST /services/:uuid/unregister` | [`ServiceType::unregister`] | deletes what the type keeps for the service |
+//!
+//! While a service runs, Herve mounts the [`Router`] returned by
+//! [`RunningService::routes`] at `/<uuid>`: a request for `/<uuid>/echo` reaches the
+//! route `/echo` of that router, with the prefix stripped.
+//!
+//! ```
+//! use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+//! use axum::{routing::get, Router};
+//!
+//! struct Hello;
+//!
+//! #[herve::async_trait]
+//! impl ServiceType for Hello {
+//!     fn name(&self) -> &str { "hello" }
+//!     fn description(&self) -> &str { "A service greeting whoever asks" }
+//!
+//!     async fn register(&self, _ctx: &ServiceContext, fields: &Fields)
+//!         -> Result<serde_json::Value, ServiceError> {
+//!         let greeting = fields.get("greeting").unwrap_or("hello").to_owned();
+//!         Ok(serde_json::json!({ "greeting": greeting }))
+//!     }
+//!
+//!     async fn start(&self, _ctx: &ServiceContext, config: &serde_json::Value)
+//!         -> Result<Box<dyn RunningService>, ServiceError> {
+//!         let greeting = config["greeting"].as_str().unwrap_or("hello").to_owned();
+//!         let routes = Router::new().route("/", get(move || async move { greeting }));
+//!         Ok(Box::new(routes))
+//!     }
+//! }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use axum::Router;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A kind of service that Herve can register, start and route to.
+///
+/// Implementations must be cheap to share: Herve keeps one value per type and calls
+/// it for every service of that type, possibly concurrently for different services.
+/// Herve never calls two hooks of the *same* service at once.
+#[async_trait]
+pub trait ServiceType: Send + Sync + 'static {
+    /// The `type` clients register with, e.g. `echo`. Must be unique in one Herve.
+    fn name(&self) -> &str;
+
+    /// A one-line description shown in every service of this type.
+    fn description(&self) -> &str;
+
+    /// Validates the type-specific registration fields and returns the configuration
+    /// Herve persists with the service and hands back to [`ServiceType::start`].
+    ///
+    /// Return [`ServiceError::invalid_field`] for bad input: the client gets a 400
+    /// with that message. The default accepts any fields and keeps no configuration.
+    async fn register(&self, ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError> {
+        let _ = (ctx, fields);
+        Ok(Value::Null)
+    }
+
+    /// Starts one instance of the service from its persisted configuration.
+    ///
+    /// Herve routes traffic to the instance once this returns `Ok`, and keeps it until
+    /// the service is stopped, when it calls [`RunningService::stop`].
+    async fn start(
+        &self,
+        ctx: &ServiceContext,
+        config: &Value,
+    ) -> Result<Box<dyn RunningService>, ServiceError>;
+
+    /// Deletes whatever the type keeps for this service outside Herve's registry
+    /// (files, tables, …). Called on a stopped service, before Herve forgets it.
+    async fn unregister(&self, ctx: &ServiceContext, config: &Value) -> Result<(), ServiceError> {
+        let _ = (ctx, config);
+        Ok(())
+    }
+}
+
+/// A started instance of a service.
+#[async_trait]
+pub trait RunningService: Send + Sync + 'static {
+    /// The routes Herve mounts at `/<uuid>` while the instance runs.
+    ///
+    /// Called once, right after [`ServiceType::start`]; the router is then shared by
+    /// every request to the service.
+    fn routes(&self) -> Router;
+
+    /// Stops the instance. When this returns, the instance must hold nothing that
+    /// outlives it (no child process, no open port).
+    ///
+    /// Requests that were already routed to the instance may still be finishing.
+    async fn stop(&self) -> Result<(), ServiceError> {
+        Ok(())
+    }
+}
+
+/// A service that is nothing but its routes: stopping it has nothing to release.
+#[async_trait]
+impl RunningService for Router {
+    fn routes(&self) -> Router {
+        self.clone()
+    }
+}
+
+/// What Herve tells a type about the service a hook is called for.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    uuid: Uuid,
+    name: String,
+    data_dir: PathBuf,
+}
+
+impl ServiceContext {
+    pub(crate) fn new(uuid: Uuid, name: String, data_dir: PathBuf) -> Self {
+        ServiceContext {
+            uuid,
+            name,
+            data_dir,
+        }
+    }
+
+    /// The uuid Herve gave the service; its routes live under `/<uuid>`.
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+
+    /// The name the user registered the service with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A directory reserved for this service's files inside Herve's data directory.
+    ///
+    /// Herve does not create it; a type that needs it creates it, and removes it in
+    /// [`ServiceType::unregister`].
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// The fields of a registration request, in the order the client sent them.
+///
+/// A key may appear several times (`upstream=a&upstream=b`): [`Fields::get`] returns
+/// the last value, as the contract requires, and [`Fields::get_all`] every value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    pairs: Vec<(String, String)>,
+}
+
+impl Fields {
+    /// Fields from `(key, value)` pairs, in order.
+    pub fn from_pairs<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Fields {
+            pairs: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The last value given for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value given for `key`, in order.
+    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The last value given for `key`, or a 400 naming the missing field.
+    pub fn require(&self, key: &str) -> Result<&str, ServiceError> {
+        match self.get(key) {
+            Some(value) if !value.is_empty() => Ok(value),
+            _ => Err(ServiceError::invalid_field(
+                key,
+                format!("The field '{key}' is required."),
+            )),
+        }
+    }
+
+    /// Every `(key, value)` pair, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Why a hook failed. Herve turns it into the API's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A registration field is missing or invalid: `400` with `message`.
+    #[error("{message}")]
+    InvalidField {
+        /// The field at fault.
+        field: String,
+        /// The message the client reads; it names the field.
+        message: String,
+    },
+    /// The hook could not do its work: `500` with `message`.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ServiceError {
+    /// A 400 for the field `field`; `message` should name it.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ServiceError::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A failure of the hook itself (a port in use, a file that cannot be written, …).
+    pub fn failed(message: impl Into<String>) -> Self {
+        ServiceError::Failed(message.into())
+    }
+}

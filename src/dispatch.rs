@@ -1,0 +1,250 @@
+//! Where every request goes.
+//!
+//! `/<uuid>/...` (a canonical uuid, either case) belongs to the service with that uuid:
+//! its router is looked up in the routing snapshot and called with the `/<uuid>` prefix
+//! stripped, so `/<uuid>/echo` reaches the route `/echo` of the `echo` service. Every
+//! other path belongs to the admin API. Both get the same body limits and the same
+//! access log line.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Limited;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::routing::RouteTable;
+
+/// Routes requests to the admin API or to a running service.
+pub struct Dispatcher {
+    routes: Arc<RouteTable>,
+    admin: Router,
+    max_body_bytes: u64,
+    body_timeout: Duration,
+    access_log: bool,
+}
+
+impl Dispatcher {
+    pub fn new(
+        routes: Arc<RouteTable>,
+        admin: Router,
+        max_body_bytes: u64,
+        body_timeout: Duration,
+        access_log: bool,
+    ) -> Self {
+        Dispatcher {
+            routes,
+            admin,
+            max_body_bytes,
+            body_timeout,
+            access_log,
+        }
+    }
+
+    /// Answers one request from `client`.
+    pub async fn handle<B>(&self, client: SocketAddr, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if !self.access_log {
+            return self.route(request).await;
+        }
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = self.route(request).await;
+        tracing::info!(
+            target: "herve::access",
+            client = %client.ip(),
+            status = response.status().as_u16(),
+            method = %method,
+            path = %path,
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+        response
+    }
+
+    async fn route<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The request body is too large.\n",
+            );
+        }
+        let request = request.map(|body| self.guard(body));
+        let target = match service_uuid(request.uri().path()) {
+            Some(uuid) => match self.routes.get(&uuid) {
+                Some(router) => (router, true),
+                None => {
+                    return plain(
+                        StatusCode::NOT_FOUND,
+                        "No running service answers at this path.\n",
+                    )
+                }
+            },
+            None => (self.admin.clone(), false),
+        };
+        let (router, strip) = target;
+        let request = if strip {
+            match strip_service_prefix(request) {
+                Ok(request) => request,
+                Err(response) => return response,
+            }
+        } else {
+            request
+        };
+        match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Bounds a request body in size and in how long it may stall.
+    fn guard<B>(&self, body: B) -> Body
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if body.is_end_stream() {
+            // Most requests (GET) have no body: nothing to guard.
+            return Body::new(body);
+        }
+        let max = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        Body::new(Limited::new(StallGuard::new(body, self.body_timeout), max))
+    }
+}
+
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The uuid of `/<uuid>` or `/<uuid>/...`, if the first segment is a canonical uuid.
+pub fn service_uuid(path: &str) -> Option<Uuid> {
+    let bytes = path.as_bytes();
+    if bytes.len() < 37 || bytes[0] != b'/' || (bytes.len() > 37 && bytes[37] != b'/') {
+        return None;
+    }
+    Uuid::try_parse_ascii(&bytes[1..37]).ok()
+}
+
+/// Rewrites `/<uuid>/rest?query` to `/rest?query`.
+fn strip_service_prefix(mut request: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+    let uri = request.uri();
+    let rest = &uri.path()[37..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{rest}?{query}")),
+        None => PathAndQuery::try_from(rest),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.ok();
+    match Uri::from_parts(parts) {
+        Ok(stripped) => {
+            *request.uri_mut() = stripped;
+            Ok(request)
+        }
+        Err(_) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            "The request path is invalid.\n",
+        )),
+    }
+}
+
+/// A short plain-text answer from Herve itself on the data plane.
+fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}
+
+/// Fails a body that sends nothing for `timeout`, so a client that stalls mid-body
+/// cannot hold a request (and whatever it holds) forever.
+struct StallGuard<B> {
+    inner: B,
+    timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> StallGuard<B> {
+    fn new(inner: B, timeout: Duration) -> Self {
+        StallGuard {
+            inner,
+            timeout,
+            deadline: None,
+        }
+    }
+}
+
+/// The error of a body that stalled.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {0:?}")]
+pub struct BodyStalled(Duration);
+
+impl<B> HttpBody for StallGuard<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // Progress: the next frame gets a fresh allowance.
+                if let Some(deadline) = this.deadline.as_mut() {
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.timeout);
+                }
+                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(timeout))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,209 @@
+//! Herve: one server that registers, runs, supervises and routes to services.
+//!
+//! A map of the crate, following a request:
+//!
+//! - [`server`] accepts connections and applies the HTTP limits;
+//! - [`dispatch`] sends `/<uuid>/...` to the running service's routes (through the
+//!   [`routing`] snapshot) and every other path to the admin [`api`];
+//! - [`api`] checks the admin credentials ([`auth`]) and calls the [`registry`], the
+//!   single source of truth, which persists every change through the [`store`] and
+//!   calls the service type's hooks;
+//! - [`contract`] is the interface every service type implements; [`types`] holds the
+//!   built-in ones.
+//!
+//! To run a Herve with a type of your own, see [`HerveBuilder::service_type`] and
+//! `examples/custom_service.rs`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod contract;
+pub mod dispatch;
+pub mod registry;
+pub mod routing;
+pub mod server;
+pub mod store;
+pub mod types;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use async_trait::async_trait;
+pub use config::Config;
+pub use contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+
+use auth::{AdminAuth, AuthSetupError};
+use dispatch::Dispatcher;
+use registry::Registry;
+use routing::RouteTable;
+use server::ServerLimits;
+use store::sqlite::SqliteStore;
+use store::{Store, StoreError};
+use types::TypeCatalog;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "herve.db";
+
+/// Why a Herve could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Sets up a Herve: its configuration and the service types it knows.
+pub struct HerveBuilder {
+    config: Config,
+    types: TypeCatalog,
+}
+
+impl HerveBuilder {
+    /// A Herve with `config` and the built-in service types.
+    pub fn new(config: Config) -> Self {
+        HerveBuilder {
+            config,
+            types: TypeCatalog::builtin(),
+        }
+    }
+
+    /// Adds a service type of your own; it replaces a built-in type of the same name.
+    pub fn service_type(mut self, service_type: impl ServiceType) -> Self {
+        self.types.add(service_type);
+        self
+    }
+
+    /// Opens the data directory and the store, listens on the configured address and
+    /// starts again the services that were running. Serve with [`Herve::serve`].
+    pub async fn bind(self) -> Result<Herve, StartError> {
+        let config = self.config;
+        let data_dir = config.data_dir.clone();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .map_err(|source| StartError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+
+        let auth = Arc::new(AdminAuth::setup(
+            config.auth_admin_id.as_deref(),
+            config.auth_admin_secret.as_deref(),
+            &data_dir,
+        )?);
+
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE))?);
+        let routes = Arc::new(RouteTable::default());
+        let registry = Arc::new(
+            Registry::load(
+                self.types,
+                store,
+                Arc::clone(&routes),
+                data_dir.join("services"),
+                config.max_services as usize,
+            )
+            .await?,
+        );
+        registry.resume().await;
+
+        let admin = api::router(Arc::clone(&registry), Arc::clone(&auth));
+        let dispatcher = Arc::new(Dispatcher::new(
+            routes,
+            admin,
+            config.max_body_bytes,
+            config.body_timeout(),
+            config.access_log,
+        ));
+        Ok(Herve {
+            listener,
+            local_addr,
+            dispatcher,
+            registry,
+            auth,
+            config,
+        })
+    }
+}
+
+/// A Herve that listens and is ready to serve.
+pub struct Herve {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    dispatcher: Arc<Dispatcher>,
+    registry: Arc<Registry>,
+    auth: Arc<AdminAuth>,
+    config: Config,
+}
+
+impl Herve {
+    /// The address it listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin credentials in use.
+    pub fn admin_auth(&self) -> &AdminAuth {
+        &self.auth
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Serves until `shutdown` completes, lets in-flight requests finish, then stops
+    /// every running service (they start again with the next Herve on this data).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let limits = ServerLimits {
+            max_connections: self.config.max_connections,
+            max_header_bytes: self.config.max_header_bytes,
+            header_timeout: self.config.header_timeout(),
+            shutdown_timeout: self.config.shutdown_timeout(),
+        };
+        server::serve(self.listener, self.dispatcher, limits, shutdown).await;
+        self.registry.shutdown().await;
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,97 @@
+//! The `herve` binary: configuration, logs, and the server until a signal stops it.
+
+use anyhow::Context;
+use herve::auth::CredentialSource;
+use herve::config::{Config, ConfigError, LogFormat, LogLevel};
+use herve::HerveBuilder;
+
+fn main() -> anyhow::Result<()> {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(ConfigError::Invalid(error)) => herve::config::exit_with(error),
+        Err(error) => return Err(error.into()),
+    };
+    init_logs(&config);
+    raise_open_file_limit();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let herve = HerveBuilder::new(config.clone())
+        .bind()
+        .await
+        .context("Herve could not start")?;
+    let addr = herve.local_addr();
+    let auth = herve.admin_auth();
+    tracing::info!(
+        "Herve listens on http://{addr} (data in {})",
+        config.data_dir.display()
+    );
+    match auth.source() {
+        CredentialSource::Configured => tracing::info!(
+            "admin API: HTTP Basic auth as '{}' with AUTH_ADMIN_SECRET",
+            auth.id()
+        ),
+        CredentialSource::Generated { secret, file } => {
+            // Printed once, on stdout whatever the log settings: the user needs it.
+            println!(
+                "Generated admin credentials (kept in {}):\n  id:     {}\n  secret: {}\n\
+                 Try: curl -u '{}:{}' http://127.0.0.1:{}/services",
+                file.display(),
+                auth.id(),
+                secret,
+                auth.id(),
+                secret,
+                addr.port()
+            );
+        }
+        CredentialSource::Stored { file } => tracing::info!(
+            "admin API: HTTP Basic auth as '{}' with the secret in {}",
+            auth.id(),
+            file.display()
+        ),
+    }
+    herve.serve(herve::shutdown_signal()).await;
+    tracing::info!("Herve stopped");
+    Ok(())
+}
+
+fn init_logs(config: &Config) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match config.log_level {
+        LogLevel::Off => LevelFilter::OFF,
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Each connection is a file descriptor: lift the soft limit to the hard one so that
+/// `HERVE_MAX_CONNECTIONS` is not cut short by a default of 1024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

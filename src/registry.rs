@@ -1,0 +1,467 @@
+//! The registry: the single source of truth about services, and their lifecycle.
+//!
+//! Every change goes the same way: validate, persist through the [`Store`], then apply
+//! it in memory and publish the data plane's new routing snapshot. The API answers only
+//! after that, so an acknowledged change is durable and visible.
+//!
+//! Locking: a short `std` mutex guards the map of services (never held across an
+//! `.await`); each service has its own async lifecycle lock, so a slow start of one
+//! service never holds up the others; registrations are serialised so that the name
+//! check and the insert are one step.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::routing::RouteTable;
+use crate::store::{ServiceRecord, Status, Store, StoreError};
+use crate::types::TypeCatalog;
+
+/// The longest service name, in bytes.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Why a registry operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("The service does not exist.")]
+    NotFound,
+    #[error("This service type does not exist.")]
+    UnknownType,
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+    #[error("A service named '{0}' already exists.")]
+    NameTaken(String),
+    #[error("The maximum number of services ({0}) has been reached.")]
+    TooMany(usize),
+    #[error("The service should be stopped before being unregistered")]
+    StillRunning,
+    #[error("The service type '{0}' is not available in this Herve.")]
+    TypeUnavailable(String),
+    #[error("{0}")]
+    Hook(String),
+    #[error("The change could not be saved: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<ServiceError> for RegistryError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::InvalidField { field, message } => {
+                RegistryError::InvalidField { field, message }
+            }
+            ServiceError::Failed(message) => RegistryError::Hook(message),
+        }
+    }
+}
+
+/// A service as the API shows it. The first five keys, in this order, are the
+/// contract's; later keys may be added.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServiceView {
+    pub uuid: Uuid,
+    pub name: String,
+    pub description: String,
+    pub status: Status,
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+/// One registered service.
+struct Slot {
+    uuid: Uuid,
+    seq: i64,
+    name: String,
+    type_name: String,
+    description: String,
+    config: Value,
+    /// `None` when the database names a type this Herve was not built with.
+    service_type: Option<Arc<dyn ServiceType>>,
+    /// Read by listings without waiting for a lifecycle operation to finish.
+    status: Mutex<Status>,
+    /// Held for the whole of a start, stop or unregister of this service.
+    life: tokio::sync::Mutex<Life>,
+}
+
+#[derive(Default)]
+struct Life {
+    instance: Option<Box<dyn RunningService>>,
+    /// Set once unregistered: an operation that waited for the lock finds it gone.
+    removed: bool,
+}
+
+impl Slot {
+    fn status(&self) -> Status {
+        *lock(&self.status)
+    }
+
+    fn set_status(&self, status: Status) {
+        *lock(&self.status) = status;
+    }
+
+    fn view(&self) -> ServiceView {
+        ServiceView {
+            uuid: self.uuid,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            status: self.status(),
+            type_name: self.type_name.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Services {
+    by_uuid: HashMap<Uuid, Arc<Slot>>,
+    names: HashSet<String>,
+}
+
+/// The registry of services. Cheap to share behind an `Arc`.
+pub struct Registry {
+    types: TypeCatalog,
+    store: Arc<dyn Store>,
+    routes: Arc<RouteTable>,
+    services_dir: PathBuf,
+    max_services: usize,
+    services: Mutex<Services>,
+    registering: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Loads every service from `store`. Call [`Registry::resume`] afterwards to start
+    /// again the services that were running.
+    pub async fn load(
+        types: TypeCatalog,
+        store: Arc<dyn Store>,
+        routes: Arc<RouteTable>,
+        services_dir: PathBuf,
+        max_services: usize,
+    ) -> Result<Registry, StoreError> {
+        let records = store.load().await?;
+        let mut services = Services::default();
+        for record in records {
+            let service_type = types.get(&record.type_name).cloned();
+            if service_type.is_none() {
+                tracing::warn!(
+                    uuid = %record.uuid,
+                    r#type = %record.type_name,
+                    "service of a type this Herve does not have; it is kept but cannot start"
+                );
+            }
+            let description = service_type
+                .as_ref()
+                .map(|t| t.description().to_owned())
+                .unwrap_or(record.description);
+            services.names.insert(record.name.clone());
+            services.by_uuid.insert(
+                record.uuid,
+                Arc::new(Slot {
+                    uuid: record.uuid,
+                    seq: record.seq,
+                    name: record.name,
+                    type_name: record.type_name,
+                    description,
+                    config: record.config,
+                    service_type,
+                    status: Mutex::new(record.status),
+                    life: tokio::sync::Mutex::new(Life::default()),
+                }),
+            );
+        }
+        Ok(Registry {
+            types,
+            store,
+            routes,
+            services_dir,
+            max_services,
+            services: Mutex::new(services),
+            registering: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts again every service whose persisted status says it should run.
+    pub async fn resume(&self) {
+        let to_start: Vec<Arc<Slot>> = {
+            let services = lock(&self.services);
+            let mut slots: Vec<_> = services
+                .by_uuid
+                .values()
+                .filter(|slot| slot.status().should_run())
+                .cloned()
+                .collect();
+            slots.sort_by_key(|slot| slot.seq);
+            slots
+        };
+        let starts = to_start.into_iter().map(|slot| async move {
+            let mut life = slot.life.lock().await;
+            if let Err(error) = self.start_locked(&slot, &mut life).await {
+                tracing::error!(uuid = %slot.uuid, name = %slot.name, %error, "could not resume service");
+            }
+        });
+        futures_util::future::join_all(starts).await;
+    }
+
+    /// Every service, newest first.
+    pub fn list(&self) -> Vec<ServiceView> {
+        let mut slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
+        slots.sort_unstable_by_key(|slot| std::cmp::Reverse(slot.seq));
+        slots.iter().map(|slot| slot.view()).collect()
+    }
+
+    /// One service.
+    pub fn get(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        Ok(self.slot(uuid)?.view())
+    }
+
+    /// How many services are registered.
+    pub fn len(&self) -> usize {
+        lock(&self.services).by_uuid.len()
+    }
+
+    /// Whether no service is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Registers a new service of type `type_name` named `name`.
+    pub async fn register(
+        &self,
+        name: &str,
+        type_name: &str,
+        fields: &Fields,
+    ) -> Result<ServiceView, RegistryError> {
+        validate_name(name)?;
+        let service_type = self
+            .types
+            .get(type_name)
+            .cloned()
+            .ok_or(RegistryError::UnknownType)?;
+
+        let _registering = self.registering.lock().await;
+        self.check_room_for(name)?;
+
+        let uuid = Uuid::new_v4();
+        let ctx = self.context(uuid, name);
+        let config = service_type.register(&ctx, fields).await?;
+        let mut record = ServiceRecord {
+            seq: 0,
+            uuid,
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            description: service_type.description().to_owned(),
+            status: Status::Registered,
+            config,
+            created_at: unix_now(),
+        };
+        record.seq = match self.store.insert(&record).await {
+            Ok(seq) => seq,
+            Err(error) => {
+                // Undo what the hook may have created; the service never existed.
+                if let Err(cleanup) = service_type.unregister(&ctx, &record.config).await {
+                    tracing::warn!(%uuid, error = %cleanup, "cleanup after a failed registration failed");
+                }
+                return Err(error.into());
+            }
+        };
+
+        let slot = Arc::new(Slot {
+            uuid,
+            seq: record.seq,
+            name: record.name,
+            type_name: record.type_name,
+            description: record.description,
+            config: record.config,
+            service_type: Some(service_type),
+            status: Mutex::new(Status::Registered),
+            life: tokio::sync::Mutex::new(Life::default()),
+        });
+        let view = slot.view();
+        let mut services = lock(&self.services);
+        services.names.insert(slot.name.clone());
+        services.by_uuid.insert(uuid, slot);
+        Ok(view)
+    }
+
+    /// Starts a service; starting a running service does nothing.
+    pub async fn start(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let slot = self.slot(uuid)?;
+        let mut life = slot.life.lock().await;
+        if life.removed {
+            return Err(RegistryError::NotFound);
+        }
+        self.start_locked(&slot, &mut life).await?;
+        Ok(slot.view())
+    }
+
+    /// Stops a service; stopping a service that does not run does nothing.
+    pub async fn stop(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let slot = self.slot(uuid)?;
+        let mut life = slot.life.lock().await;
+        if life.removed {
+            return Err(RegistryError::NotFound);
+        }
+        let was_running = self.halt(&slot, &mut life).await;
+        let status = slot.status();
+        // A service that failed to start is stopped once a user stops it; one that
+        // never ran stays `registered`.
+        if was_running || status == Status::Failed || status == Status::Starting {
+            self.store.set_status(uuid, Status::Stopped).await?;
+            slot.set_status(Status::Stopped);
+        }
+        Ok(slot.view())
+    }
+
+    /// Forgets a stopped service.
+    pub async fn unregister(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let slot = self.slot(uuid)?;
+        let mut life = slot.life.lock().await;
+        if life.removed {
+            return Err(RegistryError::NotFound);
+        }
+        if life.instance.is_some() {
+            return Err(RegistryError::StillRunning);
+        }
+        if let Some(service_type) = &slot.service_type {
+            service_type
+                .unregister(&self.context(uuid, &slot.name), &slot.config)
+                .await?;
+        }
+        self.store.remove(uuid).await?;
+        life.removed = true;
+        let mut services = lock(&self.services);
+        services.by_uuid.remove(&uuid);
+        services.names.remove(&slot.name);
+        Ok(slot.view())
+    }
+
+    /// Stops every running instance without recording it, so that the next start of
+    /// Herve starts them again. Used when Herve shuts down.
+    pub async fn shutdown(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
+        let stops = slots.iter().map(|slot| async move {
+            let mut life = slot.life.lock().await;
+            self.halt(slot, &mut life).await;
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    fn slot(&self, uuid: Uuid) -> Result<Arc<Slot>, RegistryError> {
+        lock(&self.services)
+            .by_uuid
+            .get(&uuid)
+            .cloned()
+            .ok_or(RegistryError::NotFound)
+    }
+
+    fn check_room_for(&self, name: &str) -> Result<(), RegistryError> {
+        let services = lock(&self.services);
+        if services.names.contains(name) {
+            return Err(RegistryError::NameTaken(name.to_owned()));
+        }
+        if services.by_uuid.len() >= self.max_services {
+            return Err(RegistryError::TooMany(self.max_services));
+        }
+        Ok(())
+    }
+
+    fn context(&self, uuid: Uuid, name: &str) -> ServiceContext {
+        ServiceContext::new(
+            uuid,
+            name.to_owned(),
+            self.services_dir.join(uuid.to_string()),
+        )
+    }
+
+    /// Starts `slot` unless it runs; the caller holds its lifecycle lock.
+    async fn start_locked(&self, slot: &Slot, life: &mut Life) -> Result<(), RegistryError> {
+        if life.instance.is_some() {
+            return Ok(());
+        }
+        let Some(service_type) = &slot.service_type else {
+            slot.set_status(Status::Failed);
+            return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
+        };
+        let previous = slot.status();
+        slot.set_status(Status::Starting);
+        let ctx = self.context(slot.uuid, &slot.name);
+        let instance = match service_type.start(&ctx, &slot.config).await {
+            Ok(instance) => instance,
+            Err(error) => {
+                slot.set_status(Status::Failed);
+                if let Err(store_error) = self.store.set_status(slot.uuid, Status::Failed).await {
+                    tracing::error!(uuid = %slot.uuid, error = %store_error, "could not record a failed start");
+                }
+                return Err(error.into());
+            }
+        };
+        if let Err(error) = self.store.set_status(slot.uuid, Status::Running).await {
+            if let Err(stop_error) = instance.stop().await {
+                tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
+            }
+            slot.set_status(previous);
+            return Err(error.into());
+        }
+        self.routes.publish(slot.uuid, instance.routes());
+        life.instance = Some(instance);
+        slot.set_status(Status::Running);
+        Ok(())
+    }
+
+    /// Withdraws the routes of `slot` and stops its instance, if any; the caller holds
+    /// its lifecycle lock and records the status. Returns whether it was running.
+    async fn halt(&self, slot: &Slot, life: &mut Life) -> bool {
+        let Some(instance) = life.instance.take() else {
+            return false;
+        };
+        // Withdraw first: no new request reaches an instance that is going away.
+        self.routes.withdraw(&slot.uuid);
+        if let Err(error) = instance.stop().await {
+            tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
+        }
+        true
+    }
+}
+
+/// Checks a service name against `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let invalid = |message: String| RegistryError::InvalidField {
+        field: "name".to_owned(),
+        message,
+    };
+    if name.is_empty() {
+        return Err(invalid("The field 'name' is required.".to_owned()));
+    }
+    let bytes = name.as_bytes();
+    let valid = bytes.len() <= MAX_NAME_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(invalid(format!(
+            "The field 'name' must be 1 to {MAX_NAME_LEN} characters among letters, digits, \
+             '.', '_' and '-', starting with a letter or a digit."
+        )));
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked: every critical
+/// section here is a few plain assignments.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

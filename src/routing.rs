@@ -1,0 +1,86 @@
+//! The data plane's routing table: which running service answers `/<uuid>/...`.
+//!
+//! Request handling only ever reads an immutable snapshot (one atomic load, no lock);
+//! the registry builds a new snapshot on every start and stop and swaps it in, so a
+//! request sees a service either fully routed or not at all.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use uuid::Uuid;
+
+/// The routes of every running service, by uuid.
+#[derive(Default)]
+pub struct RouteTable {
+    current: ArcSwap<Snapshot>,
+    /// Writers are rare (start/stop); this keeps two of them from losing each other's
+    /// change while readers never wait.
+    write: std::sync::Mutex<()>,
+}
+
+type Snapshot = HashMap<Uuid, Router, BuildHasherDefault<UuidHasher>>;
+
+impl RouteTable {
+    /// The router of the running service `uuid`.
+    #[inline]
+    pub fn get(&self, uuid: &Uuid) -> Option<Router> {
+        self.current.load().get(uuid).cloned()
+    }
+
+    /// Routes `uuid` to `router` from now on.
+    pub fn publish(&self, uuid: Uuid, router: Router) {
+        self.update(|routes| {
+            routes.insert(uuid, router);
+        });
+    }
+
+    /// Stops routing to `uuid`.
+    pub fn withdraw(&self, uuid: &Uuid) {
+        self.update(|routes| {
+            routes.remove(uuid);
+        });
+    }
+
+    /// How many services are routed.
+    pub fn len(&self) -> usize {
+        self.current.load().len()
+    }
+
+    /// Whether no service is routed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        let _writer = self
+            .write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = Snapshot::clone(&self.current.load());
+        change(&mut next);
+        self.current.store(Arc::new(next));
+    }
+}
+
+/// Uuids v4 are random already: hashing them again (SipHash) would only cost time.
+/// Clients cannot pick the uuids in the table, so they cannot aim at one bucket.
+#[derive(Default)]
+pub struct UuidHasher(u64);
+
+impl Hasher for UuidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `Uuid` hashes as its 16 bytes; fold them so every byte counts.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Durable state: what Herve persists about every service, behind a small trait.
+//!
+//! The registry writes every change through a [`Store`] before the API answers, and
+//! reads everything back on start. SQLite ([`sqlite::SqliteStore`]) is the store of a
+//! single Herve; a store shared by several Herve nodes (PostgreSQL) implements the same
+//! trait.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Where a service is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Registered and never started.
+    Registered,
+    /// Being started; its routes do not answer yet.
+    Starting,
+    /// Started; its routes answer.
+    Running,
+    /// Stopped by a user.
+    Stopped,
+    /// Could not be started.
+    Failed,
+}
+
+impl Status {
+    /// The status string of the API and of the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Registered => "registered",
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Parses a status string of the store.
+    pub fn parse(text: &str) -> Option<Status> {
+        Some(match text {
+            "registered" => Status::Registered,
+            "starting" => Status::Starting,
+            "running" => Status::Running,
+            "stopped" => Status::Stopped,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether a service in this status should be started again when Herve starts.
+    pub fn should_run(self) -> bool {
+        matches!(self, Status::Starting | Status::Running)
+    }
+}
+
+/// Everything persisted about one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    /// Registration order, assigned by the store; the listing shows the newest first.
+    pub seq: i64,
+    pub uuid: Uuid,
+    pub name: String,
+    pub type_name: String,
+    pub description: String,
+    pub status: Status,
+    /// What the type's register hook returned.
+    pub config: Value,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A failure of the durable store. The API answers 500 and the change is not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("corrupt record for service {uuid}: {reason}")]
+    Corrupt { uuid: String, reason: String },
+    #[error("the store's worker thread failed: {0}")]
+    Worker(String),
+}
+
+/// Durable storage of the registry. Every method returns only once the change is
+/// durable (it survives a crash of Herve and of the machine).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every service, oldest first.
+    async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+
+    /// Persists a new service (its `seq` is ignored) and returns the `seq` assigned.
+    async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError>;
+
+    /// Persists a service's new status.
+    async fn set_status(&self, uuid: Uuid, status: Status) -> Result<(), StoreError>;
+
+    /// Forgets a service.
+    async fn remove(&self, uuid: Uuid) -> Result<(), StoreError>;
+}

@@ -1,0 +1,215 @@
+//! The embedded store: one SQLite file in Herve's data directory.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::{ServiceRecord, Status, Store, StoreError};
+
+/// The schema version this code writes; see [`migrate`].
+const SCHEMA_VERSION: i64 = 1;
+
+/// A [`Store`] in a SQLite database file.
+///
+/// SQLite calls block, so each runs on tokio's blocking pool. One connection behind a
+/// mutex is enough: writes are serialised by SQLite anyway, and reads happen once, at
+/// start-up (the registry answers reads from memory).
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path).map_err(db)?;
+        // WAL keeps readers and the writer apart; synchronous=FULL makes every commit
+        // durable before it returns, so an acknowledged change survives a power cut.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    pub async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-written transaction
+            // behind (SQLite rolls it back), so a poisoned lock is still usable.
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn db(error: rusqlite::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// Creates or upgrades the schema, one version at a time, in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(db)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {version}, newer than this Herve ({SCHEMA_VERSION}); \
+             upgrade Herve"
+        )));
+    }
+    if version < 1 {
+        tx.execute_batch(
+            "CREATE TABLE services (
+                 seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+                 uuid        TEXT NOT NULL UNIQUE,
+                 name        TEXT NOT NULL UNIQUE,
+                 type        TEXT NOT NULL,
+                 description TEXT NOT NULL,
+                 status      TEXT NOT NULL,
+                 config      TEXT NOT NULL,
+                 created_at  INTEGER NOT NULL
+             );",
+        )
+        .map_err(db)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, uuid, name, type, description, status, config, created_at
+                     FROM services ORDER BY seq",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, String>(6)?,
+                        row.get::<_, i64>(7)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut records = Vec::new();
+            for row in rows {
+                let (seq, uuid, name, type_name, description, status, config, created_at) =
+                    row.map_err(db)?;
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    uuid: uuid.clone(),
+                    reason,
+                };
+                let parsed_uuid =
+                    Uuid::try_parse(&uuid).map_err(|e| corrupt(format!("bad uuid: {e}")))?;
+                let status = Status::parse(&status)
+                    .ok_or_else(|| corrupt(format!("unknown status '{status}'")))?;
+                let config = serde_json::from_str(&config)
+                    .map_err(|e| corrupt(format!("bad config: {e}")))?;
+                records.push(ServiceRecord {
+                    seq,
+                    uuid: parsed_uuid,
+                    name,
+                    type_name,
+                    description,
+                    status,
+                    config,
+                    created_at,
+                });
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError> {
+        let record = record.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO services (uuid, name, type, description, status, config, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    record.uuid.to_string(),
+                    record.name,
+                    record.type_name,
+                    record.description,
+                    record.status.as_str(),
+                    record.config.to_string(),
+                    record.created_at,
+                ],
+            )
+            .map_err(db)?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn set_status(&self, uuid: Uuid, status: Status) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE services SET status = ?1 WHERE uuid = ?2",
+                    params![status.as_str(), uuid.to_string()],
+                )
+                .map_err(db)?;
+            if changed == 0 {
+                return Err(StoreError::Database(format!("no service {uuid} to update")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove(&self, uuid: Uuid) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "DELETE FROM services WHERE uuid = ?1",
+                params![uuid.to_string()],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Reads one service's status straight from the file; for tests and diagnostics.
+pub fn read_status(path: &Path, uuid: Uuid) -> Result<Option<Status>, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    let status: Option<String> = conn
+        .query_row(
+            "SELECT status FROM services WHERE uuid = ?1",
+            params![uuid.to_string()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    Ok(status.and_then(|s| Status::parse(&s)))
+}

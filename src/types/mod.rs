@@ -1,0 +1,50 @@
+//! The catalog of service types a Herve knows, and the built-in types.
+//!
+//! Each built-in type lives in its own file and implements
+//! [`ServiceType`](crate::contract::ServiceType) exactly as a user's type would.
+
+pub mod echo;
+pub mod ping;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::contract::ServiceType;
+
+/// The service types a Herve can register, by name.
+#[derive(Clone, Default)]
+pub struct TypeCatalog {
+    types: HashMap<String, Arc<dyn ServiceType>>,
+}
+
+impl TypeCatalog {
+    /// A catalog with every built-in type.
+    pub fn builtin() -> Self {
+        let mut catalog = TypeCatalog::default();
+        catalog.add(echo::Echo);
+        catalog.add(ping::Ping);
+        catalog
+    }
+
+    /// Adds a type, replacing a type of the same name.
+    pub fn add(&mut self, service_type: impl ServiceType) {
+        let service_type: Arc<dyn ServiceType> = Arc::new(service_type);
+        self.types
+            .insert(service_type.name().to_owned(), service_type);
+    }
+
+    /// The type registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn ServiceType>> {
+        self.types.get(name)
+    }
+
+    /// The names of every type, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.types.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The content type of the built-in types' text answers, as the first Herve sent it.
+const TEXT_PLAIN: &str = "text/plain; charset=UTF-8";
