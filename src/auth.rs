@@ -115,8 +115,17 @@ impl AdminAuth {
             bcrypt::verify("", &secret).map_err(|_| AuthSetupError::BadBcrypt)?;
             Verifier::Bcrypt(secret)
         } else if secret.starts_with("$argon2") {
-            argon2::PasswordHash::new(&secret)
+            let parsed = argon2::PasswordHash::new(&secret)
                 .map_err(|e| AuthSetupError::BadArgon2(e.to_string()))?;
+            argon2::Algorithm::try_from(parsed.algorithm)
+                .map_err(|e| AuthSetupError::BadArgon2(e.to_string()))?;
+            argon2::Params::try_from(&parsed)
+                .map_err(|e| AuthSetupError::BadArgon2(e.to_string()))?;
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err(AuthSetupError::BadArgon2(
+                    "it has no salt or no hash".to_owned(),
+                ));
+            }
             Verifier::Argon2(secret)
         } else {
             Verifier::Clear(keyed_digest(&key, secret.as_bytes()))

@@ -1,0 +1,110 @@
+//! A service type defined outside Herve's source, added through the public builder.
+
+use async_trait::async_trait;
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+
+use crate::support::*;
+
+/// Greets with a configured word; counts its stops in a file of its own.
+struct Greeter;
+
+#[async_trait]
+impl ServiceType for Greeter {
+    fn name(&self) -> &str {
+        "greeter"
+    }
+
+    fn description(&self) -> &str {
+        "A test greeter"
+    }
+
+    async fn register(&self, ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError> {
+        let greeting = fields.require("greeting")?;
+        if greeting.len() > 20 {
+            return Err(ServiceError::invalid_field(
+                "greeting",
+                "The field 'greeting' must be at most 20 characters.",
+            ));
+        }
+        std::fs::create_dir_all(ctx.data_dir()).map_err(|e| ServiceError::failed(e.to_string()))?;
+        Ok(json!({ "greeting": greeting }))
+    }
+
+    async fn start(
+        &self,
+        ctx: &ServiceContext,
+        config: &Value,
+    ) -> Result<Box<dyn RunningService>, ServiceError> {
+        let greeting = config["greeting"].as_str().unwrap_or_default().to_owned();
+        let name = ctx.name().to_owned();
+        Ok(Box::new(Router::new().route(
+            "/hello",
+            get(move || async move { format!("{greeting} from {name}") }),
+        )))
+    }
+
+    async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
+        std::fs::remove_dir_all(ctx.data_dir()).map_err(|e| ServiceError::failed(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn a_custom_type_registers_validates_runs_and_cleans_up() {
+    let herve = TestHerve::start_built(|_| {}, |builder| builder.service_type(Greeter)).await;
+
+    let missing = herve.register("g", "greeter").await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.message(), "The field 'greeting' is required.");
+
+    let long = "x".repeat(21);
+    let too_long = herve
+        .post_form(
+            "/services/register",
+            &[("name", "g"), ("type", "greeter"), ("greeting", &long)],
+        )
+        .await;
+    too_long.expect(400, "The field 'greeting' must be at most 20 characters.");
+
+    let reply = herve
+        .post_form(
+            "/services/register",
+            &[("name", "g"), ("type", "greeter"), ("greeting", "salut")],
+        )
+        .await;
+    reply.expect(201, "The service has been successfully registered.");
+    assert_eq!(reply.json()["data"]["description"], "A test greeter");
+    assert_eq!(reply.json()["data"]["type"], "greeter");
+    let uuid = reply.json()["data"]["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    let service_dir = herve.data_dir.path().join("services").join(&uuid);
+    assert!(service_dir.is_dir());
+
+    herve
+        .start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    assert_eq!(
+        herve.get(&format!("/{uuid}/hello")).await.text(),
+        "salut from g"
+    );
+
+    herve
+        .stop_service(&uuid)
+        .await
+        .expect(200, "The service has successfully stopped.");
+    herve
+        .unregister(&uuid)
+        .await
+        .expect(200, "The service has been successfully unregistered.");
+    assert!(!service_dir.exists());
+
+    // Built-in types are still there next to it.
+    herve.register_ok("e", "echo").await;
+    herve.stop().await;
+}

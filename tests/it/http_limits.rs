@@ -1,0 +1,233 @@
+//! HTTP hardening: size and time limits, malformed requests, HTTP/1.0 and keep-alive.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_declared_or_streamed() {
+    let herve = TestHerve::start_with(|c| c.max_body_bytes = 1024).await;
+    let echo = herve.running("e", "echo").await;
+    let path = format!("/{echo}/echo");
+
+    let fits = herve
+        .send(Method::POST, &path, Auth::None, &[], vec![b'a'; 1024])
+        .await;
+    assert_eq!(fits.status, 200);
+    assert_eq!(fits.body.len(), 1024);
+
+    let declared = herve
+        .send(Method::POST, &path, Auth::None, &[], vec![b'a'; 1025])
+        .await;
+    assert_eq!(declared.status, 413);
+
+    // Chunked: no Content-Length to refuse up front; the limit cuts the stream.
+    let addr = herve.addr;
+    let chunked = tokio::task::spawn_blocking(move || {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for _ in 0..4 {
+            request.extend_from_slice(b"200\r\n");
+            request.extend_from_slice(&[b'z'; 0x200]);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        raw_exchange(addr, &request, WAIT)
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        raw_status(&chunked),
+        Some(413),
+        "{}",
+        String::from_utf8_lossy(&chunked)
+    );
+
+    let register = herve
+        .send(
+            Method::POST,
+            "/services/register",
+            Auth::Admin,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("name=big&type=echo&pad={}", "x".repeat(2000)),
+        )
+        .await;
+    assert_eq!(register.status, 413);
+    // Still serving.
+    assert_eq!(herve.get("/health").await.status, 200);
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_are_431() {
+    let herve = TestHerve::start_with(|c| c.max_header_bytes = 4096).await;
+    let addr = herve.addr;
+    tokio::task::spawn_blocking(move || {
+        let big = format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(8000)
+        );
+        assert_eq!(
+            raw_status(&raw_exchange(addr, big.as_bytes(), WAIT)),
+            Some(431)
+        );
+
+        let mut many = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..150 {
+            many.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(
+            raw_status(&raw_exchange(addr, many.as_bytes(), WAIT)),
+            Some(431)
+        );
+
+        // A huge head streamed without end is cut off too, not buffered forever.
+        let endless = format!("GET /health HTTP/1.1\r\nX-A: {}", "b".repeat(600_000));
+        let answer = raw_exchange(addr, endless.as_bytes(), WAIT);
+        assert!(matches!(raw_status(&answer), Some(431) | None));
+    })
+    .await
+    .expect("join");
+    assert_eq!(herve.get("/health").await.status, 200);
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_and_the_server_stays_up() {
+    let herve = TestHerve::start().await;
+    let addr = herve.addr;
+    tokio::task::spawn_blocking(move || {
+        let cases: &[&[u8]] = &[
+            b"GARBAGE\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET /health HTTP/9.9\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GET /he alth HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for case in cases {
+            let answer = raw_exchange(addr, case, WAIT);
+            assert_eq!(
+                raw_status(&answer),
+                Some(400),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(case),
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        // Invalid chunked encoding in a body: the request fails, nothing crashes.
+        let echo_less = b"POST /services/register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nxx\r\n0\r\n\r\n";
+        let answer = raw_exchange(addr, echo_less, WAIT);
+        assert!(matches!(raw_status(&answer), Some(400) | Some(401) | None));
+    })
+    .await
+    .expect("join");
+    assert_eq!(herve.get("/health").await.status, 200);
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn http_1_0_and_keep_alive() {
+    let herve = TestHerve::start().await;
+    let ping = herve.running("p", "ping").await;
+    let addr = herve.addr;
+    tokio::task::spawn_blocking(move || {
+        // HTTP/1.0 without keep-alive: one answer, then the server closes.
+        let answer = raw_exchange(
+            addr,
+            format!("GET /{ping}/ping HTTP/1.0\r\n\r\n").as_bytes(),
+            WAIT,
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+        assert!(text.ends_with("pong\n"), "{text}");
+
+        // HTTP/1.1: three requests on one connection, pipelined.
+        let one = format!("GET /{ping}/ping HTTP/1.1\r\nHost: x\r\n\r\n");
+        let last = format!("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(addr, format!("{one}{one}{last}").as_bytes(), WAIT);
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+        assert_eq!(text.matches("pong\n").count(), 2, "{text}");
+    })
+    .await
+    .expect("join");
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn slow_or_idle_clients_are_cut_off() {
+    let herve = TestHerve::start_with(|c| {
+        c.header_timeout_s = 1;
+        c.body_timeout_s = 1;
+    })
+    .await;
+    let echo = herve.running("e", "echo").await;
+    let addr = herve.addr;
+    tokio::task::spawn_blocking(move || {
+        // A head that never ends.
+        let started = Instant::now();
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .expect("write");
+        let answer = read_until_close(&mut slow, Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(4), "not cut off");
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+
+        // An idle keep-alive connection.
+        let started = Instant::now();
+        let mut idle = TcpStream::connect(addr).expect("connect");
+        idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let answer = read_until_close(&mut idle, Duration::from_secs(5));
+        assert!(String::from_utf8_lossy(&answer).contains("200 OK"));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "idle connection kept"
+        );
+
+        // A body that stalls halfway.
+        let started = Instant::now();
+        let mut stalled = TcpStream::connect(addr).expect("connect");
+        stalled
+            .write_all(
+                format!("POST /{echo}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf")
+                    .as_bytes(),
+            )
+            .expect("write");
+        let answer = read_until_close(&mut stalled, Duration::from_secs(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "stalled body kept"
+        );
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    })
+    .await
+    .expect("join");
+    assert_eq!(herve.get("/health").await.status, 200);
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn head_requests_get_headers_only() {
+    let herve = TestHerve::start().await;
+    let reply = herve
+        .send(Method::HEAD, "/health", Auth::None, &[], Bytes::new())
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.is_empty());
+    herve.stop().await;
+}

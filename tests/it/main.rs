@@ -1,0 +1,9 @@
+//! Herve's integration tests: a real server over real TCP, a real SQLite file, and the
+//! real binary for what needs a process (restarts, signals, configuration).
+
+mod binary;
+mod concurrency;
+mod contract_api;
+mod custom_type;
+mod http_limits;
+mod support;
