@@ -101,8 +101,8 @@ impl Dispatcher {
         let (router, strip) = target;
         let request = if strip {
             match strip_service_prefix(request) {
-                Ok(request) => request,
-                Err(response) => return response,
+                Some(request) => request,
+                None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
             }
         } else {
             request
@@ -148,7 +148,7 @@ pub fn service_uuid(path: &str) -> Option<Uuid> {
 }
 
 /// Rewrites `/<uuid>/rest?query` to `/rest?query`.
-fn strip_service_prefix(mut request: Request<Body>) -> Result<Request<Body>, Response<Body>> {
+fn strip_service_prefix(mut request: Request<Body>) -> Option<Request<Body>> {
     let uri = request.uri();
     let rest = &uri.path()[37..];
     let rest = if rest.is_empty() { "/" } else { rest };
@@ -158,16 +158,8 @@ fn strip_service_prefix(mut request: Request<Body>) -> Result<Request<Body>, Res
     };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = path_and_query.ok();
-    match Uri::from_parts(parts) {
-        Ok(stripped) => {
-            *request.uri_mut() = stripped;
-            Ok(request)
-        }
-        Err(_) => Err(plain(
-            StatusCode::BAD_REQUEST,
-            "The request path is invalid.\n",
-        )),
-    }
+    *request.uri_mut() = Uri::from_parts(parts).ok()?;
+    Some(request)
 }
 
 /// A short plain-text answer from Herve itself on the data plane.

@@ -9,6 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use uuid::Uuid;
 
@@ -32,6 +33,10 @@ impl RouteTable {
 
     /// Routes `uuid` to `router` from now on.
     pub fn publish(&self, uuid: Uuid, router: Router) {
+        // Herve bounds bodies itself (`HERVE_MAX_BODY_BYTES`, in dispatch); axum's own
+        // 2 MiB default would otherwise cut in first. A router that sets its own limit
+        // keeps it: its layer runs after this one.
+        let router = router.layer(DefaultBodyLimit::disable());
         self.update(|routes| {
             routes.insert(uuid, router);
         });

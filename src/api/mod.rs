@@ -8,7 +8,7 @@ pub mod form;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,8 @@ pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
         .merge(services)
         .fallback(unknown_path)
         .layer(middleware::map_response(explain_method_not_allowed))
+        // The dispatcher bounds bodies (HERVE_MAX_BODY_BYTES); no second, smaller limit.
+        .layer(DefaultBodyLimit::disable())
 }
 
 async fn health() -> Response {

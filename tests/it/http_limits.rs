@@ -68,6 +68,47 @@ async fn bodies_over_the_limit_are_413_declared_or_streamed() {
 }
 
 #[tokio::test]
+async fn bodies_up_to_the_default_limit_pass_whole() {
+    let herve = TestHerve::start().await;
+    let echo = herve.running("e", "echo").await;
+    let body: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let reply = herve
+        .send(
+            Method::POST,
+            &format!("/{echo}/echo"),
+            Auth::None,
+            &[],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body[..] == body[..], "the echoed body differs");
+    let over = herve
+        .send(
+            Method::POST,
+            &format!("/{echo}/echo"),
+            Auth::None,
+            &[],
+            vec![0u8; 10 * 1024 * 1024 + 1],
+        )
+        .await;
+    assert_eq!(over.status, 413);
+
+    // A large registration form is read whole too (unknown fields are ignored).
+    let padded = herve
+        .send(
+            Method::POST,
+            "/services/register",
+            Auth::Admin,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("name=padded&type=ping&pad={}", "p".repeat(3 * 1024 * 1024)),
+        )
+        .await;
+    assert_eq!(padded.status, 201, "{}", padded.text());
+    herve.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_or_too_many_headers_are_431() {
     let herve = TestHerve::start_with(|c| c.max_header_bytes = 4096).await;
     let addr = herve.addr;
@@ -157,7 +198,7 @@ async fn http_1_0_and_keep_alive() {
 
         // HTTP/1.1: three requests on one connection, pipelined.
         let one = format!("GET /{ping}/ping HTTP/1.1\r\nHost: x\r\n\r\n");
-        let last = format!("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let last = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let answer = raw_exchange(addr, format!("{one}{one}{last}").as_bytes(), WAIT);
         let text = String::from_utf8_lossy(&answer);
         assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
