@@ -19,7 +19,7 @@ use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, Serv
 use herve::{async_trait, Config, HerveBuilder};
 
 /// `greeter`: answers `GET /hello` with a greeting chosen at registration.
-struct Greeter;
+pub struct Greeter;
 
 #[async_trait]
 impl ServiceType for Greeter {
@@ -32,7 +32,11 @@ impl ServiceType for Greeter {
     }
 
     /// `greeting` is required and short; a bad one is a 400 naming the field.
-    async fn register(&self, _ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError> {
+    async fn register(
+        &self,
+        _ctx: &ServiceContext,
+        fields: &Fields,
+    ) -> Result<Value, ServiceError> {
         let greeting = fields.require("greeting")?;
         if greeting.chars().count() > 40 {
             return Err(ServiceError::invalid_field(
@@ -68,7 +72,7 @@ impl ServiceType for Greeter {
 }
 
 #[derive(Deserialize)]
-struct Who {
+pub struct Who {
     to: Option<String>,
 }
 
@@ -81,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
         .bind()
         .await
         .context("Herve could not start")?;
-    tracing::info!("Herve with the greeter type listens on http://{}", herve.local_addr());
+    tracing::info!(
+        "Herve with the greeter type listens on http://{}",
+        herve.local_addr()
+    );
     herve.serve(herve::shutdown_signal()).await;
     Ok(())
 }

@@ -74,7 +74,11 @@ pub struct AdminAuth {
     /// Digest of the last secret a hash verified.
     verified: ArcSwapOption<Digest>,
     source: CredentialSource,
+    verification_slots: tokio::sync::Semaphore,
 }
+
+/// Hash verifications allowed at once (each takes a core for tens of milliseconds).
+const CONCURRENT_VERIFICATIONS: usize = 2;
 
 impl AdminAuth {
     /// Sets up the credentials from configuration, generating a secret in `data_dir`
@@ -136,12 +140,19 @@ impl AdminAuth {
             key,
             verified: ArcSwapOption::empty(),
             source,
+            verification_slots: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
         })
     }
 
     /// The admin id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Permits for slow hash verifications; hold one while calling [`AdminAuth::check`]
+    /// for a request [`AdminAuth::check_fast`] could not decide.
+    pub fn verification_slots(&self) -> &tokio::sync::Semaphore {
+        &self.verification_slots
     }
 
     /// Where the credentials came from.
@@ -279,6 +290,10 @@ fn generated_secret(data_dir: &Path) -> Result<(String, CredentialSource), AuthS
         .and_then(|()| out.sync_all())
         .map_err(io_error)?;
     fs::rename(&partial, &file).map_err(io_error)?;
+    // The rename is durable only once the directory is synced.
+    fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error)?;
     Ok((secret.clone(), CredentialSource::Generated { secret, file }))
 }
 

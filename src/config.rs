@@ -165,7 +165,8 @@ impl Config {
     /// Reads `.env` from the working directory (if any) into the environment, without
     /// overriding what is set already, then parses flags and environment.
     pub fn load() -> Result<Config, ConfigError> {
-        match dotenvy::dotenv() {
+        // `from_path`, not `dotenv()`: the latter also searches parent directories.
+        match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(error) if error.not_found() => {}
             Err(error) => return Err(ConfigError::DotEnv(error.to_string())),

@@ -22,7 +22,9 @@ use http_body_util::Limited;
 use tower::ServiceExt;
 use uuid::Uuid;
 
+use crate::api::ApiError;
 use crate::routing::RouteTable;
+use axum::response::IntoResponse;
 
 /// Routes requests to the admin API or to a running service.
 pub struct Dispatcher {
@@ -79,14 +81,23 @@ impl Dispatcher {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let service = service_uuid(request.uri().path());
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
-            return plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The request body is too large.\n",
-            );
+            // Service traffic gets plain text; admin clients get the JSON envelope.
+            return match service {
+                Some(_) => plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is too large.\n",
+                ),
+                None => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is too large.",
+                )
+                .into_response(),
+            };
         }
         let request = request.map(|body| self.guard(body));
-        let target = match service_uuid(request.uri().path()) {
+        let target = match service {
             Some(uuid) => match self.routes.get(&uuid) {
                 Some(router) => (router, true),
                 None => {

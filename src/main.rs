@@ -27,10 +27,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("Herve could not start")?;
     let addr = herve.local_addr();
     let auth = herve.admin_auth();
-    tracing::info!(
-        "Herve listens on http://{addr} (data in {})",
-        config.data_dir.display()
-    );
     match auth.source() {
         CredentialSource::Configured => tracing::info!(
             "admin API: HTTP Basic auth as '{}' with AUTH_ADMIN_SECRET",
@@ -55,6 +51,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             file.display()
         ),
     }
+    tracing::info!(
+        "Herve listens on http://{addr} (data in {})",
+        config.data_dir.display()
+    );
     herve.serve(herve::shutdown_signal()).await;
     tracing::info!("Herve stopped");
     Ok(())

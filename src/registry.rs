@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,8 @@ pub enum RegistryError {
     StillRunning,
     #[error("The service type '{0}' is not available in this Herve.")]
     TypeUnavailable(String),
+    #[error("Herve is shutting down.")]
+    ShuttingDown,
     #[error("{0}")]
     Hook(String),
     #[error("The change could not be saved: {0}")]
@@ -130,6 +133,8 @@ pub struct Registry {
     max_services: usize,
     services: Mutex<Services>,
     registering: tokio::sync::Mutex<()>,
+    /// Set by [`Registry::shutdown`]: no instance may start after it.
+    closing: AtomicBool,
 }
 
 impl Registry {
@@ -181,6 +186,7 @@ impl Registry {
             max_services,
             services: Mutex::new(services),
             registering: tokio::sync::Mutex::new(()),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -305,11 +311,11 @@ impl Registry {
         if life.removed {
             return Err(RegistryError::NotFound);
         }
-        let was_running = self.halt(&slot, &mut life).await;
-        let status = slot.status();
-        // A service that failed to start is stopped once a user stops it; one that
-        // never ran stays `registered`.
-        if was_running || status == Status::Failed || status == Status::Starting {
+        self.halt(&slot, &mut life).await;
+        // Record `stopped` whenever the status says anything else than "not running":
+        // also after a start or stop that failed halfway. One that never ran stays
+        // `registered`.
+        if !matches!(slot.status(), Status::Registered | Status::Stopped) {
             self.store.set_status(uuid, Status::Stopped).await?;
             slot.set_status(Status::Stopped);
         }
@@ -326,22 +332,30 @@ impl Registry {
         if life.instance.is_some() {
             return Err(RegistryError::StillRunning);
         }
-        if let Some(service_type) = &slot.service_type {
-            service_type
-                .unregister(&self.context(uuid, &slot.name), &slot.config)
-                .await?;
-        }
+        // Forget the service first: once the row is gone it no longer exists, whatever
+        // happens to the type's cleanup, which can only leave files behind.
         self.store.remove(uuid).await?;
         life.removed = true;
-        let mut services = lock(&self.services);
-        services.by_uuid.remove(&uuid);
-        services.names.remove(&slot.name);
+        {
+            let mut services = lock(&self.services);
+            services.by_uuid.remove(&uuid);
+            services.names.remove(&slot.name);
+        }
+        if let Some(service_type) = &slot.service_type {
+            if let Err(error) = service_type
+                .unregister(&self.context(uuid, &slot.name), &slot.config)
+                .await
+            {
+                tracing::warn!(%uuid, %error, "the type's unregister hook failed; its files may remain");
+            }
+        }
         Ok(slot.view())
     }
 
     /// Stops every running instance without recording it, so that the next start of
     /// Herve starts them again. Used when Herve shuts down.
     pub async fn shutdown(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         let slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
         let stops = slots.iter().map(|slot| async move {
             let mut life = slot.life.lock().await;
@@ -382,12 +396,15 @@ impl Registry {
         if life.instance.is_some() {
             return Ok(());
         }
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(RegistryError::ShuttingDown);
+        }
         let Some(service_type) = &slot.service_type else {
+            // Shown as failed, but the stored status keeps the intent, for a Herve
+            // built with the type.
             slot.set_status(Status::Failed);
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
-        let previous = slot.status();
-        slot.set_status(Status::Starting);
         let ctx = self.context(slot.uuid, &slot.name);
         let instance = match service_type.start(&ctx, &slot.config).await {
             Ok(instance) => instance,
@@ -399,12 +416,14 @@ impl Registry {
                 return Err(error.into());
             }
         };
-        if let Err(error) = self.store.set_status(slot.uuid, Status::Running).await {
-            if let Err(stop_error) = instance.stop().await {
-                tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
+        // On resume the stored status is `running` already: no write needed.
+        if slot.status() != Status::Running {
+            if let Err(error) = self.store.set_status(slot.uuid, Status::Running).await {
+                if let Err(stop_error) = instance.stop().await {
+                    tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
+                }
+                return Err(error.into());
             }
-            slot.set_status(previous);
-            return Err(error.into());
         }
         self.routes.publish(slot.uuid, instance.routes());
         life.instance = Some(instance);
@@ -413,17 +432,16 @@ impl Registry {
     }
 
     /// Withdraws the routes of `slot` and stops its instance, if any; the caller holds
-    /// its lifecycle lock and records the status. Returns whether it was running.
-    async fn halt(&self, slot: &Slot, life: &mut Life) -> bool {
+    /// its lifecycle lock and records the status.
+    async fn halt(&self, slot: &Slot, life: &mut Life) {
         let Some(instance) = life.instance.take() else {
-            return false;
+            return;
         };
         // Withdraw first: no new request reaches an instance that is going away.
         self.routes.withdraw(&slot.uuid);
         if let Err(error) = instance.stop().await {
             tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
         }
-        true
     }
 }
 

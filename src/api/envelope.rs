@@ -70,6 +70,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::TypeUnavailable(_)
             | RegistryError::Hook(_)
             | RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RegistryError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(%error, "admin request failed");

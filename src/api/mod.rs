@@ -8,7 +8,8 @@ pub mod form;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +32,9 @@ pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
         .route("/services/{uuid}/start", post(start))
         .route("/services/{uuid}/stop", post(stop))
         .route("/services/{uuid}/unregister", post(unregister))
-        .route_layer(middleware::from_fn_with_state(auth, require_admin))
+        // `layer`, not `route_layer`: a wrong method is refused only after the
+        // credentials are checked, so nothing under /services answers a stranger.
+        .layer(middleware::from_fn_with_state(auth, require_admin))
         .with_state(registry);
     Router::new()
         .route("/health", get(health))
@@ -52,9 +55,9 @@ async fn list(State(registry): State<Arc<Registry>>) -> Response {
 
 async fn show(
     State(registry): State<Arc<Registry>>,
-    Path(uuid): Path<String>,
+    uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    let service = registry.get(parse_uuid(&uuid)?)?;
+    let service = registry.get(uuid.0)?;
     Ok(envelope::ok(StatusCode::OK, None, Some(service)))
 }
 
@@ -62,10 +65,10 @@ async fn register(
     State(registry): State<Arc<Registry>>,
     RegistrationFields(fields): RegistrationFields,
 ) -> Result<Response, ApiError> {
-    let name = fields.get("name").unwrap_or_default();
-    crate::registry::validate_name(name)?;
+    let name = fields.get("name").unwrap_or_default().to_owned();
+    crate::registry::validate_name(&name)?;
     let type_name = match fields.get("type") {
-        Some(type_name) if !type_name.is_empty() => type_name,
+        Some(type_name) if !type_name.is_empty() => type_name.to_owned(),
         _ => {
             return Err(RegistryError::InvalidField {
                 field: "type".to_owned(),
@@ -74,7 +77,8 @@ async fn register(
             .into())
         }
     };
-    let service = registry.register(name, type_name, &fields).await?;
+    let service =
+        to_completion(async move { registry.register(&name, &type_name, &fields).await }).await?;
     Ok(envelope::ok(
         StatusCode::CREATED,
         Some("The service has been successfully registered."),
@@ -84,9 +88,9 @@ async fn register(
 
 async fn start(
     State(registry): State<Arc<Registry>>,
-    Path(uuid): Path<String>,
+    uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    registry.start(parse_uuid(&uuid)?).await?;
+    to_completion(async move { registry.start(uuid.0).await }).await?;
     Ok(envelope::ok::<()>(
         StatusCode::OK,
         Some("The service has successfully started."),
@@ -96,9 +100,9 @@ async fn start(
 
 async fn stop(
     State(registry): State<Arc<Registry>>,
-    Path(uuid): Path<String>,
+    uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    registry.stop(parse_uuid(&uuid)?).await?;
+    to_completion(async move { registry.stop(uuid.0).await }).await?;
     Ok(envelope::ok::<()>(
         StatusCode::OK,
         Some("The service has successfully stopped."),
@@ -108,14 +112,48 @@ async fn stop(
 
 async fn unregister(
     State(registry): State<Arc<Registry>>,
-    Path(uuid): Path<String>,
+    uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    registry.unregister(parse_uuid(&uuid)?).await?;
+    to_completion(async move { registry.unregister(uuid.0).await }).await?;
     Ok(envelope::ok::<()>(
         StatusCode::OK,
         Some("The service has been successfully unregistered."),
         None,
     ))
+}
+
+/// Runs a registry change to its end even if the client goes away: hyper drops a
+/// handler whose client disconnected, and a change cut off between the store and
+/// memory would leave them disagreeing.
+async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, RegistryError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(change).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(error) => {
+            tracing::error!(%error, "a registry change panicked");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The change failed unexpectedly.",
+            ))
+        }
+    }
+}
+
+/// The `{uuid}` of a `/services/{uuid}/...` path. Only the canonical 36-character
+/// form names a service (in either case); anything else, even text that does not
+/// decode, names no service: 404.
+struct ServiceId(Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for ServiceId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        parse_uuid(&text).map(ServiceId)
+    }
 }
 
 /// Only the canonical 36-character form names a service (in either case); anything
@@ -138,10 +176,17 @@ async fn require_admin(
         .map(|value| value.as_bytes().to_vec());
     let granted = match auth.check_fast(presented.as_deref()) {
         Some(decision) => decision,
-        // A hash to verify: tens of milliseconds of CPU, off the async threads.
-        None => tokio::task::spawn_blocking(move || auth.check(presented.as_deref()))
-            .await
-            .unwrap_or(false),
+        // A hash to verify: tens of milliseconds of CPU, off the async threads, and
+        // only a few at a time so that a flood of wrong secrets cannot take every core.
+        None => {
+            let Ok(_slot) = auth.verification_slots().acquire().await else {
+                return Err(ApiError::unauthorized());
+            };
+            let checker = Arc::clone(&auth);
+            tokio::task::spawn_blocking(move || checker.check(presented.as_deref()))
+                .await
+                .unwrap_or(false)
+        }
     };
     if !granted {
         return Err(ApiError::unauthorized());

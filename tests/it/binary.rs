@@ -64,19 +64,63 @@ async fn services_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut first = BinHerve::spawn(dir.path(), &[]);
     let client = first.client();
-    let before = populate(&client).await;
-    // The very last acknowledged change must be there too.
-    let last = client.register_ok("last-one", "echo").await;
-    let mut before = before;
-    before.insert(
-        0,
-        client.admin_get(&format!("/services/{last}")).await.json()["data"].clone(),
-    );
+    populate(&client).await;
+    // The very last acknowledged changes, of every kind, must be there too.
+    let registered = client.register_ok("last-registered", "echo").await;
+    let doomed = client.register_ok("last-unregistered", "echo").await;
+    let running = client
+        .list()
+        .await
+        .iter()
+        .find(|s| s["name"] == "kept-ping")
+        .expect("kept-ping")["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    client
+        .stop_service(&running)
+        .await
+        .expect(200, "The service has successfully stopped.");
+    client
+        .unregister(&doomed)
+        .await
+        .expect(200, "The service has been successfully unregistered.");
+    client
+        .start(&registered)
+        .await
+        .expect(200, "The service has successfully started.");
+    let before = client.list().await;
     first.signal(libc::SIGKILL);
     first.wait(Duration::from_secs(10));
 
     let second = BinHerve::spawn(dir.path(), &[]);
     assert_restored(&second.client(), &before).await;
+}
+
+#[tokio::test]
+async fn with_no_settings_it_listens_on_5000_with_data_in_herve_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = herve_command(dir.path());
+    command
+        .env_remove("PORT")
+        .env_remove("HERVE_DATA_DIR")
+        .env_remove("HERVE_HOST");
+    let herve = BinHerve::spawn_command(command);
+    assert_eq!(herve.addr.port(), 5000);
+    assert!(herve.addr.ip().is_unspecified(), "{}", herve.addr);
+    let data = dir.path().join("herve-data");
+    assert!(data.join("herve.db").is_file());
+    assert!(data.join("admin-secret").is_file());
+    let mode = std::fs::metadata(&data)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    let reply = HttpClient::new("127.0.0.1:5000".parse().expect("addr"))
+        .get("/health")
+        .await;
+    assert_eq!(reply.status, 200);
 }
 
 #[tokio::test]
@@ -140,7 +184,7 @@ async fn without_credentials_a_secret_is_generated_kept_private_and_reused() {
     drop(first);
 
     let second = BinHerve::spawn_command(herve_command(dir.path()));
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(second.stdout().contains("listens on"));
     assert!(!second.stdout().contains(&secret), "printed only once");
     let ok = second
         .client()

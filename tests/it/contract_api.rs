@@ -66,6 +66,16 @@ async fn admin_endpoints_need_the_whole_id_and_secret() {
             assert_eq!(reply.json()["success"], false);
         }
     }
+    // Not even a wrong method tells a stranger what is there.
+    for (method, path) in [
+        (Method::GET, "/services/register"),
+        (Method::DELETE, "/services"),
+    ] {
+        let reply = herve
+            .send(method, path, Auth::None, &[], Bytes::new())
+            .await;
+        assert_eq!(reply.status, 401, "{path}");
+    }
     // The service was neither started nor unregistered by any of that.
     let listed = herve.list().await;
     assert_eq!(listed.len(), 1);

@@ -108,3 +108,92 @@ async fn a_custom_type_registers_validates_runs_and_cleans_up() {
     herve.register_ok("e", "echo").await;
     herve.stop().await;
 }
+
+/// The example of the README, exactly as shipped.
+#[allow(dead_code)]
+#[path = "../../examples/custom_service.rs"]
+mod example;
+
+#[tokio::test]
+async fn the_shipped_example_type_works() {
+    let herve =
+        TestHerve::start_built(|_| {}, |builder| builder.service_type(example::Greeter)).await;
+    let long = "x".repeat(41);
+    herve
+        .post_form(
+            "/services/register",
+            &[("name", "hi"), ("type", "greeter"), ("greeting", &long)],
+        )
+        .await
+        .expect(400, "The field 'greeting' must be at most 40 characters.");
+    let reply = herve
+        .post_form(
+            "/services/register",
+            &[("name", "hi"), ("type", "greeter"), ("greeting", "Bonjour")],
+        )
+        .await;
+    reply.expect(201, "The service has been successfully registered.");
+    let uuid = reply.json()["data"]["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    herve
+        .start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    assert_eq!(
+        herve.get(&format!("/{uuid}/hello")).await.text(),
+        "Bonjour from hi\n"
+    );
+    assert_eq!(
+        herve.get(&format!("/{uuid}/hello?to=Ada")).await.text(),
+        "Bonjour, Ada, from hi\n"
+    );
+    herve.stop().await;
+}
+
+/// A type whose start always fails.
+struct Broken;
+
+#[async_trait]
+impl ServiceType for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+
+    fn description(&self) -> &str {
+        "Never starts"
+    }
+
+    async fn start(
+        &self,
+        _ctx: &ServiceContext,
+        _config: &Value,
+    ) -> Result<Box<dyn RunningService>, ServiceError> {
+        Err(ServiceError::failed("The port 1 is not available."))
+    }
+}
+
+#[tokio::test]
+async fn a_failed_start_is_a_500_with_the_reason_and_status_failed() {
+    let herve = TestHerve::start_built(|_| {}, |builder| builder.service_type(Broken)).await;
+    let uuid = herve.register_ok("b", "broken").await;
+    herve
+        .start(&uuid)
+        .await
+        .expect(500, "The port 1 is not available.");
+    let shown = herve.admin_get(&format!("/services/{uuid}")).await;
+    assert_eq!(shown.json()["data"]["status"], "failed");
+    assert_eq!(herve.get(&format!("/{uuid}/")).await.status, 404);
+    // Stopping acknowledges the failure; then it can go.
+    herve
+        .stop_service(&uuid)
+        .await
+        .expect(200, "The service has successfully stopped.");
+    assert_eq!(herve.list().await[0]["status"], "stopped");
+    herve
+        .unregister(&uuid)
+        .await
+        .expect(200, "The service has been successfully unregistered.");
+    herve.stop().await;
+}
