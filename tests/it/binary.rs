@@ -172,13 +172,7 @@ async fn without_credentials_a_secret_is_generated_kept_private_and_reused() {
     let client = first.client();
     assert_eq!(client.admin_get("/services").await.status, 401);
     let ok = client
-        .send(
-            hyper::Method::GET,
-            "/services",
-            Auth::Basic("admin", &secret),
-            &[],
-            bytes::Bytes::new(),
-        )
+        .get_as("/services", Auth::Basic("admin", &secret))
         .await;
     assert_eq!(ok.status, 200);
     drop(first);
@@ -188,13 +182,7 @@ async fn without_credentials_a_secret_is_generated_kept_private_and_reused() {
     assert!(!second.stdout().contains(&secret), "printed only once");
     let ok = second
         .client()
-        .send(
-            hyper::Method::GET,
-            "/services",
-            Auth::Basic("admin", &secret),
-            &[],
-            bytes::Bytes::new(),
-        )
+        .get_as("/services", Auth::Basic("admin", &secret))
         .await;
     assert_eq!(ok.status, 200);
 }
@@ -271,13 +259,7 @@ async fn dot_env_is_read_and_the_environment_wins() {
     let herve = BinHerve::spawn_command(command);
     let client = herve.client();
     let listed = client
-        .send(
-            hyper::Method::GET,
-            "/services",
-            Auth::Basic("fromfile", "file secret"),
-            &[],
-            bytes::Bytes::new(),
-        )
+        .get_as("/services", Auth::Basic("fromfile", "file secret"))
         .await;
     assert_eq!(listed.status, 200, "{}", listed.text());
     // HERVE_MAX_SERVICES=2 from the environment, not 1 from the file.

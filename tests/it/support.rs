@@ -211,6 +211,10 @@ impl HttpClient {
             .await
     }
 
+    pub async fn get_as(&self, path: &str, auth: Auth<'_>) -> Reply {
+        self.send(Method::GET, path, auth, &[], Bytes::new()).await
+    }
+
     pub async fn admin_get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Auth::Admin, &[], Bytes::new())
             .await
