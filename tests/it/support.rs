@@ -300,7 +300,9 @@ pub fn read_until_close(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
     let deadline = Instant::now() + wait;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
-    while Instant::now() < deadline {
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        // Never block past the deadline, whatever the caller set on the stream.
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
