@@ -44,6 +44,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -84,10 +85,24 @@ pub trait ServiceType: Send + Sync + 'static {
     ) -> Result<Box<dyn RunningService>, ServiceError>;
 
     /// Deletes whatever the type keeps for this service outside Herve's registry
-    /// (files, tables, …). Called on a stopped service, before Herve forgets it.
+    /// (files, tables, …). Called on a stopped service, after Herve forgot it: a
+    /// failure here is logged, the service is gone either way.
     async fn unregister(&self, ctx: &ServiceContext, config: &Value) -> Result<(), ServiceError> {
         let _ = (ctx, config);
         Ok(())
+    }
+
+    /// The last `tail` lines of the service's output, oldest first, for
+    /// `GET /services/:uuid/logs`; `None` when the type keeps no logs (the default).
+    /// Called whether or not the service runs.
+    async fn logs(
+        &self,
+        ctx: &ServiceContext,
+        config: &Value,
+        tail: usize,
+    ) -> Result<Option<Vec<String>>, ServiceError> {
+        let _ = (ctx, config, tail);
+        Ok(None)
     }
 }
 
@@ -118,19 +133,36 @@ impl RunningService for Router {
 }
 
 /// What Herve tells a type about the service a hook is called for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceContext {
     uuid: Uuid,
     name: String,
     data_dir: PathBuf,
+    reporter: StatusReporter,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("uuid", &self.uuid)
+            .field("name", &self.name)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceContext {
-    pub(crate) fn new(uuid: Uuid, name: String, data_dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        uuid: Uuid,
+        name: String,
+        data_dir: PathBuf,
+        reporter: StatusReporter,
+    ) -> Self {
         ServiceContext {
             uuid,
             name,
             data_dir,
+            reporter,
         }
     }
 
@@ -150,6 +182,60 @@ impl ServiceContext {
     /// [`ServiceType::unregister`].
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Tells Herve how the service is doing between hooks (a supervised program that
+    /// restarts, gives up, …). Keep a clone in whatever runs in the background.
+    pub fn reporter(&self) -> &StatusReporter {
+        &self.reporter
+    }
+}
+
+/// What a running service may report about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Not ready yet (shown as `starting`); its routes stay mounted.
+    Starting,
+    /// Ready again (shown as `running`).
+    Running,
+    /// It gave up (shown as `failed` with the reason, recorded); its routes answer 404
+    /// until a user starts it again.
+    Failed(String),
+    /// It ended by itself and will not come back (shown as `stopped`, recorded).
+    Exited(String),
+    /// Type-specific runtime facts (pid, restarts, …) shown as `runtime` in the
+    /// service's JSON.
+    Runtime(Value),
+}
+
+/// Where a service's reports go: the registry, for the instance that got this
+/// context. Reports from an instance that has been stopped since are ignored.
+#[derive(Clone)]
+pub struct StatusReporter {
+    sink: Arc<dyn Fn(Report) + Send + Sync>,
+}
+
+impl StatusReporter {
+    pub(crate) fn new(sink: impl Fn(Report) + Send + Sync + 'static) -> Self {
+        StatusReporter {
+            sink: Arc::new(sink),
+        }
+    }
+
+    /// A reporter that drops every report, for using a type outside a Herve.
+    pub fn detached() -> Self {
+        StatusReporter::new(|_| {})
+    }
+
+    /// Sends one report.
+    pub fn report(&self, report: Report) {
+        (self.sink)(report);
+    }
+}
+
+impl std::fmt::Debug for StatusReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusReporter")
     }
 }
 

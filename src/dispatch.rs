@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::Router;
 use bytes::Bytes;
@@ -59,12 +60,12 @@ impl Dispatcher {
         B::Error: Into<axum::BoxError>,
     {
         if !self.access_log {
-            return self.route(request).await;
+            return self.route(client, request).await;
         }
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let response = self.route(request).await;
+        let response = self.route(client, request).await;
         tracing::info!(
             target: "herve::access",
             client = %client.ip(),
@@ -76,7 +77,7 @@ impl Dispatcher {
         response
     }
 
-    async fn route<B>(&self, request: Request<B>) -> Response<Body>
+    async fn route<B>(&self, client: SocketAddr, request: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
@@ -112,7 +113,11 @@ impl Dispatcher {
         let (router, strip) = target;
         let request = if strip {
             match strip_service_prefix(request) {
-                Some(request) => request,
+                Some(mut request) => {
+                    // Services may want the client's address (proxies forward it).
+                    request.extensions_mut().insert(ConnectInfo(client));
+                    request
+                }
                 None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
             }
         } else {

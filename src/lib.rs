@@ -24,6 +24,7 @@ pub mod routing;
 pub mod server;
 pub mod store;
 pub mod types;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;

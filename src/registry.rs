@@ -8,18 +8,25 @@
 //! `.await`); each service has its own async lifecycle lock, so a slow start of one
 //! service never holds up the others; registrations are serialised so that the name
 //! check and the insert are one step.
+//!
+//! A running instance may report on itself between hooks (a program that restarts or
+//! gives up). Each start opens a new *epoch* of the service, and a report is applied
+//! only while its epoch is current: a late report of a stopped instance changes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::{
+    Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType, StatusReporter,
+};
 use crate::routing::RouteTable;
 use crate::store::{ServiceRecord, Status, Store, StoreError};
 use crate::types::TypeCatalog;
@@ -44,6 +51,8 @@ pub enum RegistryError {
     StillRunning,
     #[error("The service type '{0}' is not available in this Herve.")]
     TypeUnavailable(String),
+    #[error("This service keeps no logs.")]
+    NoLogs,
     #[error("Herve is shutting down.")]
     ShuttingDown,
     #[error("{0}")]
@@ -64,8 +73,8 @@ impl From<ServiceError> for RegistryError {
 }
 
 /// A service as the API shows it. The first five keys, in this order, are the
-/// contract's; later keys may be added.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// contract's; the others are left out when empty.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServiceView {
     pub uuid: Uuid,
     pub name: String,
@@ -73,6 +82,22 @@ pub struct ServiceView {
     pub status: Status,
     #[serde(rename = "type")]
     pub type_name: String,
+    /// Why the service failed or ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the running instance reports about itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Value>,
+    /// The type-specific configuration (only when one service is shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+}
+
+/// What the API shows of a service's state; changes under a short lock.
+struct Shown {
+    status: Status,
+    reason: String,
+    runtime: Option<Value>,
 }
 
 /// One registered service.
@@ -85,8 +110,11 @@ struct Slot {
     config: Value,
     /// `None` when the database names a type this Herve was not built with.
     service_type: Option<Arc<dyn ServiceType>>,
-    /// Read by listings without waiting for a lifecycle operation to finish.
-    status: Mutex<Status>,
+    shown: Mutex<Shown>,
+    /// Bumped by every start and stop; reports of older epochs are ignored.
+    epoch: AtomicU64,
+    /// The routes of the current instance, to publish again when it recovers.
+    routes: Mutex<Option<Router>>,
     /// Held for the whole of a start, stop or unregister of this service.
     life: tokio::sync::Mutex<Life>,
 }
@@ -100,20 +128,26 @@ struct Life {
 
 impl Slot {
     fn status(&self) -> Status {
-        *lock(&self.status)
+        lock(&self.shown).status
     }
 
-    fn set_status(&self, status: Status) {
-        *lock(&self.status) = status;
+    fn set_status(&self, status: Status, reason: &str) {
+        let mut shown = lock(&self.shown);
+        shown.status = status;
+        reason.clone_into(&mut shown.reason);
     }
 
-    fn view(&self) -> ServiceView {
+    fn view(&self, with_config: bool) -> ServiceView {
+        let shown = lock(&self.shown);
         ServiceView {
             uuid: self.uuid,
             name: self.name.clone(),
             description: self.description.clone(),
-            status: self.status(),
+            status: shown.status,
             type_name: self.type_name.clone(),
+            reason: (!shown.reason.is_empty()).then(|| shown.reason.clone()),
+            runtime: shown.runtime.clone(),
+            config: (with_config && !self.config.is_null()).then(|| self.config.clone()),
         }
     }
 }
@@ -173,7 +207,13 @@ impl Registry {
                     description,
                     config: record.config,
                     service_type,
-                    status: Mutex::new(record.status),
+                    shown: Mutex::new(Shown {
+                        status: record.status,
+                        reason: record.detail,
+                        runtime: None,
+                    }),
+                    epoch: AtomicU64::new(0),
+                    routes: Mutex::new(None),
                     life: tokio::sync::Mutex::new(Life::default()),
                 }),
             );
@@ -216,12 +256,12 @@ impl Registry {
     pub fn list(&self) -> Vec<ServiceView> {
         let mut slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
         slots.sort_unstable_by_key(|slot| std::cmp::Reverse(slot.seq));
-        slots.iter().map(|slot| slot.view()).collect()
+        slots.iter().map(|slot| slot.view(false)).collect()
     }
 
-    /// One service.
+    /// One service, with its configuration.
     pub fn get(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
-        Ok(self.slot(uuid)?.view())
+        Ok(self.slot(uuid)?.view(true))
     }
 
     /// How many services are registered.
@@ -252,7 +292,7 @@ impl Registry {
         self.check_room_for(name)?;
 
         let uuid = Uuid::new_v4();
-        let ctx = self.context(uuid, name);
+        let ctx = self.context(uuid, name, StatusReporter::detached());
         let config = service_type.register(&ctx, fields).await?;
         let mut record = ServiceRecord {
             seq: 0,
@@ -261,6 +301,7 @@ impl Registry {
             type_name: type_name.to_owned(),
             description: service_type.description().to_owned(),
             status: Status::Registered,
+            detail: String::new(),
             config,
             created_at: unix_now(),
         };
@@ -283,10 +324,16 @@ impl Registry {
             description: record.description,
             config: record.config,
             service_type: Some(service_type),
-            status: Mutex::new(Status::Registered),
+            shown: Mutex::new(Shown {
+                status: Status::Registered,
+                reason: String::new(),
+                runtime: None,
+            }),
+            epoch: AtomicU64::new(0),
+            routes: Mutex::new(None),
             life: tokio::sync::Mutex::new(Life::default()),
         });
-        let view = slot.view();
+        let view = slot.view(true);
         let mut services = lock(&self.services);
         services.names.insert(slot.name.clone());
         services.by_uuid.insert(uuid, slot);
@@ -301,7 +348,7 @@ impl Registry {
             return Err(RegistryError::NotFound);
         }
         self.start_locked(&slot, &mut life).await?;
-        Ok(slot.view())
+        Ok(slot.view(false))
     }
 
     /// Stops a service; stopping a service that does not run does nothing.
@@ -316,10 +363,22 @@ impl Registry {
         // also after a start or stop that failed halfway. One that never ran stays
         // `registered`.
         if !matches!(slot.status(), Status::Registered | Status::Stopped) {
-            self.store.set_status(uuid, Status::Stopped).await?;
-            slot.set_status(Status::Stopped);
+            self.store.set_status(uuid, Status::Stopped, "").await?;
+            slot.set_status(Status::Stopped, "");
         }
-        Ok(slot.view())
+        Ok(slot.view(false))
+    }
+
+    /// Stops a service if it runs, then starts it.
+    pub async fn restart(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let slot = self.slot(uuid)?;
+        let mut life = slot.life.lock().await;
+        if life.removed {
+            return Err(RegistryError::NotFound);
+        }
+        self.halt(&slot, &mut life).await;
+        self.start_locked(&slot, &mut life).await?;
+        Ok(slot.view(false))
     }
 
     /// Forgets a stopped service.
@@ -330,7 +389,11 @@ impl Registry {
             return Err(RegistryError::NotFound);
         }
         if life.instance.is_some() {
-            return Err(RegistryError::StillRunning);
+            if slot.status().should_run() {
+                return Err(RegistryError::StillRunning);
+            }
+            // An instance that gave up by itself: nothing of it should outlive this.
+            self.halt(&slot, &mut life).await;
         }
         // Forget the service first: once the row is gone it no longer exists, whatever
         // happens to the type's cleanup, which can only leave files behind.
@@ -342,14 +405,25 @@ impl Registry {
             services.names.remove(&slot.name);
         }
         if let Some(service_type) = &slot.service_type {
-            if let Err(error) = service_type
-                .unregister(&self.context(uuid, &slot.name), &slot.config)
-                .await
-            {
+            let ctx = self.context(uuid, &slot.name, StatusReporter::detached());
+            if let Err(error) = service_type.unregister(&ctx, &slot.config).await {
                 tracing::warn!(%uuid, %error, "the type's unregister hook failed; its files may remain");
             }
         }
-        Ok(slot.view())
+        Ok(slot.view(false))
+    }
+
+    /// The last `tail` lines of a service's output.
+    pub async fn logs(&self, uuid: Uuid, tail: usize) -> Result<Vec<String>, RegistryError> {
+        let slot = self.slot(uuid)?;
+        let Some(service_type) = &slot.service_type else {
+            return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
+        };
+        let ctx = self.context(uuid, &slot.name, StatusReporter::detached());
+        service_type
+            .logs(&ctx, &slot.config, tail)
+            .await?
+            .ok_or(RegistryError::NoLogs)
     }
 
     /// Stops every running instance without recording it, so that the next start of
@@ -383,18 +457,31 @@ impl Registry {
         Ok(())
     }
 
-    fn context(&self, uuid: Uuid, name: &str) -> ServiceContext {
+    fn context(&self, uuid: Uuid, name: &str, reporter: StatusReporter) -> ServiceContext {
         ServiceContext::new(
             uuid,
             name.to_owned(),
             self.services_dir.join(uuid.to_string()),
+            reporter,
         )
     }
 
+    /// A reporter that applies the reports of the instance started in `epoch`.
+    fn reporter(&self, slot: &Arc<Slot>, epoch: u64) -> StatusReporter {
+        let slot = Arc::downgrade(slot);
+        let store = Arc::clone(&self.store);
+        let routes = Arc::clone(&self.routes);
+        StatusReporter::new(move |report| apply_report(&slot, epoch, &store, &routes, report))
+    }
+
     /// Starts `slot` unless it runs; the caller holds its lifecycle lock.
-    async fn start_locked(&self, slot: &Slot, life: &mut Life) -> Result<(), RegistryError> {
+    async fn start_locked(&self, slot: &Arc<Slot>, life: &mut Life) -> Result<(), RegistryError> {
         if life.instance.is_some() {
-            return Ok(());
+            if slot.status().should_run() {
+                return Ok(());
+            }
+            // The instance gave up by itself; make room for a new one.
+            self.halt(slot, life).await;
         }
         if self.closing.load(Ordering::SeqCst) {
             return Err(RegistryError::ShuttingDown);
@@ -402,47 +489,108 @@ impl Registry {
         let Some(service_type) = &slot.service_type else {
             // Shown as failed, but the stored status keeps the intent, for a Herve
             // built with the type.
-            slot.set_status(Status::Failed);
+            slot.set_status(Status::Failed, "the type is not available in this Herve");
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
-        let ctx = self.context(slot.uuid, &slot.name);
+        let epoch = slot.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&slot.shown).runtime = None;
+        let ctx = self.context(slot.uuid, &slot.name, self.reporter(slot, epoch));
         let instance = match service_type.start(&ctx, &slot.config).await {
             Ok(instance) => instance,
             Err(error) => {
-                slot.set_status(Status::Failed);
-                if let Err(store_error) = self.store.set_status(slot.uuid, Status::Failed).await {
+                slot.epoch.fetch_add(1, Ordering::SeqCst);
+                let reason = error.to_string();
+                slot.set_status(Status::Failed, &reason);
+                if let Err(store_error) = self
+                    .store
+                    .set_status(slot.uuid, Status::Failed, &reason)
+                    .await
+                {
                     tracing::error!(uuid = %slot.uuid, error = %store_error, "could not record a failed start");
                 }
                 return Err(error.into());
             }
         };
-        // On resume the stored status is `running` already: no write needed.
-        if slot.status() != Status::Running {
-            if let Err(error) = self.store.set_status(slot.uuid, Status::Running).await {
-                if let Err(stop_error) = instance.stop().await {
-                    tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
-                }
-                return Err(error.into());
+        let stored = self.store.set_status(slot.uuid, Status::Running, "").await;
+        if let Err(error) = stored {
+            slot.epoch.fetch_add(1, Ordering::SeqCst);
+            if let Err(stop_error) = instance.stop().await {
+                tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
             }
+            return Err(error.into());
         }
-        self.routes.publish(slot.uuid, instance.routes());
+        let routes = instance.routes();
+        *lock(&slot.routes) = Some(routes.clone());
+        self.routes.publish(slot.uuid, routes);
         life.instance = Some(instance);
-        slot.set_status(Status::Running);
+        slot.set_status(Status::Running, "");
         Ok(())
     }
 
     /// Withdraws the routes of `slot` and stops its instance, if any; the caller holds
     /// its lifecycle lock and records the status.
     async fn halt(&self, slot: &Slot, life: &mut Life) {
+        // A new epoch first: whatever the instance still reports is now stale.
+        slot.epoch.fetch_add(1, Ordering::SeqCst);
         let Some(instance) = life.instance.take() else {
             return;
         };
-        // Withdraw first: no new request reaches an instance that is going away.
+        // Withdraw next: no new request reaches an instance that is going away.
         self.routes.withdraw(&slot.uuid);
+        *lock(&slot.routes) = None;
         if let Err(error) = instance.stop().await {
             tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
         }
     }
+}
+
+/// Applies one report of the instance started in `epoch`, if it is still current.
+fn apply_report(
+    slot: &Weak<Slot>,
+    epoch: u64,
+    store: &Arc<dyn Store>,
+    routes: &Arc<RouteTable>,
+    report: Report,
+) {
+    let Some(slot) = slot.upgrade() else {
+        return;
+    };
+    if slot.epoch.load(Ordering::SeqCst) != epoch {
+        return;
+    }
+    let (status, reason) = match report {
+        Report::Runtime(runtime) => {
+            lock(&slot.shown).runtime = Some(runtime);
+            return;
+        }
+        Report::Starting => {
+            slot.set_status(Status::Starting, "");
+            return;
+        }
+        Report::Running => {
+            slot.set_status(Status::Running, "");
+            if let Some(router) = lock(&slot.routes).clone() {
+                routes.publish(slot.uuid, router);
+            }
+            return;
+        }
+        Report::Failed(reason) => (Status::Failed, reason),
+        Report::Exited(reason) => (Status::Stopped, reason),
+    };
+    routes.withdraw(&slot.uuid);
+    slot.set_status(status, &reason);
+    // Record it under the lifecycle lock, and only if no start or stop came since:
+    // theirs is the newer truth.
+    let store = Arc::clone(store);
+    tokio::spawn(async move {
+        let _life = slot.life.lock().await;
+        if slot.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        if let Err(error) = store.set_status(slot.uuid, status, &reason).await {
+            tracing::error!(uuid = %slot.uuid, %error, "could not record a service's report");
+        }
+    });
 }
 
 /// Checks a service name against `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.

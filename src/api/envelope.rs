@@ -62,7 +62,9 @@ impl ApiError {
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         let status = match &error {
-            RegistryError::NotFound | RegistryError::UnknownType => StatusCode::NOT_FOUND,
+            RegistryError::NotFound | RegistryError::UnknownType | RegistryError::NoLogs => {
+                StatusCode::NOT_FOUND
+            }
             RegistryError::InvalidField { .. } | RegistryError::StillRunning => {
                 StatusCode::BAD_REQUEST
             }

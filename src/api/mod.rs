@@ -8,7 +8,8 @@ pub mod form;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -32,6 +33,8 @@ pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
         .route("/services/{uuid}/start", post(start))
         .route("/services/{uuid}/stop", post(stop))
         .route("/services/{uuid}/unregister", post(unregister))
+        .route("/services/{uuid}/restart", post(restart))
+        .route("/services/{uuid}/logs", get(logs))
         // `layer`, not `route_layer`: a wrong method is refused only after the
         // credentials are checked, so nothing under /services answers a stranger.
         .layer(middleware::from_fn_with_state(auth, require_admin))
@@ -120,6 +123,48 @@ async fn unregister(
         Some("The service has been successfully unregistered."),
         None,
     ))
+}
+
+async fn restart(
+    State(registry): State<Arc<Registry>>,
+    uuid: ServiceId,
+) -> Result<Response, ApiError> {
+    to_completion(async move { registry.restart(uuid.0).await }).await?;
+    Ok(envelope::ok::<()>(
+        StatusCode::OK,
+        Some("The service has successfully restarted."),
+        None,
+    ))
+}
+
+/// The most lines one logs request returns.
+const MAX_TAIL: usize = 10_000;
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    tail: Option<String>,
+}
+
+async fn logs(
+    State(registry): State<Arc<Registry>>,
+    uuid: ServiceId,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad_tail = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("The parameter 'tail' must be a whole number from 1 to {MAX_TAIL}."),
+        )
+    };
+    let tail = match query.map_err(|_| bad_tail())?.0.tail {
+        None => 100,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_TAIL).contains(&n) => n,
+            _ => return Err(bad_tail()),
+        },
+    };
+    let lines = registry.logs(uuid.0, tail).await?;
+    Ok(envelope::ok(StatusCode::OK, None, Some(lines)))
 }
 
 /// Runs a registry change to its end even if the client goes away: hyper drops a

@@ -68,6 +68,8 @@ pub struct ServiceRecord {
     pub type_name: String,
     pub description: String,
     pub status: Status,
+    /// Why the service is in that status (the reason of a failure), or empty.
+    pub detail: String,
     /// What the type's register hook returned.
     pub config: Value,
     /// Unix seconds.
@@ -95,8 +97,8 @@ pub trait Store: Send + Sync + 'static {
     /// Persists a new service (its `seq` is ignored) and returns the `seq` assigned.
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError>;
 
-    /// Persists a service's new status.
-    async fn set_status(&self, uuid: Uuid, status: Status) -> Result<(), StoreError>;
+    /// Persists a service's new status and its reason (empty for none).
+    async fn set_status(&self, uuid: Uuid, status: Status, detail: &str) -> Result<(), StoreError>;
 
     /// Forgets a service.
     async fn remove(&self, uuid: Uuid) -> Result<(), StoreError>;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{ServiceRecord, Status, Store, StoreError};
 
 /// The schema version this code writes; see [`migrate`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A [`Store`] in a SQLite database file.
 ///
@@ -90,6 +90,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .map_err(db)?;
     }
+    if version < 2 {
+        tx.execute_batch("ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';")
+            .map_err(db)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db)?;
     tx.commit().map_err(db)
@@ -101,7 +105,7 @@ impl Store for SqliteStore {
         self.with_conn(|conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT seq, uuid, name, type, description, status, config, created_at
+                    "SELECT seq, uuid, name, type, description, status, config, created_at, detail
                      FROM services ORDER BY seq",
                 )
                 .map_err(db)?;
@@ -116,12 +120,13 @@ impl Store for SqliteStore {
                         row.get::<_, String>(5)?,
                         row.get::<_, String>(6)?,
                         row.get::<_, i64>(7)?,
+                        row.get::<_, String>(8)?,
                     ))
                 })
                 .map_err(db)?;
             let mut records = Vec::new();
             for row in rows {
-                let (seq, uuid, name, type_name, description, status, config, created_at) =
+                let (seq, uuid, name, type_name, description, status, config, created_at, detail) =
                     row.map_err(db)?;
                 let corrupt = |reason: String| StoreError::Corrupt {
                     uuid: uuid.clone(),
@@ -140,6 +145,7 @@ impl Store for SqliteStore {
                     type_name,
                     description,
                     status,
+                    detail,
                     config,
                     created_at,
                 });
@@ -153,8 +159,8 @@ impl Store for SqliteStore {
         let record = record.clone();
         self.with_conn(move |conn| {
             conn.execute(
-                "INSERT INTO services (uuid, name, type, description, status, config, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO services (uuid, name, type, description, status, config, created_at, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     record.uuid.to_string(),
                     record.name,
@@ -163,6 +169,7 @@ impl Store for SqliteStore {
                     record.status.as_str(),
                     record.config.to_string(),
                     record.created_at,
+                    record.detail,
                 ],
             )
             .map_err(db)?;
@@ -171,12 +178,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_status(&self, uuid: Uuid, status: Status) -> Result<(), StoreError> {
+    async fn set_status(&self, uuid: Uuid, status: Status, detail: &str) -> Result<(), StoreError> {
+        let detail = detail.to_owned();
         self.with_conn(move |conn| {
             let changed = conn
                 .execute(
-                    "UPDATE services SET status = ?1 WHERE uuid = ?2",
-                    params![status.as_str(), uuid.to_string()],
+                    "UPDATE services SET status = ?1, detail = ?2 WHERE uuid = ?3",
+                    params![status.as_str(), detail, uuid.to_string()],
                 )
                 .map_err(db)?;
             if changed == 0 {

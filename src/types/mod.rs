@@ -4,7 +4,9 @@
 //! [`ServiceType`](crate::contract::ServiceType) exactly as a user's type would.
 
 pub mod echo;
+mod field;
 pub mod ping;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +23,10 @@ impl TypeCatalog {
     /// A catalog with every built-in type.
     pub fn builtin() -> Self {
         let mut catalog = TypeCatalog::default();
+        let client = crate::upstream::new_client();
         catalog.add(echo::Echo);
         catalog.add(ping::Ping);
+        catalog.add(proxy::ProxyType::new(client));
         catalog
     }
 

@@ -1,0 +1,211 @@
+//! Choosing an upstream: the strategies, and each upstream's health and load.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// How requests are spread over healthy upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// In turn.
+    RoundRobin,
+    /// In turn, each upstream as often as its weight says.
+    Weighted,
+    /// To the upstream with the fewest requests in flight.
+    LeastConn,
+}
+
+impl Strategy {
+    pub fn parse(text: &str) -> Option<Strategy> {
+        match text {
+            "round_robin" => Some(Strategy::RoundRobin),
+            "weighted" => Some(Strategy::Weighted),
+            "least_conn" => Some(Strategy::LeastConn),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastConn => "least_conn",
+        }
+    }
+}
+
+/// The live state of one upstream.
+#[derive(Debug, Default)]
+pub struct Health {
+    healthy: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Health {
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Sets the health; returns whether it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A request starts on this upstream; pair with [`Health::leave`].
+    pub fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks upstreams by a strategy, skipping unhealthy ones. Lock-free: a counter and
+/// a precomputed schedule.
+#[derive(Debug)]
+pub struct Balancer {
+    strategy: Strategy,
+    /// For `Weighted`: upstream indexes in smooth weighted round-robin order, so that
+    /// weights 3:1 give a,a,b,a rather than a,a,a,b.
+    schedule: Vec<usize>,
+    cursor: AtomicUsize,
+}
+
+/// The longest weighted schedule; larger weights are scaled down to fit.
+const MAX_SCHEDULE: u64 = 4096;
+
+impl Balancer {
+    pub fn new(strategy: Strategy, weights: &[u32]) -> Self {
+        let schedule = match strategy {
+            Strategy::Weighted => smooth_schedule(weights),
+            _ => (0..weights.len()).collect(),
+        };
+        Balancer {
+            strategy,
+            schedule,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The upstream for the next request, other than `exclude`; `None` when no
+    /// healthy upstream is left.
+    pub fn pick(&self, health: &[Health], exclude: Option<usize>) -> Option<usize> {
+        self.pick_by(health.len(), |index| &health[index], exclude)
+    }
+
+    /// [`Balancer::pick`] over `len` upstreams whose health `health_of` gives.
+    pub fn pick_by<'h>(
+        &self,
+        len: usize,
+        health_of: impl Fn(usize) -> &'h Health,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
+        if len == 0 {
+            return None;
+        }
+        let eligible = |index: usize| Some(index) != exclude && health_of(index).is_healthy();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        match self.strategy {
+            Strategy::RoundRobin | Strategy::Weighted => {
+                let slots = self.schedule.len();
+                (0..slots)
+                    .map(|offset| self.schedule[(start + offset) % slots])
+                    .find(|&index| index < len && eligible(index))
+            }
+            Strategy::LeastConn => (0..len)
+                // Start the scan at the cursor so that ties rotate.
+                .map(|offset| (start + offset) % len)
+                .filter(|&index| eligible(index))
+                .min_by_key(|&index| health_of(index).in_flight()),
+        }
+    }
+}
+
+fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let scale = total.div_ceil(MAX_SCHEDULE).max(1);
+    let weights: Vec<i64> = weights
+        .iter()
+        .map(|&w| i64::try_from((u64::from(w) / scale).max(1)).unwrap_or(1))
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, c)| (*c, std::cmp::Reverse(i)))
+        else {
+            break;
+        };
+        current[best] -= total;
+        schedule.push(best);
+    }
+    schedule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy(n: usize) -> Vec<Health> {
+        (0..n).map(|_| Health::new()).collect()
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_excluded() {
+        let health = healthy(3);
+        let balancer = Balancer::new(Strategy::RoundRobin, &[1, 1, 1]);
+        let picks: Vec<_> = (0..6).map(|_| balancer.pick(&health, None)).collect();
+        assert_eq!(
+            picks,
+            [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
+        );
+        health[1].set_healthy(false);
+        let picks: Vec<_> = (0..4)
+            .filter_map(|_| balancer.pick(&health, None))
+            .collect();
+        assert!(!picks.contains(&1));
+        assert_eq!(balancer.pick(&health, Some(0)), Some(2));
+        health[0].set_healthy(false);
+        health[2].set_healthy(false);
+        assert_eq!(balancer.pick(&health, None), None);
+    }
+
+    #[test]
+    fn weighted_schedule_is_smooth_and_proportional() {
+        assert_eq!(smooth_schedule(&[3, 1]), [0, 0, 1, 0]);
+        let schedule = smooth_schedule(&[5, 1, 1]);
+        assert_eq!(schedule.len(), 7);
+        assert_eq!(schedule.iter().filter(|&&i| i == 0).count(), 5);
+        let huge = smooth_schedule(&[u32::MAX, 1]);
+        assert!(huge.len() as u64 <= MAX_SCHEDULE + 2);
+        assert!(huge.contains(&1));
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_upstream() {
+        let health = healthy(2);
+        let balancer = Balancer::new(Strategy::LeastConn, &[1, 1]);
+        health[0].enter();
+        for _ in 0..4 {
+            assert_eq!(balancer.pick(&health, None), Some(1));
+        }
+        health[0].leave();
+        assert_eq!(health[0].in_flight(), 0);
+    }
+}

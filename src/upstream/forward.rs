@@ -1,0 +1,311 @@
+//! Forwarding one request to an upstream and its answer back.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
+
+use super::Proxy;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+impl Proxy {
+    /// Forwards `request` (its path already relative to the service) to an upstream.
+    pub async fn forward(self: &Arc<Self>, request: Request<Body>) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        let upgrade = is_upgrade(&parts.headers);
+        let client_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        prepare_headers(&mut parts.headers, client, &self.prefix, upgrade);
+
+        // Without a body, an idempotent request can be sent again to another upstream
+        // if the first one refused the connection.
+        let replayable = self.upstreams.len() > 1
+            && is_idempotent(&parts.method)
+            && body.is_end_stream()
+            && !upgrade;
+        let retry = replayable.then(|| (parts.method.clone(), parts.headers.clone()));
+
+        let Some(first) = self.pick(None) else {
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                "No healthy upstream is available.\n",
+            );
+        };
+        let request = match self.outgoing(first, &parts.uri, parts.method, parts.headers, body) {
+            Some(request) => request,
+            None => return answer(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
+        };
+        let (used, result) = match self.send(first, request).await {
+            Err(Failure::Refused) => {
+                self.mark_down(first);
+                match (retry, self.pick(Some(first))) {
+                    (Some((method, headers)), Some(second)) => {
+                        match self.outgoing(second, &parts.uri, method, headers, Body::empty()) {
+                            Some(request) => (second, self.send(second, request).await),
+                            None => (first, Err(Failure::Refused)),
+                        }
+                    }
+                    _ => (first, Err(Failure::Refused)),
+                }
+            }
+            other => (first, other),
+        };
+        match result {
+            Ok(response) => self.answer_from(used, response, client_upgrade),
+            Err(Failure::Refused) => {
+                self.mark_down(used);
+                answer(
+                    StatusCode::BAD_GATEWAY,
+                    "The upstream refused the connection.\n",
+                )
+            }
+            Err(Failure::TimedOut) => answer(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The upstream did not answer in time.\n",
+            ),
+            Err(Failure::Other(error)) => {
+                tracing::debug!(upstream = %self.upstreams[used].url(), %error, "upstream request failed");
+                answer(StatusCode::BAD_GATEWAY, "The upstream failed to answer.\n")
+            }
+        }
+    }
+
+    /// The request to send to upstream `index`.
+    fn outgoing(
+        &self,
+        index: usize,
+        uri: &Uri,
+        method: Method,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Option<Request<Body>> {
+        let upstream = &self.upstreams[index];
+        let path_and_query = match uri.path_and_query() {
+            Some(pq) if upstream.base.is_empty() => pq.clone(),
+            Some(pq) => format!("{}{}", upstream.base, pq).try_into().ok()?,
+            None if upstream.base.is_empty() => http::uri::PathAndQuery::from_static("/"),
+            None => upstream.base.as_str().try_into().ok()?,
+        };
+        let uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Some(request)
+    }
+
+    async fn send(
+        &self,
+        index: usize,
+        request: Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, Failure> {
+        let health = &self.upstreams[index].health;
+        health.enter();
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let outcome = match result {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(error)) if error.is_connect() => Err(Failure::Refused),
+            Ok(Err(error)) => Err(Failure::Other(error.to_string())),
+            Err(_) => Err(Failure::TimedOut),
+        };
+        health.leave();
+        outcome
+    }
+
+    fn answer_from(
+        self: &Arc<Self>,
+        index: usize,
+        mut response: Response<hyper::body::Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            self.upstreams[index].health.leave();
+            let Some(client_upgrade) = client_upgrade else {
+                return answer(
+                    StatusCode::BAD_GATEWAY,
+                    "The upstream switched protocols unasked.\n",
+                );
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(%error, "upgraded connection ended");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "protocol switch failed"),
+                }
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        // The upstream's HTTP version is its hop's business; hyper answers our client
+        // in the version of its own connection.
+        parts.version = http::Version::default();
+        let body = Tracked {
+            inner: body,
+            proxy: Arc::clone(self),
+            index,
+        };
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
+enum Failure {
+    /// No connection could be made: the upstream is down.
+    Refused,
+    TimedOut,
+    Other(String),
+}
+
+/// A response body from an upstream; counts the request in flight until it is done.
+struct Tracked {
+    inner: hyper::body::Incoming,
+    proxy: Arc<Proxy>,
+    index: usize,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.proxy.upstreams[self.index].health.leave();
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Removes the hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn prepare_headers(
+    headers: &mut HeaderMap,
+    client: Option<SocketAddr>,
+    prefix: &HeaderValue,
+    upgrade: bool,
+) {
+    let upgrade_to = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade_to {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if let Some(client) = client {
+        let ip = client.ip().to_string();
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
+}
+
+/// A short plain-text answer from Herve about an upstream.
+fn answer(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}

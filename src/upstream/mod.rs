@@ -1,0 +1,268 @@
+//! Reverse proxying to upstream HTTP servers, shared by the `proxy` and `process` types.
+//!
+//! One pooled, keep-alive HTTP client serves every upstream of every service. A
+//! [`Proxy`] holds the upstreams of one service, picks one per request
+//! ([`balance`]), forwards the request with its body streamed both ways
+//! ([`forward`]), and keeps each upstream's health up to date ([`Proxy::check_health`]).
+
+pub mod balance;
+mod forward;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use balance::Strategy;
+use balance::{Balancer, Health};
+
+/// The HTTP client every proxy shares: its pool keeps connections to each upstream
+/// alive between requests.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// How long connecting to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client with connection pooling tuned for proxying.
+pub fn new_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        // Herve sets Host itself: the upstream's, with the client's in X-Forwarded-Host.
+        .set_host(true)
+        .build(connector)
+}
+
+/// One upstream server: where it is and how it is doing.
+#[derive(Debug)]
+pub struct Upstream {
+    authority: Authority,
+    /// Path prefix of the upstream (`/api` of `http://host:port/api`), without a
+    /// trailing slash; empty for none.
+    base: String,
+    health: Health,
+}
+
+impl Upstream {
+    /// Parses `http://host[:port][/base]`.
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let uri: Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(format!(
+                "'{url}' must start with http:// (https upstreams are not supported)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("'{url}' has no host"))?
+            .clone();
+        if authority.host().is_empty() || authority.as_str().contains('@') {
+            return Err(format!("'{url}' must be http://host:port[/path]"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("'{url}' must not have a query"));
+        }
+        let base = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            authority,
+            base,
+            health: Health::new(),
+        })
+    }
+
+    /// The upstream at `127.0.0.1:port`.
+    pub fn local(port: u16) -> Upstream {
+        Upstream {
+            authority: Authority::try_from(format!("127.0.0.1:{port}").as_str())
+                .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
+            base: String::new(),
+            health: Health::new(),
+        }
+    }
+
+    /// `http://host:port/base`, as registered.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.authority, self.base)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_healthy()
+    }
+
+    /// The `host:port` to connect to.
+    fn socket_target(&self) -> String {
+        let port = self.authority.port_u16().unwrap_or(80);
+        format!("{}:{port}", self.authority.host())
+    }
+}
+
+/// How a proxy learns that an upstream is down and back.
+#[derive(Debug, Clone)]
+pub enum HealthCheck {
+    /// None: every upstream is always tried (one local program, supervised elsewhere).
+    Off,
+    /// An upstream that refuses connections leaves the rotation, and a TCP probe every
+    /// `interval` brings it back.
+    Passive { interval: Duration },
+    /// `GET <base><path>` on every upstream every `interval`: 2xx and 3xx are healthy.
+    Active { path: String, interval: Duration },
+}
+
+/// The upstreams of one service and how to reach them.
+pub struct Proxy {
+    client: UpstreamClient,
+    upstreams: Vec<Upstream>,
+    balancer: Balancer,
+    /// How long an upstream has to start answering.
+    timeout: Duration,
+    health_check: HealthCheck,
+    /// The value of `X-Forwarded-Prefix`: `/<uuid>`.
+    prefix: http::HeaderValue,
+}
+
+impl Proxy {
+    pub fn new(
+        client: UpstreamClient,
+        upstreams: Vec<Upstream>,
+        weights: &[u32],
+        strategy: Strategy,
+        timeout: Duration,
+        health_check: HealthCheck,
+        prefix: &str,
+    ) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            client,
+            balancer: Balancer::new(strategy, weights),
+            upstreams,
+            timeout,
+            health_check,
+            prefix: http::HeaderValue::try_from(prefix)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("/")),
+        })
+    }
+
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// The upstream for the next request, other than `exclude`.
+    fn pick(&self, exclude: Option<usize>) -> Option<usize> {
+        self.balancer.pick_by(
+            self.upstreams.len(),
+            |index| &self.upstreams[index].health,
+            exclude,
+        )
+    }
+
+    /// Marks `index` down after a refused connection, if health is tracked at all.
+    fn mark_down(&self, index: usize) {
+        if matches!(self.health_check, HealthCheck::Off) {
+            return;
+        }
+        if self.upstreams[index].health.set_healthy(false) {
+            tracing::warn!(upstream = %self.upstreams[index].url(), "upstream down: it refused the connection");
+        }
+    }
+
+    /// Checks every upstream forever, as the health check says, calling `on_change`
+    /// first and after every change of health; run it as a task and abort it when the
+    /// service stops.
+    pub async fn check_health(self: Arc<Self>, on_change: impl Fn(&Proxy) + Send) {
+        let interval = match &self.health_check {
+            HealthCheck::Off => return,
+            HealthCheck::Passive { interval } | HealthCheck::Active { interval, .. } => *interval,
+        };
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut told: Option<Vec<bool>> = None;
+        loop {
+            ticker.tick().await;
+            let probes = self.upstreams.iter().map(|upstream| {
+                let proxy = Arc::clone(&self);
+                async move {
+                    let healthy = match &proxy.health_check {
+                        HealthCheck::Off => true,
+                        HealthCheck::Passive { .. } => {
+                            // Only the upstreams out of the rotation need a probe.
+                            if upstream.is_healthy() {
+                                return;
+                            }
+                            let target = upstream.socket_target();
+                            matches!(
+                                tokio::time::timeout(interval.min(CONNECT_TIMEOUT), tokio::net::TcpStream::connect(target)).await,
+                                Ok(Ok(_))
+                            )
+                        }
+                        HealthCheck::Active { path, .. } => proxy.probe(upstream, path, interval).await,
+                    };
+                    if upstream.health.set_healthy(healthy) {
+                        if healthy {
+                            tracing::info!(upstream = %upstream.url(), "upstream back in the rotation");
+                        } else {
+                            tracing::warn!(upstream = %upstream.url(), "upstream out of the rotation: its health check failed");
+                        }
+                    }
+                }
+            });
+            futures_util::future::join_all(probes).await;
+            // Compare with what was last told: requests mark upstreams down too.
+            let now: Vec<bool> = self.upstreams.iter().map(Upstream::is_healthy).collect();
+            if told.as_ref() != Some(&now) {
+                on_change(&self);
+                told = Some(now);
+            }
+        }
+    }
+
+    async fn probe(&self, upstream: &Upstream, path: &str, interval: Duration) -> bool {
+        let uri = format!("http://{}{}{}", upstream.authority, upstream.base, path);
+        let Ok(request) = http::Request::get(uri).body(Body::empty()) else {
+            return false;
+        };
+        match tokio::time::timeout(interval.min(self.timeout), self.client.request(request)).await {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                status.is_success() || status.is_redirection()
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let up = Upstream::parse("http://127.0.0.1:8080/api/").expect("valid");
+        assert_eq!(up.authority.as_str(), "127.0.0.1:8080");
+        assert_eq!(up.base, "/api");
+        assert_eq!(up.url(), "http://127.0.0.1:8080/api");
+        let bare = Upstream::parse("http://example.test").expect("valid");
+        assert_eq!(bare.base, "");
+        assert_eq!(bare.socket_target(), "example.test:80");
+        for bad in [
+            "",
+            "localhost:80",
+            "https://a:1",
+            "ftp://a",
+            "http://",
+            "http://u:p@h:1",
+            "http://h:1/?q=1",
+            "http://h:99999",
+        ] {
+            assert!(Upstream::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
