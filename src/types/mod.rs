@@ -6,6 +6,7 @@
 pub mod echo;
 mod field;
 pub mod ping;
+pub mod process;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -26,7 +27,8 @@ impl TypeCatalog {
         let client = crate::upstream::new_client();
         catalog.add(echo::Echo);
         catalog.add(ping::Ping);
-        catalog.add(proxy::ProxyType::new(client));
+        catalog.add(proxy::ProxyType::new(client.clone()));
+        catalog.add(process::ProcessType::new(client));
         catalog
     }
 

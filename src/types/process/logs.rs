@@ -1,0 +1,167 @@
+//! A service's captured output: size-bounded, rotated files, and reading their tail.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+/// Bytes in one log file before it is rotated.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Rotated files kept besides the current one (`output.log.1` … `.N`).
+pub const KEPT_FILES: usize = 2;
+/// A longer output line is cut into pieces of this size.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+const CURRENT: &str = "output.log";
+
+/// Appends lines to `<dir>/output.log`, rotating it when it grows past the limit.
+pub struct LogWriter {
+    dir: PathBuf,
+    file: Mutex<Option<(File, u64)>>,
+}
+
+impl LogWriter {
+    pub fn open(dir: &Path) -> std::io::Result<Arc<LogWriter>> {
+        fs::create_dir_all(dir)?;
+        Ok(Arc::new(LogWriter {
+            dir: dir.to_path_buf(),
+            file: Mutex::new(None),
+        }))
+    }
+
+    /// Writes one line (a newline is added). Failures are logged, never fatal: a full
+    /// disk must not take the service down.
+    pub fn line(&self, line: &[u8]) {
+        if let Err(error) = self.try_line(line) {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not write a service log line");
+        }
+    }
+
+    fn try_line(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|(_, size)| *size >= MAX_FILE_BYTES)
+        {
+            *slot = None;
+            self.rotate()?;
+        }
+        if slot.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(CURRENT))?;
+            let size = file.metadata()?.len();
+            *slot = Some((file, size));
+        }
+        if let Some((file, size)) = slot.as_mut() {
+            let mut record = Vec::with_capacity(line.len() + 1);
+            record.extend_from_slice(line);
+            record.push(b'\n');
+            file.write_all(&record)?;
+            *size += record.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn rotate(&self) -> std::io::Result<()> {
+        for index in (1..KEPT_FILES).rev() {
+            let from = self.dir.join(format!("{CURRENT}.{index}"));
+            if from.exists() {
+                fs::rename(&from, self.dir.join(format!("{CURRENT}.{}", index + 1)))?;
+            }
+        }
+        fs::rename(
+            self.dir.join(CURRENT),
+            self.dir.join(format!("{CURRENT}.1")),
+        )
+    }
+
+    /// Copies `stream` into the log line by line until it ends.
+    pub async fn capture(self: Arc<Self>, stream: impl AsyncRead + Unpin) {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut reader)
+                .take(MAX_LINE_BYTES as u64)
+                .read_until(b'\n', &mut line)
+                .await
+            {
+                Ok(0) => break,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    self.line(&line);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The last `tail` lines of the log in `dir`, oldest first (empty if none yet).
+pub fn tail(dir: &Path, tail: usize) -> std::io::Result<Vec<String>> {
+    let mut lines: Vec<String> = Vec::new();
+    let names = std::iter::once(CURRENT.to_owned())
+        .chain((1..=KEPT_FILES).map(|index| format!("{CURRENT}.{index}")));
+    for name in names {
+        let bytes = match fs::read(dir.join(name)) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+            Err(error) => return Err(error),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let older: Vec<String> = text.lines().map(str::to_owned).collect();
+        let wanted = tail - lines.len();
+        let start = older.len().saturating_sub(wanted);
+        let mut merged = older[start..].to_vec();
+        merged.append(&mut lines);
+        lines = merged;
+        if lines.len() >= tail {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_and_tails_across_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let writer = LogWriter::open(dir.path()).expect("open");
+        let line = vec![b'x'; 1000];
+        let total = (MAX_FILE_BYTES as usize / 1001) * 4;
+        for i in 0..total {
+            let mut numbered = format!("{i:06} ").into_bytes();
+            numbered.extend_from_slice(&line);
+            writer.line(&numbered);
+        }
+        // Bounded: the current file and KEPT_FILES rotated ones, each near the limit.
+        let files = fs::read_dir(dir.path()).expect("read_dir").count();
+        assert_eq!(files, 1 + KEPT_FILES);
+        for entry in fs::read_dir(dir.path()).expect("read_dir") {
+            let size = entry.expect("entry").metadata().expect("metadata").len();
+            assert!(size <= MAX_FILE_BYTES + 1100, "{size}");
+        }
+        let last = tail(dir.path(), 5).expect("tail");
+        assert_eq!(last.len(), 5);
+        assert!(last[4].starts_with(&format!("{:06}", total - 1)));
+        assert!(last[0].starts_with(&format!("{:06}", total - 5)));
+        // A tail longer than the current file reaches into the rotated ones, in order.
+        let long = tail(dir.path(), 1500).expect("tail");
+        assert_eq!(long.len(), 1500);
+        let numbers: Vec<usize> = long
+            .iter()
+            .map(|l| l[..6].parse().expect("number"))
+            .collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1));
+        assert!(tail(&dir.path().join("none"), 3).expect("tail").is_empty());
+    }
+}

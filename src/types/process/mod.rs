@@ -1,0 +1,313 @@
+//! `process`: runs a program, supervises it, and routes `/<uuid>/...` to it.
+
+mod logs;
+mod orphans;
+mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::Request;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+
+use super::field;
+use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::upstream::{HealthCheck, Proxy, Strategy, Upstream, UpstreamClient};
+use supervisor::{RestartPolicy, Spec, Supervisor};
+
+/// Environment variables Herve sets itself.
+const RESERVED_ENV: [&str; 3] = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NAME"];
+
+/// The `process` service type.
+pub struct ProcessType {
+    client: UpstreamClient,
+}
+
+impl ProcessType {
+    pub fn new(client: UpstreamClient) -> Self {
+        ProcessType { client }
+    }
+}
+
+/// What a process service keeps from its registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessConfig {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    pub cwd: Option<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// `None`: Herve picks a free port at each start.
+    pub port: Option<u16>,
+    pub health_path: Option<String>,
+    pub restart: String,
+    pub stop_timeout_ms: u64,
+    pub ready_timeout_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl ProcessConfig {
+    fn from_fields(fields: &Fields) -> Result<ProcessConfig, ServiceError> {
+        let command_line = fields.require("command")?;
+        let invalid_command = |why: &str| {
+            ServiceError::invalid_field("command", format!("The field 'command' {why}."))
+        };
+        let command = shlex::split(command_line)
+            .ok_or_else(|| invalid_command("has unbalanced quotes or a trailing backslash"))?;
+        if command.is_empty() {
+            return Err(invalid_command("is empty"));
+        }
+        if command.iter().any(|arg| arg.contains('\0')) {
+            return Err(invalid_command("must not contain NUL characters"));
+        }
+
+        let cwd = match fields.get("cwd").map(str::trim) {
+            None | Some("") => None,
+            Some(dir) => {
+                if !Path::new(dir).is_dir() {
+                    return Err(ServiceError::invalid_field(
+                        "cwd",
+                        format!("The field 'cwd' must be an existing directory; '{dir}' is not."),
+                    ));
+                }
+                Some(dir.to_owned())
+            }
+        };
+        if find_program(&command[0], cwd.as_deref()).is_none() {
+            return Err(invalid_command(&format!(
+                "names a program that cannot be found: '{}'",
+                command[0]
+            )));
+        }
+
+        let mut env = Vec::new();
+        for entry in fields.get_all("env").filter(|e| !e.is_empty()) {
+            let valid_key = |key: &str| {
+                let mut chars = key.chars();
+                chars
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
+            match entry.split_once('=') {
+                Some((key, value)) if valid_key(key) && !value.contains('\0') => {
+                    if RESERVED_ENV.contains(&key) {
+                        return Err(ServiceError::invalid_field(
+                            "env",
+                            format!("The field 'env' must not set {key}: Herve sets it."),
+                        ));
+                    }
+                    env.push(entry.to_owned());
+                }
+                _ => {
+                    return Err(ServiceError::invalid_field(
+                        "env",
+                        format!("The field 'env' must be KEY=VALUE with KEY of letters, digits and '_'; '{entry}' is not."),
+                    ))
+                }
+            }
+        }
+
+        let port = match fields.get("port").map(str::trim) {
+            None | Some("") => None,
+            Some(_) => Some(field::number(fields, "port", 0, 1..=65535)? as u16),
+        };
+        let restart = field::choice(fields, "restart", &["always", "on-failure", "never"])?;
+        Ok(ProcessConfig {
+            command,
+            cwd,
+            env,
+            port,
+            health_path: field::url_path(fields, "health_path")?,
+            restart: restart.to_owned(),
+            stop_timeout_ms: field::number(fields, "stop_timeout_ms", 10_000, 0..=600_000)?,
+            ready_timeout_ms: field::number(fields, "ready_timeout_ms", 30_000, 100..=600_000)?,
+            timeout_ms: field::number(fields, "timeout_ms", 30_000, 1..=3_600_000)?,
+        })
+    }
+}
+
+/// Where `program` would be found: as a path (relative to `cwd`), or on `PATH`.
+fn find_program(program: &str, cwd: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = match cwd {
+            Some(cwd) if !program.starts_with('/') => Path::new(cwd).join(program),
+            _ => PathBuf::from(program),
+        };
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| executable(candidate))
+    })
+}
+
+/// A free TCP port on loopback, as the kernel hands them out.
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn logs_dir(ctx: &ServiceContext) -> PathBuf {
+    ctx.data_dir().join("logs")
+}
+
+#[async_trait]
+impl ServiceType for ProcessType {
+    fn name(&self) -> &str {
+        "process"
+    }
+
+    fn description(&self) -> &str {
+        "A service running a program and routing requests to it"
+    }
+
+    async fn register(
+        &self,
+        _ctx: &ServiceContext,
+        fields: &Fields,
+    ) -> Result<Value, ServiceError> {
+        let config = ProcessConfig::from_fields(fields)?;
+        serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+    }
+
+    async fn start(
+        &self,
+        ctx: &ServiceContext,
+        config: &Value,
+    ) -> Result<Box<dyn RunningService>, ServiceError> {
+        let config: ProcessConfig = serde_json::from_value(config.clone()).map_err(|e| {
+            ServiceError::failed(format!("The stored configuration is invalid: {e}"))
+        })?;
+        // A Herve killed with SIGKILL may have left this service's programs behind.
+        orphans::kill_leftovers(ctx.uuid()).await;
+
+        let port = match config.port {
+            Some(port) => port,
+            None => free_port().map_err(|e| ServiceError::failed(format!("No free port: {e}")))?,
+        };
+        let log = logs::LogWriter::open(&logs_dir(ctx))
+            .map_err(|e| ServiceError::failed(format!("Cannot write the service's logs: {e}")))?;
+        let restart = RestartPolicy::parse(&config.restart).ok_or_else(|| {
+            ServiceError::failed(format!("unknown restart policy '{}'", config.restart))
+        })?;
+        let env = config
+            .env
+            .iter()
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let supervisor = Supervisor {
+            spec: Spec {
+                argv: config.command.clone(),
+                cwd: config.cwd.clone(),
+                env,
+                port,
+                uuid: ctx.uuid(),
+                name: ctx.name().to_owned(),
+                health_path: config.health_path.clone(),
+                restart,
+                stop_timeout: Duration::from_millis(config.stop_timeout_ms),
+                ready_timeout: Duration::from_millis(config.ready_timeout_ms),
+            },
+            log,
+            reporter: ctx.reporter().clone(),
+            client: self.client.clone(),
+        };
+        ctx.reporter().report(crate::contract::Report::Starting);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(supervisor.run(stop_rx, ready_tx));
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                let _ = task.await;
+                return Err(ServiceError::failed(format!(
+                    "The program did not start: {reason}."
+                )));
+            }
+            Err(_) => {
+                return Err(ServiceError::failed(
+                    "The program's supervisor ended unexpectedly.",
+                ))
+            }
+        }
+        let proxy = Proxy::new(
+            self.client.clone(),
+            vec![Upstream::local(port)],
+            &[1],
+            Strategy::RoundRobin,
+            Duration::from_millis(config.timeout_ms),
+            HealthCheck::Off,
+            &format!("/{}", ctx.uuid()),
+        );
+        Ok(Box::new(RunningProcess {
+            proxy,
+            stop: stop_tx,
+            supervisor: tokio::sync::Mutex::new(Some(task)),
+        }))
+    }
+
+    async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
+        orphans::kill_leftovers(ctx.uuid()).await;
+        match tokio::fs::remove_dir_all(ctx.data_dir()).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(ServiceError::failed(format!(
+                "Cannot remove the service's files: {error}"
+            ))),
+        }
+    }
+
+    async fn logs(
+        &self,
+        ctx: &ServiceContext,
+        _config: &Value,
+        tail: usize,
+    ) -> Result<Option<Vec<String>>, ServiceError> {
+        let dir = logs_dir(ctx);
+        tokio::task::spawn_blocking(move || logs::tail(&dir, tail))
+            .await
+            .map_err(|e| ServiceError::failed(e.to_string()))?
+            .map(Some)
+            .map_err(|e| ServiceError::failed(format!("Cannot read the service's logs: {e}")))
+    }
+}
+
+struct RunningProcess {
+    proxy: Arc<Proxy>,
+    stop: watch::Sender<bool>,
+    supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[async_trait]
+impl RunningService for RunningProcess {
+    fn routes(&self) -> Router {
+        let proxy = Arc::clone(&self.proxy);
+        Router::new().fallback(move |request: Request| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.forward(request).await }
+        })
+    }
+
+    /// Answers once the program and everything in its process group are gone.
+    async fn stop(&self) -> Result<(), ServiceError> {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.supervisor.lock().await.take() {
+            task.await
+                .map_err(|e| ServiceError::failed(format!("The supervisor failed: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! Running one program: start, wait until ready, restart with backoff, stop.
+//!
+//! The supervisor is one task per running `process` service. It owns the child: no
+//! one else signals or waits for it, so there is no race over who reaps it.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::{oneshot, watch};
+
+use super::logs::LogWriter;
+use crate::contract::{Report, StatusReporter};
+use crate::upstream::UpstreamClient;
+
+/// First pause before a restart; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Running this long without exiting resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// Exits before ever being ready, in a row, after which Herve gives up.
+const MAX_EARLY_EXITS: u32 = 5;
+/// How often readiness is probed while starting.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// When a program that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn parse(text: &str) -> Option<RestartPolicy> {
+        match text {
+            "always" => Some(RestartPolicy::Always),
+            "on-failure" => Some(RestartPolicy::OnFailure),
+            "never" => Some(RestartPolicy::Never),
+            _ => None,
+        }
+    }
+
+    fn restarts_after(self, status: ExitStatus) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !status.success(),
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// Everything needed to run the program.
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub port: u16,
+    pub uuid: uuid::Uuid,
+    pub name: String,
+    pub health_path: Option<String>,
+    pub restart: RestartPolicy,
+    pub stop_timeout: Duration,
+    pub ready_timeout: Duration,
+}
+
+pub struct Supervisor {
+    pub spec: Spec,
+    pub log: Arc<LogWriter>,
+    pub reporter: StatusReporter,
+    pub client: UpstreamClient,
+}
+
+/// What the runtime facts of the service are.
+#[derive(Default)]
+struct Facts {
+    pid: Option<u32>,
+    restarts: u32,
+    last_exit: Option<String>,
+}
+
+impl Supervisor {
+    /// Runs the program until a stop is asked (through `stop`) or Herve gives up on it.
+    /// `ready` gets the outcome of the first start: `Ok` once the program is ready,
+    /// or the reason it never was.
+    pub async fn run(
+        self,
+        mut stop: watch::Receiver<bool>,
+        ready: oneshot::Sender<Result<(), String>>,
+    ) {
+        let mut ready = Some(ready);
+        let mut facts = Facts::default();
+        let mut backoff = FIRST_BACKOFF;
+        let mut early_exits = 0u32;
+        // Tells whoever waits for the first start, and the registry.
+        let give_up = |reason: String, ready: &mut Option<oneshot::Sender<Result<(), String>>>| {
+            self.log.line(format!("[herve] {reason}").as_bytes());
+            match ready.take() {
+                Some(ready) => {
+                    let _ = ready.send(Err(reason));
+                }
+                None => self.reporter.report(Report::Failed(reason)),
+            }
+        };
+
+        loop {
+            let mut child = match self.spawn() {
+                Ok(child) => child,
+                Err(error) => {
+                    give_up(
+                        format!("could not start {}: {error}", self.spec.argv[0]),
+                        &mut ready,
+                    );
+                    return;
+                }
+            };
+            facts.pid = child.id();
+            let pgid = facts.pid.and_then(|pid| i32::try_from(pid).ok());
+            self.log.line(
+                format!(
+                    "[herve] started pid {} on port {}",
+                    facts.pid.unwrap_or(0),
+                    self.spec.port
+                )
+                .as_bytes(),
+            );
+            self.report_facts(&facts);
+            let started = Instant::now();
+
+            // Until it is ready.
+            let became_ready = tokio::select! {
+                ready_now = self.wait_ready() => ready_now,
+                status = child.wait() => {
+                    let (_, status) = reap(pgid, status);
+                    facts.pid = None;
+                    facts.last_exit = Some(status.clone());
+                    self.report_facts(&facts);
+                    early_exits += 1;
+                    if early_exits >= MAX_EARLY_EXITS {
+                        give_up(format!("gave up: it exited before it was ready {MAX_EARLY_EXITS} times in a row (last: {status})"), &mut ready);
+                        return;
+                    }
+                    if self.spec.restart == RestartPolicy::Never {
+                        give_up(format!("it exited before it was ready ({status})"), &mut ready);
+                        return;
+                    }
+                    self.log.line(format!("[herve] exited before it was ready ({status}); restarting in {backoff:?}").as_bytes());
+                    if self.pause(&mut stop, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    facts.restarts += 1;
+                    continue;
+                }
+                _ = stopping(&mut stop) => {
+                    self.terminate(&mut child, pgid).await;
+                    return;
+                }
+            };
+            if !became_ready {
+                self.terminate(&mut child, pgid).await;
+                facts.pid = None;
+                self.report_facts(&facts);
+                give_up(
+                    format!(
+                        "it was not ready within {} ms",
+                        self.spec.ready_timeout.as_millis()
+                    ),
+                    &mut ready,
+                );
+                return;
+            }
+            early_exits = 0;
+            self.log.line(b"[herve] ready");
+            match ready.take() {
+                Some(ready) => {
+                    let _ = ready.send(Ok(()));
+                }
+                None => self.reporter.report(Report::Running),
+            }
+
+            // Until it exits or is stopped.
+            let (exit, status) = tokio::select! {
+                status = child.wait() => reap(pgid, status),
+                _ = stopping(&mut stop) => {
+                    self.terminate(&mut child, pgid).await;
+                    return;
+                }
+            };
+            let exited_ok = exit.is_some_and(|exit| exit.success());
+            facts.pid = None;
+            facts.last_exit = Some(status.clone());
+            self.report_facts(&facts);
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff = FIRST_BACKOFF;
+            }
+            let restart = exit.map_or(true, |exit| self.spec.restart.restarts_after(exit));
+            if !restart {
+                let reason = format!("it exited ({status})");
+                self.log
+                    .line(format!("[herve] {reason}; not restarted").as_bytes());
+                self.reporter.report(if exited_ok {
+                    Report::Exited(reason)
+                } else {
+                    Report::Failed(reason)
+                });
+                return;
+            }
+            self.log
+                .line(format!("[herve] exited ({status}); restarting in {backoff:?}").as_bytes());
+            self.reporter.report(Report::Starting);
+            if self.pause(&mut stop, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            facts.restarts += 1;
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<Child> {
+        let spec = &self.spec;
+        let port = spec.port.to_string();
+        let mut command = Command::new(&spec.argv[0]);
+        command
+            .args(spec.argv[1..].iter().map(|arg| expand_port(arg, &port)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a stop signals the program and its children.
+            .process_group(0)
+            // Herve's own credentials are not the program's business.
+            .env_remove("AUTH_ADMIN_ID")
+            .env_remove("AUTH_ADMIN_SECRET")
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PORT", &port)
+            .env("HERVE_SERVICE_UUID", spec.uuid.to_string())
+            .env("HERVE_SERVICE_NAME", &spec.name);
+        if let Some(cwd) = &spec.cwd {
+            command.current_dir(cwd);
+        }
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // If Herve dies (even by SIGKILL), the program gets SIGKILL too; what it
+                // started itself is found by its HERVE_SERVICE_UUID on the next start.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn()?;
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(Arc::clone(&self.log).capture(stdout));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(Arc::clone(&self.log).capture(stderr));
+        }
+        Ok(child)
+    }
+
+    /// Whether the program became ready within the ready timeout.
+    async fn wait_ready(&self) -> bool {
+        let deadline = Instant::now() + self.spec.ready_timeout;
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.spec.port));
+        while Instant::now() < deadline {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let ready = match &self.spec.health_path {
+                None => tokio::net::TcpStream::connect(address).await.is_ok(),
+                Some(path) => self.http_ready(path).await,
+            };
+            if ready {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn http_ready(&self, path: &str) -> bool {
+        let uri = format!("http://127.0.0.1:{}{}", self.spec.port, path);
+        let Ok(request) = http::Request::get(uri).body(Body::empty()) else {
+            return false;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
+            Ok(Ok(response)) => {
+                response.status().is_success() || response.status().is_redirection()
+            }
+            _ => false,
+        }
+    }
+
+    /// SIGTERM to the group, SIGKILL after the stop timeout, and waits until the
+    /// program is gone.
+    async fn terminate(&self, child: &mut Child, pgid: Option<i32>) {
+        let Some(pgid) = pgid else {
+            return;
+        };
+        kill_group(pgid, libc::SIGTERM);
+        let status = match tokio::time::timeout(self.spec.stop_timeout, child.wait()).await {
+            Ok(status) => status.map(|s| s.to_string()),
+            Err(_) => {
+                self.log
+                    .line(b"[herve] still running after the stop timeout: SIGKILL");
+                kill_group(pgid, libc::SIGKILL);
+                child.wait().await.map(|s| s.to_string())
+            }
+        };
+        // Whatever of the group ignored SIGTERM.
+        kill_group(pgid, libc::SIGKILL);
+        let status = status.unwrap_or_else(|error| format!("unknown ({error})"));
+        self.log
+            .line(format!("[herve] stopped ({status})").as_bytes());
+    }
+
+    /// Sleeps `pause`, unless a stop comes first; returns whether it did.
+    async fn pause(&self, stop: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => false,
+            _ = stopping(stop) => true,
+        }
+    }
+
+    fn report_facts(&self, facts: &Facts) {
+        self.reporter.report(Report::Runtime(json!({
+            "pid": facts.pid,
+            "port": self.spec.port,
+            "restarts": facts.restarts,
+            "last_exit": facts.last_exit,
+        })));
+    }
+}
+
+/// Replaces `$PORT` and `${PORT}` in an argument: no shell runs the command, and most
+/// programs take their port as an argument.
+pub fn expand_port(arg: &str, port: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(tail) = after.strip_prefix("${PORT}") {
+            out.push_str(port);
+            rest = tail;
+        } else if let Some(tail) = after
+            .strip_prefix("$PORT")
+            .filter(|tail| !tail.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            out.push_str(port);
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn port_expansion() {
+        let expand = |arg| super::expand_port(arg, "8080");
+        assert_eq!(expand("$PORT"), "8080");
+        assert_eq!(expand("--port=${PORT}"), "--port=8080");
+        assert_eq!(expand("127.0.0.1:$PORT/x"), "127.0.0.1:8080/x");
+        assert_eq!(expand("$PORTABLE"), "$PORTABLE");
+        assert_eq!(expand("$$PORT$"), "$8080$");
+        assert_eq!(expand("plain"), "plain");
+    }
+}
+
+/// After the leader exited: what is left of its group goes too. Returns the exit
+/// status, and as text.
+fn reap(pgid: Option<i32>, status: std::io::Result<ExitStatus>) -> (Option<ExitStatus>, String) {
+    if let Some(pgid) = pgid {
+        kill_group(pgid, libc::SIGKILL);
+    }
+    match status {
+        Ok(status) => (Some(status), status.to_string()),
+        Err(error) => (None, format!("unknown ({error})")),
+    }
+}
+
+/// Completes once a stop is asked (or the asker is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+fn kill_group(pgid: i32, signal: i32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) on a process group Herve created.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
