@@ -1,9 +1,13 @@
-//! Herve's integration tests: a real server over real TCP, a real SQLite file, and the
-//! real binary for what needs a process (restarts, signals, configuration).
+//! Herve's integration tests: a real server over real TCP, a real SQLite file, real
+//! upstream servers and programs, and the real binary for what needs a process
+//! (restarts, signals, configuration).
 
 mod binary;
 mod concurrency;
 mod contract_api;
 mod custom_type;
 mod http_limits;
+mod process_type;
+mod proxy_type;
 mod support;
+mod upstream_server;

@@ -197,7 +197,7 @@ impl Supervisor {
             if started.elapsed() >= HEALTHY_RUN {
                 backoff = FIRST_BACKOFF;
             }
-            let restart = exit.map_or(true, |exit| self.spec.restart.restarts_after(exit));
+            let restart = exit.is_none_or(|exit| self.spec.restart.restarts_after(exit));
             if !restart {
                 let reason = format!("it exited ({status})");
                 self.log
@@ -357,20 +357,6 @@ pub fn expand_port(arg: &str, port: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn port_expansion() {
-        let expand = |arg| super::expand_port(arg, "8080");
-        assert_eq!(expand("$PORT"), "8080");
-        assert_eq!(expand("--port=${PORT}"), "--port=8080");
-        assert_eq!(expand("127.0.0.1:$PORT/x"), "127.0.0.1:8080/x");
-        assert_eq!(expand("$PORTABLE"), "$PORTABLE");
-        assert_eq!(expand("$$PORT$"), "$8080$");
-        assert_eq!(expand("plain"), "plain");
-    }
-}
-
 /// After the leader exited: what is left of its group goes too. Returns the exit
 /// status, and as text.
 fn reap(pgid: Option<i32>, status: std::io::Result<ExitStatus>) -> (Option<ExitStatus>, String) {
@@ -394,5 +380,19 @@ fn kill_group(pgid: i32, signal: i32) {
         unsafe {
             libc::kill(-pgid, signal);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn port_expansion() {
+        let expand = |arg| super::expand_port(arg, "8080");
+        assert_eq!(expand("$PORT"), "8080");
+        assert_eq!(expand("--port=${PORT}"), "--port=8080");
+        assert_eq!(expand("127.0.0.1:$PORT/x"), "127.0.0.1:8080/x");
+        assert_eq!(expand("$PORTABLE"), "$PORTABLE");
+        assert_eq!(expand("$$PORT$"), "$8080$");
+        assert_eq!(expand("plain"), "plain");
     }
 }

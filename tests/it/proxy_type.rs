@@ -1,0 +1,365 @@
+//! The `proxy` type against real upstream servers on loopback.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+
+use crate::support::*;
+use crate::upstream_server::Upstream;
+
+/// Registers and starts a proxy with `fields` (besides name and type).
+async fn proxy(herve: &HttpClient, name: &str, fields: &[(&str, &str)]) -> String {
+    let mut all = vec![("name", name), ("type", "proxy")];
+    all.extend_from_slice(fields);
+    let reply = herve.post_form("/services/register", &all).await;
+    reply.expect(201, "The service has been successfully registered.");
+    let uuid = reply.json()["data"]["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    herve
+        .start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    uuid
+}
+
+async fn count_ids(herve: &HttpClient, uuid: &str, requests: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..requests {
+        let reply = herve.get(&format!("/{uuid}/id")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        *seen.entry(reply.text()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn round_robin_and_weighted_spread_the_load() {
+    let herve = TestHerve::start().await;
+    let (a, b, c) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    );
+    let list = format!("{},{}", a.url(), b.url());
+    let rr = proxy(&herve, "rr", &[("upstream", &list), ("upstream", &c.url())]).await;
+    let seen = count_ids(&herve, &rr, 300).await;
+    assert_eq!(seen.get("a"), Some(&100), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&100), "{seen:?}");
+    assert_eq!(seen.get("c"), Some(&100), "{seen:?}");
+
+    let weighted = proxy(
+        &herve,
+        "weighted",
+        &[
+            ("upstream", &a.url()),
+            ("upstream", &b.url()),
+            ("weight", "3,1"),
+            ("strategy", "weighted"),
+        ],
+    )
+    .await;
+    let seen = count_ids(&herve, &weighted, 400).await;
+    assert_eq!(seen.get("a"), Some(&300), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&100), "{seen:?}");
+    herve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_avoids_the_busy_upstream() {
+    let herve = TestHerve::start().await;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let uuid = proxy(
+        &herve,
+        "lc",
+        &[
+            ("upstream", &a.url()),
+            ("upstream", &b.url()),
+            ("strategy", "least_conn"),
+        ],
+    )
+    .await;
+    // Pin one slow request on one upstream...
+    let slow = {
+        let client = herve.client.clone();
+        let uuid = uuid.clone();
+        tokio::spawn(async move { client.get(&format!("/{uuid}/slow?ms=1500")).await.text() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...then every quick request goes to the other one.
+    let seen = count_ids(&herve, &uuid, 20).await;
+    let busy = slow.await.expect("slow request");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(!seen.contains_key(&busy), "{seen:?} while {busy} was busy");
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_upstream_leaves_the_rotation_and_rejoins() {
+    let herve = TestHerve::start().await;
+    let (mut a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let uuid = proxy(
+        &herve,
+        "failover",
+        &[
+            ("upstream", &a.url()),
+            ("upstream", &b.url()),
+            ("health_interval_ms", "200"),
+        ],
+    )
+    .await;
+    a.kill().await;
+    // Refused connections are retried on the other upstream: no client sees them.
+    let seen = count_ids(&herve, &uuid, 20).await;
+    assert_eq!(seen.get("b"), Some(&20), "{seen:?}");
+    let shown = herve.admin_get(&format!("/services/{uuid}")).await.json();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shown_later = herve.admin_get(&format!("/services/{uuid}")).await.json();
+    assert_eq!(
+        shown_later["data"]["runtime"]["upstreams"][0]["healthy"], false,
+        "{shown} {shown_later}"
+    );
+
+    a.revive().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = count_ids(&herve, &uuid, 4).await;
+        if seen.get("a").is_some_and(|&n| n >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never rejoined: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_health_check_takes_an_upstream_out() {
+    let herve = TestHerve::start().await;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let uuid = proxy(
+        &herve,
+        "checked",
+        &[
+            ("upstream", &a.url()),
+            ("upstream", &b.url()),
+            ("health_path", "/health"),
+            ("health_interval_ms", "100"),
+        ],
+    )
+    .await;
+    a.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let seen = count_ids(&herve, &uuid, 10).await;
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    a.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let seen = count_ids(&herve, &uuid, 10).await;
+    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn no_upstream_is_502_and_a_slow_one_504() {
+    let herve = TestHerve::start().await;
+    let mut a = Upstream::start("a").await;
+    let slow = proxy(
+        &herve,
+        "slow",
+        &[("upstream", &a.url()), ("timeout_ms", "200")],
+    )
+    .await;
+    let started = Instant::now();
+    let reply = herve.get(&format!("/{slow}/slow?ms=2000")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=UTF-8")
+    );
+
+    a.kill().await;
+    let reply = herve.get(&format!("/{slow}/id")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let reply = herve.get(&format!("/{slow}/id")).await;
+    assert_eq!(reply.status, 502);
+    assert!(reply.text().contains("upstream"), "{}", reply.text());
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn requests_arrive_whole_with_forwarding_headers_and_without_hop_headers() {
+    let herve = TestHerve::start().await;
+    let a = Upstream::start("a").await;
+    let base = format!("{}/base", a.url());
+    let uuid = proxy(&herve, "headers", &[("upstream", &base)]).await;
+    let reply = herve
+        .send(
+            Method::PUT,
+            &format!("/{uuid}/x/echo?q=1&r=%20"),
+            Auth::None,
+            &[
+                ("connection", "x-private"),
+                ("x-private", "secret"),
+                ("x-kept", "kept"),
+                ("x-forwarded-for", "10.9.8.7"),
+            ],
+            "payload",
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["uri"], "/base/x/echo?q=1&r=%20");
+    assert_eq!(seen["body"], "payload");
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-kept"], "kept");
+    assert!(headers.get("x-private").is_none(), "{headers}");
+    assert_eq!(headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], herve.addr.to_string());
+    assert_eq!(headers["x-forwarded-prefix"], format!("/{uuid}"));
+    assert_eq!(headers["host"], a.addr.to_string());
+    // And hop-by-hop headers of the answer stay behind too.
+    assert!(reply.header("x-secret-hop").is_none());
+    assert!(reply.header("keep-alive").is_none());
+    herve.stop().await;
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_response_streams_through_with_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let herve = BinHerve::spawn(dir.path(), &[("HERVE_ACCESS_LOG", "false")]);
+    let client = herve.client();
+    let a = Upstream::start("a").await;
+    let uuid = proxy(&client, "big", &[("upstream", &a.url())]).await;
+    let before = rss_kib(herve.child.id());
+
+    let addr = herve.addr;
+    let path = format!("/{uuid}/big?mb=100");
+    let pid = herve.child.id();
+    let (received, peak) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .expect("write");
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut received, mut peak) = (0usize, 0u64);
+        loop {
+            let n = stream.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            received += n;
+            if received % (8 << 20) < n {
+                peak = peak.max(rss_kib(pid));
+                // A slow reader: Herve must not buffer what it cannot send.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        (received, peak)
+    })
+    .await
+    .expect("reader");
+    assert!(received > 100 * 1024 * 1024, "received {received}");
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    println!("herve RSS before {} KiB, peak {} KiB", before, peak);
+    assert!(
+        growth_mib < 32,
+        "RSS grew by {growth_mib} MiB while streaming 100 MiB"
+    );
+}
+
+#[tokio::test]
+async fn websocket_style_upgrades_pass_through() {
+    let herve = TestHerve::start().await;
+    let a = Upstream::start("a").await;
+    let uuid = proxy(&herve, "ws", &[("upstream", &a.url())]).await;
+    let addr = herve.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream
+            .write_all(format!("GET /{uuid}/socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("read head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        for message in [&b"hello"[..], b"through herve"] {
+            stream.write_all(message).expect("write frame");
+            let mut back = vec![0u8; message.len()];
+            stream.read_exact(&mut back).expect("read echo");
+            assert_eq!(back, message);
+        }
+    })
+    .await
+    .expect("join");
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_registration_is_validated() {
+    let herve = TestHerve::start().await;
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "'upstream'"),
+        (&[("upstream", "localhost:80")], "'upstream'"),
+        (&[("upstream", "https://example.test")], "'upstream'"),
+        (
+            &[("upstream", "http://a:1,http://b:2"), ("weight", "1")],
+            "'weight'",
+        ),
+        (&[("upstream", "http://a:1"), ("weight", "0")], "'weight'"),
+        (
+            &[("upstream", "http://a:1"), ("strategy", "random")],
+            "'strategy'",
+        ),
+        (
+            &[("upstream", "http://a:1"), ("health_interval_ms", "5")],
+            "'health_interval_ms'",
+        ),
+        (
+            &[("upstream", "http://a:1"), ("timeout_ms", "soon")],
+            "'timeout_ms'",
+        ),
+        (
+            &[("upstream", "http://a:1"), ("health_path", "health")],
+            "'health_path'",
+        ),
+    ];
+    for (fields, named) in cases {
+        let mut all = vec![("name", "p"), ("type", "proxy")];
+        all.extend_from_slice(fields);
+        let reply = herve.post_form("/services/register", &all).await;
+        assert_eq!(reply.status, 400, "{fields:?}: {}", reply.text());
+        assert!(
+            reply.message().contains(named),
+            "{fields:?}: {}",
+            reply.text()
+        );
+    }
+    assert!(herve.list().await.is_empty());
+    let _ = Bytes::new();
+    herve.stop().await;
+}
