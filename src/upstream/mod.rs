@@ -69,6 +69,14 @@ impl Upstream {
         if authority.host().is_empty() || authority.as_str().contains('@') {
             return Err(format!("'{url}' must be http://host:port[/path]"));
         }
+        let declares_port = authority
+            .as_str()
+            .rsplit(']')
+            .next()
+            .is_some_and(|after_host| after_host.contains(':'));
+        if declares_port && authority.port_u16().is_none() {
+            return Err(format!("'{url}' has an invalid port"));
+        }
         if uri.query().is_some() {
             return Err(format!("'{url}' must not have a query"));
         }
