@@ -12,6 +12,8 @@
 //! | `POST /services/:uuid/start` (and on boot, for services that were running) | [`ServiceType::start`] | starts an instance from that configuration and returns it |
 //! | `POST /services/:uuid/stop` (and when Herve shuts down) | [`RunningService::stop`] | releases what the instance holds |
 //! | `POST /services/:uuid/unregister` | [`ServiceType::unregister`] | deletes what the type keeps for the service |
+//! | Herve starts | [`ServiceType::recover`] | cleans up after a Herve that was killed |
+//! | `GET /services/:uuid/logs` | [`ServiceType::logs`] | the service's recent output, if it keeps any |
 //!
 //! While a service runs, Herve mounts the [`Router`] returned by
 //! [`RunningService::routes`] at `/<uuid>`: a request for `/<uuid>/echo` reaches the
@@ -90,6 +92,13 @@ pub trait ServiceType: Send + Sync + 'static {
     async fn unregister(&self, ctx: &ServiceContext, config: &Value) -> Result<(), ServiceError> {
         let _ = (ctx, config);
         Ok(())
+    }
+
+    /// Called once when Herve starts, before any service starts, with every registered
+    /// service of this type: the place to clean up after a Herve that was killed (a
+    /// program it left running, say). The default does nothing.
+    async fn recover(&self, services: &[ServiceContext]) {
+        let _ = services;
     }
 
     /// The last `tail` lines of the service's output, oldest first, for

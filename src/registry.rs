@@ -113,8 +113,12 @@ struct Slot {
     shown: Mutex<Shown>,
     /// Bumped by every start and stop; reports of older epochs are ignored.
     epoch: AtomicU64,
-    /// The routes of the current instance, to publish again when it recovers.
+    /// The routes of the current instance, to publish again when it recovers. Epoch
+    /// checks and route changes happen under this lock, so a late report can never
+    /// publish the routes of an instance that is being stopped.
     routes: Mutex<Option<Router>>,
+    /// The epoch whose instance reported that it failed or ended, if any.
+    ended_epoch: AtomicU64,
     /// Held for the whole of a start, stop or unregister of this service.
     life: tokio::sync::Mutex<Life>,
 }
@@ -214,6 +218,7 @@ impl Registry {
                     }),
                     epoch: AtomicU64::new(0),
                     routes: Mutex::new(None),
+                    ended_epoch: AtomicU64::new(0),
                     life: tokio::sync::Mutex::new(Life::default()),
                 }),
             );
@@ -230,8 +235,24 @@ impl Registry {
         })
     }
 
-    /// Starts again every service whose persisted status says it should run.
+    /// Lets every type clean up after an earlier Herve, then starts again every
+    /// service whose persisted status says it should run.
     pub async fn resume(&self) {
+        let mut by_type: HashMap<String, (Arc<dyn ServiceType>, Vec<ServiceContext>)> =
+            HashMap::new();
+        for slot in lock(&self.services).by_uuid.values() {
+            if let Some(service_type) = &slot.service_type {
+                by_type
+                    .entry(slot.type_name.clone())
+                    .or_insert_with(|| (Arc::clone(service_type), Vec::new()))
+                    .1
+                    .push(self.context(slot.uuid, &slot.name, StatusReporter::detached()));
+            }
+        }
+        for (service_type, services) in by_type.values() {
+            service_type.recover(services).await;
+        }
+
         let to_start: Vec<Arc<Slot>> = {
             let services = lock(&self.services);
             let mut slots: Vec<_> = services
@@ -331,6 +352,7 @@ impl Registry {
             }),
             epoch: AtomicU64::new(0),
             routes: Mutex::new(None),
+            ended_epoch: AtomicU64::new(0),
             life: tokio::sync::Mutex::new(Life::default()),
         });
         let view = slot.view(true);
@@ -520,9 +542,19 @@ impl Registry {
             return Err(error.into());
         }
         let routes = instance.routes();
-        *lock(&slot.routes) = Some(routes.clone());
-        self.routes.publish(slot.uuid, routes);
         life.instance = Some(instance);
+        let mut current_routes = lock(&slot.routes);
+        if slot.ended_epoch.load(Ordering::SeqCst) == epoch {
+            // It failed or ended between becoming ready and now: the report said so
+            // (and records it once this start lets go of the lifecycle lock).
+            drop(current_routes);
+            let shown = lock(&slot.shown).reason.clone();
+            return Err(RegistryError::Hook(format!(
+                "The service ended right after it started: {shown}"
+            )));
+        }
+        *current_routes = Some(routes.clone());
+        self.routes.publish(slot.uuid, routes);
         slot.set_status(Status::Running, "");
         Ok(())
     }
@@ -530,14 +562,18 @@ impl Registry {
     /// Withdraws the routes of `slot` and stops its instance, if any; the caller holds
     /// its lifecycle lock and records the status.
     async fn halt(&self, slot: &Slot, life: &mut Life) {
-        // A new epoch first: whatever the instance still reports is now stale.
-        slot.epoch.fetch_add(1, Ordering::SeqCst);
+        {
+            // A new epoch first: whatever the instance still reports is now stale.
+            let mut current_routes = lock(&slot.routes);
+            slot.epoch.fetch_add(1, Ordering::SeqCst);
+            *current_routes = None;
+        }
         let Some(instance) = life.instance.take() else {
             return;
         };
         // Withdraw next: no new request reaches an instance that is going away.
         self.routes.withdraw(&slot.uuid);
-        *lock(&slot.routes) = None;
+        lock(&slot.shown).runtime = None;
         if let Err(error) = instance.stop().await {
             tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
         }
@@ -555,6 +591,7 @@ fn apply_report(
     let Some(slot) = slot.upgrade() else {
         return;
     };
+    let current_routes = lock(&slot.routes);
     if slot.epoch.load(Ordering::SeqCst) != epoch {
         return;
     }
@@ -569,7 +606,7 @@ fn apply_report(
         }
         Report::Running => {
             slot.set_status(Status::Running, "");
-            if let Some(router) = lock(&slot.routes).clone() {
+            if let Some(router) = current_routes.clone() {
                 routes.publish(slot.uuid, router);
             }
             return;
@@ -577,8 +614,10 @@ fn apply_report(
         Report::Failed(reason) => (Status::Failed, reason),
         Report::Exited(reason) => (Status::Stopped, reason),
     };
+    slot.ended_epoch.store(epoch, Ordering::SeqCst);
     routes.withdraw(&slot.uuid);
     slot.set_status(status, &reason);
+    drop(current_routes);
     // Record it under the lifecycle lock, and only if no start or stop came since:
     // theirs is the newer truth.
     let store = Arc::clone(store);

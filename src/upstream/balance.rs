@@ -97,6 +97,10 @@ impl Balancer {
         }
     }
 
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
     /// The upstream for the next request, other than `exclude`; `None` when no
     /// healthy upstream is left.
     pub fn pick(&self, health: &[Health], exclude: Option<usize>) -> Option<usize> {

@@ -50,7 +50,12 @@ impl Proxy {
 
         // Without a body, an idempotent request can be sent again to another upstream
         // if the first one refused the connection.
-        let replayable = self.upstreams.len() > 1
+        let replayable = self
+            .upstreams
+            .iter()
+            .filter(|u| u.is_healthy())
+            .nth(1)
+            .is_some()
             && is_idempotent(&parts.method)
             && body.is_end_stream()
             && !upgrade;
@@ -82,7 +87,7 @@ impl Proxy {
             other => (first, other),
         };
         match result {
-            Ok(response) => self.answer_from(used, response, client_upgrade),
+            Ok((response, in_flight)) => answer_from(response, in_flight, client_upgrade),
             Err(Failure::Refused) => {
                 self.mark_down(used);
                 answer(
@@ -131,66 +136,84 @@ impl Proxy {
     }
 
     async fn send(
-        &self,
+        self: &Arc<Self>,
         index: usize,
         request: Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, Failure> {
-        let health = &self.upstreams[index].health;
-        health.enter();
-        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
-        let outcome = match result {
-            Ok(Ok(response)) => return Ok(response),
+    ) -> Result<(Response<hyper::body::Incoming>, InFlight), Failure> {
+        // Counted until the answer's body is done, or dropped with this future if the
+        // client goes away first.
+        let in_flight = InFlight::enter(self, index);
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok((response, in_flight)),
             Ok(Err(error)) if error.is_connect() => Err(Failure::Refused),
             Ok(Err(error)) => Err(Failure::Other(error.to_string())),
             Err(_) => Err(Failure::TimedOut),
-        };
-        health.leave();
-        outcome
-    }
-
-    fn answer_from(
-        self: &Arc<Self>,
-        index: usize,
-        mut response: Response<hyper::body::Incoming>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Response<Body> {
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            self.upstreams[index].health.leave();
-            let Some(client_upgrade) = client_upgrade else {
-                return answer(
-                    StatusCode::BAD_GATEWAY,
-                    "The upstream switched protocols unasked.\n",
-                );
-            };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(error) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            tracing::debug!(%error, "upgraded connection ended");
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "protocol switch failed"),
-                }
-            });
-            let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, Body::empty());
         }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        // The upstream's HTTP version is its hop's business; hyper answers our client
-        // in the version of its own connection.
-        parts.version = http::Version::default();
-        let body = Tracked {
-            inner: body,
-            proxy: Arc::clone(self),
-            index,
+    }
+}
+
+/// Herve's answer from the upstream's: hop-by-hop headers out, body streamed.
+fn answer_from(
+    mut response: Response<hyper::body::Incoming>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        drop(in_flight);
+        let Some(client_upgrade) = client_upgrade else {
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                "The upstream switched protocols unasked.\n",
+            );
         };
-        Response::from_parts(parts, Body::new(body))
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(error) =
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!(%error, "upgraded connection ended");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "protocol switch failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The upstream's HTTP version is its hop's business; hyper answers our client
+    // in the version of its own connection.
+    parts.version = http::Version::default();
+    let body = Tracked {
+        inner: body,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// One request in flight on an upstream, for `least_conn`; uncounted when dropped.
+struct InFlight(Option<(Arc<Proxy>, usize)>);
+
+impl InFlight {
+    fn enter(proxy: &Arc<Proxy>, index: usize) -> InFlight {
+        if !proxy.counts_in_flight() {
+            return InFlight(None);
+        }
+        proxy.upstreams[index].health.enter();
+        InFlight(Some((Arc::clone(proxy), index)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((proxy, index)) = &self.0 {
+            proxy.upstreams[*index].health.leave();
+        }
     }
 }
 
@@ -201,17 +224,10 @@ enum Failure {
     Other(String),
 }
 
-/// A response body from an upstream; counts the request in flight until it is done.
+/// A response body from an upstream, holding its request's place in the count.
 struct Tracked {
     inner: hyper::body::Incoming,
-    proxy: Arc<Proxy>,
-    index: usize,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.proxy.upstreams[self.index].health.leave();
-    }
+    _in_flight: InFlight,
 }
 
 impl HttpBody for Tracked {
@@ -282,6 +298,9 @@ fn prepare_headers(
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    // Only Herve says what the client asked for: a client's own X-Forwarded-Host
+    // (sent without a Host) must not pass as Herve's.
+    headers.remove(&X_FORWARDED_HOST);
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }

@@ -27,6 +27,10 @@ pub type UpstreamClient = Client<HttpConnector, Body>;
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probes in a row that must agree before an upstream changes state.
+const PROBES_TO_CHANGE: u32 = 2;
 
 /// A client with connection pooling tuned for proxying.
 pub fn new_client() -> UpstreamClient {
@@ -163,6 +167,11 @@ impl Proxy {
         &self.upstreams
     }
 
+    /// Whether requests in flight are counted (only `least_conn` reads the count).
+    fn counts_in_flight(&self) -> bool {
+        self.balancer.strategy() == Strategy::LeastConn
+    }
+
     /// The upstream for the next request, other than `exclude`.
     fn pick(&self, exclude: Option<usize>) -> Option<usize> {
         self.balancer.pick_by(
@@ -193,36 +202,36 @@ impl Proxy {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut told: Option<Vec<bool>> = None;
+        // Results in a row that disagree with each upstream's state: one bad probe on
+        // a busy machine must not take an upstream out.
+        let mut disagreements = vec![0u32; self.upstreams.len()];
         loop {
             ticker.tick().await;
-            let probes = self.upstreams.iter().map(|upstream| {
-                let proxy = Arc::clone(&self);
-                async move {
-                    let healthy = match &proxy.health_check {
-                        HealthCheck::Off => true,
-                        HealthCheck::Passive { .. } => {
-                            // Only the upstreams out of the rotation need a probe.
-                            if upstream.is_healthy() {
-                                return;
-                            }
-                            let target = upstream.socket_target();
-                            matches!(
-                                tokio::time::timeout(interval.min(CONNECT_TIMEOUT), tokio::net::TcpStream::connect(target)).await,
-                                Ok(Ok(_))
-                            )
-                        }
-                        HealthCheck::Active { path, .. } => proxy.probe(upstream, path, interval).await,
-                    };
-                    if upstream.health.set_healthy(healthy) {
-                        if healthy {
-                            tracing::info!(upstream = %upstream.url(), "upstream back in the rotation");
-                        } else {
-                            tracing::warn!(upstream = %upstream.url(), "upstream out of the rotation: its health check failed");
-                        }
-                    }
+            let probes = self.upstreams.iter().map(|upstream| self.probe(upstream));
+            let results = futures_util::future::join_all(probes).await;
+            for ((upstream, result), streak) in
+                self.upstreams.iter().zip(results).zip(&mut disagreements)
+            {
+                let Some(healthy) = result else {
+                    *streak = 0;
+                    continue;
+                };
+                if healthy == upstream.is_healthy() {
+                    *streak = 0;
+                    continue;
                 }
-            });
-            futures_util::future::join_all(probes).await;
+                *streak += 1;
+                if *streak < PROBES_TO_CHANGE {
+                    continue;
+                }
+                *streak = 0;
+                upstream.health.set_healthy(healthy);
+                if healthy {
+                    tracing::info!(upstream = %upstream.url(), "upstream back in the rotation");
+                } else {
+                    tracing::warn!(upstream = %upstream.url(), "upstream out of the rotation: its health check failed");
+                }
+            }
             // Compare with what was last told: requests mark upstreams down too.
             let now: Vec<bool> = self.upstreams.iter().map(Upstream::is_healthy).collect();
             if told.as_ref() != Some(&now) {
@@ -232,17 +241,36 @@ impl Proxy {
         }
     }
 
-    async fn probe(&self, upstream: &Upstream, path: &str, interval: Duration) -> bool {
-        let uri = format!("http://{}{}{}", upstream.authority, upstream.base, path);
-        let Ok(request) = http::Request::get(uri).body(Body::empty()) else {
-            return false;
-        };
-        match tokio::time::timeout(interval.min(self.timeout), self.client.request(request)).await {
-            Ok(Ok(response)) => {
-                let status = response.status();
-                status.is_success() || status.is_redirection()
+    /// Whether `upstream` looks healthy now; `None` when there is nothing to check.
+    async fn probe(&self, upstream: &Upstream) -> Option<bool> {
+        match &self.health_check {
+            HealthCheck::Off => None,
+            HealthCheck::Passive { .. } => {
+                // Only the upstreams out of the rotation need a probe.
+                if upstream.is_healthy() {
+                    return None;
+                }
+                let connect = tokio::net::TcpStream::connect(upstream.socket_target());
+                Some(matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+                    Ok(Ok(_))
+                ))
             }
-            _ => false,
+            HealthCheck::Active { path, .. } => {
+                let uri = format!("http://{}{}{}", upstream.authority, upstream.base, path);
+                let request = http::Request::get(uri).body(Body::empty()).ok()?;
+                let answer = tokio::time::timeout(
+                    PROBE_TIMEOUT.min(self.timeout),
+                    self.client.request(request),
+                );
+                Some(match answer.await {
+                    Ok(Ok(response)) => {
+                        let status = response.status();
+                        status.is_success() || status.is_redirection()
+                    }
+                    _ => false,
+                })
+            }
         }
     }
 }

@@ -24,6 +24,12 @@ if mode == "family":
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        flag = os.environ.get("READY_FILE")
+        if self.path == "/ready" and flag and not os.path.exists(flag):
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         names = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NAME", "GREETING", "AUTH_ADMIN_SECRET"]
         body = json.dumps({
             "pid": os.getpid(),
@@ -292,37 +298,82 @@ async fn a_program_never_ready_is_stopped_and_failed() {
     herve.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_path_decides_readiness() {
     let herve = TestHerve::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let app = write_app(dir.path());
+    let flag = dir.path().join("ready-now");
     let uuid = register_process(
         &herve,
         "checked",
         &[
             ("command", &format!("python3 {app}")),
             ("health_path", "/ready"),
+            ("env", &format!("READY_FILE={}", flag.display())),
         ],
     )
     .await
     .expect("registered");
+    let start = {
+        let client = herve.client.clone();
+        let uuid = uuid.clone();
+        tokio::spawn(async move { client.start(&uuid).await })
+    };
+    // The port is open but /ready says 503: still starting, not routed.
+    wait_for(
+        "the app to answer 503",
+        Duration::from_secs(10),
+        async || {
+            let logs = herve
+                .admin_get(&format!("/services/{uuid}/logs"))
+                .await
+                .json();
+            logs["data"]
+                .as_array()
+                .is_some_and(|lines| lines.iter().any(|l| l == "request /ready"))
+        },
+    )
+    .await;
+    assert_eq!(service(&herve, &uuid).await["status"], "starting");
+    assert_eq!(herve.get(&format!("/{uuid}/")).await.status, 404);
+    std::fs::write(&flag, "").expect("flag");
+    start
+        .await
+        .expect("start")
+        .expect(200, "The service has successfully started.");
+    assert_eq!(service(&herve, &uuid).await["status"], "running");
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn a_taken_port_is_a_clear_failure() {
+    let herve = TestHerve::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = write_app(dir.path());
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = squatter.local_addr().expect("addr").port().to_string();
+    let uuid = register_process(
+        &herve,
+        "squatted",
+        &[("command", &format!("python3 {app}")), ("port", &port)],
+    )
+    .await
+    .expect("registered");
+    let reply = herve.start(&uuid).await;
+    assert_eq!(reply.status, 500);
+    assert!(
+        reply
+            .message()
+            .contains(&format!("port {port} is not free")),
+        "{}",
+        reply.text()
+    );
+    drop(squatter);
     herve
         .start(&uuid)
         .await
         .expect(200, "The service has successfully started.");
-    let logs = herve
-        .admin_get(&format!("/services/{uuid}/logs"))
-        .await
-        .json();
-    assert!(
-        logs["data"]
-            .as_array()
-            .expect("lines")
-            .iter()
-            .any(|l| l == "request /ready"),
-        "{logs}"
-    );
     herve.stop().await;
 }
 

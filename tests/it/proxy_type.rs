@@ -88,7 +88,7 @@ async fn least_conn_avoids_the_busy_upstream() {
     let slow = {
         let client = herve.client.clone();
         let uuid = uuid.clone();
-        tokio::spawn(async move { client.get(&format!("/{uuid}/slow?ms=1500")).await.text() })
+        tokio::spawn(async move { client.get(&format!("/{uuid}/slow?ms=3000")).await.text() })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...then every quick request goes to the other one.
@@ -154,13 +154,99 @@ async fn a_failing_health_check_takes_an_upstream_out() {
     )
     .await;
     a.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let seen = count_ids(&herve, &uuid, 10).await;
-    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    wait_until_only(&herve, &uuid, "b").await;
     a.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let seen = count_ids(&herve, &uuid, 10).await;
-    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = count_ids(&herve, &uuid, 4).await;
+        if seen.get("a") == Some(&2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never came back: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    herve.stop().await;
+}
+
+/// Waits until ten requests in a row all reach `only`.
+async fn wait_until_only(herve: &HttpClient, uuid: &str, only: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = count_ids(herve, uuid, 10).await;
+        if seen.get(only) == Some(&10) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "traffic never went to {only} alone: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_leaving_early_does_not_skew_least_conn() {
+    let herve = TestHerve::start().await;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let uuid = proxy(
+        &herve,
+        "leaver",
+        &[
+            ("upstream", &a.url()),
+            ("upstream", &b.url()),
+            ("strategy", "least_conn"),
+        ],
+    )
+    .await;
+    // Clients that hang up while the upstream is still thinking.
+    let addr = herve.addr;
+    let path = format!("/{uuid}/slow?ms=300");
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..6 {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .expect("write");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    })
+    .await
+    .expect("join");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Nothing is in flight any more: the load is shared again.
+    let seen = count_ids(&herve, &uuid, 20).await;
+    assert_eq!(seen.get("a"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    herve.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_never_sent_twice() {
+    let herve = TestHerve::start().await;
+    let (mut a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let uuid = proxy(
+        &herve,
+        "once",
+        &[("upstream", &a.url()), ("upstream", &b.url())],
+    )
+    .await;
+    a.kill().await;
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let reply = herve
+            .send(
+                Method::POST,
+                &format!("/{uuid}/echo"),
+                Auth::None,
+                &[],
+                "order #1",
+            )
+            .await;
+        statuses.push(reply.status.as_u16());
+    }
+    // The first POST found the dead upstream: 502, not replayed; then it is out.
+    assert_eq!(statuses, [502, 200]);
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     herve.stop().await;
 }
 

@@ -190,6 +190,9 @@ impl ServiceType for ProcessType {
         let config: ProcessConfig = serde_json::from_value(config.clone()).map_err(|e| {
             ServiceError::failed(format!("The stored configuration is invalid: {e}"))
         })?;
+        if config.command.is_empty() {
+            return Err(ServiceError::failed("The stored command is empty."));
+        }
         // A Herve killed with SIGKILL may have left this service's programs behind.
         orphans::kill_leftovers(ctx.uuid()).await;
 
@@ -253,10 +256,15 @@ impl ServiceType for ProcessType {
             &format!("/{}", ctx.uuid()),
         );
         Ok(Box::new(RunningProcess {
+            uuid: ctx.uuid(),
             proxy,
             stop: stop_tx,
             supervisor: tokio::sync::Mutex::new(Some(task)),
         }))
+    }
+
+    async fn recover(&self, services: &[ServiceContext]) {
+        orphans::kill_leftovers_of(services.iter().map(ServiceContext::uuid).collect()).await;
     }
 
     async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
@@ -286,6 +294,7 @@ impl ServiceType for ProcessType {
 }
 
 struct RunningProcess {
+    uuid: uuid::Uuid,
     proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -308,6 +317,8 @@ impl RunningService for RunningProcess {
             task.await
                 .map_err(|e| ServiceError::failed(format!("The supervisor failed: {e}")))?;
         }
+        // The group is gone; this also catches descendants that left it (setsid).
+        orphans::kill_leftovers(self.uuid).await;
         Ok(())
     }
 }

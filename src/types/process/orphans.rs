@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-/// The pids of processes whose environment has `HERVE_SERVICE_UUID=<uuid>`.
-pub fn find(uuid: Uuid) -> Vec<i32> {
-    let needle = format!("HERVE_SERVICE_UUID={uuid}");
+/// The pids of processes whose environment names any of `uuids`.
+pub fn find_any(uuids: &[Uuid]) -> Vec<i32> {
+    let needles: Vec<Vec<u8>> = uuids
+        .iter()
+        .map(|uuid| format!("HERVE_SERVICE_UUID={uuid}").into_bytes())
+        .collect();
     let own = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -27,7 +30,8 @@ pub fn find(uuid: Uuid) -> Vec<i32> {
                 .map(|environ| {
                     environ
                         .split(|&b| b == 0)
-                        .any(|var| var == needle.as_bytes())
+                        .filter(|var| var.starts_with(b"HERVE_SERVICE_UUID="))
+                        .any(|var| needles.iter().any(|needle| needle.as_slice() == var))
                 })
                 .unwrap_or(false)
         })
@@ -38,7 +42,15 @@ pub fn find(uuid: Uuid) -> Vec<i32> {
 /// Kills every process left over from an earlier run of service `uuid` and waits
 /// (briefly) for them to go. Returns how many there were.
 pub async fn kill_leftovers(uuid: Uuid) -> usize {
-    let pids = tokio::task::spawn_blocking(move || find(uuid))
+    kill_leftovers_of(vec![uuid]).await
+}
+
+/// [`kill_leftovers`] for several services with one pass over `/proc`.
+pub async fn kill_leftovers_of(uuids: Vec<Uuid>) -> usize {
+    if uuids.is_empty() {
+        return 0;
+    }
+    let pids = tokio::task::spawn_blocking(move || find_any(&uuids))
         .await
         .unwrap_or_default();
     for &pid in &pids {
@@ -48,7 +60,10 @@ pub async fn kill_leftovers(uuid: Uuid) -> usize {
         }
     }
     if !pids.is_empty() {
-        tracing::warn!(%uuid, count = pids.len(), "killed processes left over from an earlier run");
+        tracing::warn!(
+            count = pids.len(),
+            "killed processes left over from an earlier run"
+        );
         for _ in 0..50 {
             let alive = pids.iter().any(|pid| is_alive(*pid));
             if !alive {

@@ -107,6 +107,14 @@ impl Supervisor {
         };
 
         loop {
+            if let Err(error) = std::net::TcpListener::bind(("127.0.0.1", self.spec.port)) {
+                // Another server there would answer the readiness probe in its place.
+                give_up(
+                    format!("port {} is not free: {error}", self.spec.port),
+                    &mut ready,
+                );
+                return;
+            }
             let mut child = match self.spawn() {
                 Ok(child) => child,
                 Err(error) => {
@@ -128,13 +136,12 @@ impl Supervisor {
                 .as_bytes(),
             );
             self.report_facts(&facts);
-            let started = Instant::now();
 
             // Until it is ready.
             let became_ready = tokio::select! {
                 ready_now = self.wait_ready() => ready_now,
                 status = child.wait() => {
-                    let (_, status) = reap(pgid, status);
+                    let (exit, status) = reap(pgid, status);
                     facts.pid = None;
                     facts.last_exit = Some(status.clone());
                     self.report_facts(&facts);
@@ -143,7 +150,7 @@ impl Supervisor {
                         give_up(format!("gave up: it exited before it was ready {MAX_EARLY_EXITS} times in a row (last: {status})"), &mut ready);
                         return;
                     }
-                    if self.spec.restart == RestartPolicy::Never {
+                    if exit.is_some_and(|exit| !self.spec.restart.restarts_after(exit)) {
                         give_up(format!("it exited before it was ready ({status})"), &mut ready);
                         return;
                     }
@@ -174,6 +181,7 @@ impl Supervisor {
                 return;
             }
             early_exits = 0;
+            let ready_since = Instant::now();
             self.log.line(b"[herve] ready");
             match ready.take() {
                 Some(ready) => {
@@ -194,7 +202,7 @@ impl Supervisor {
             facts.pid = None;
             facts.last_exit = Some(status.clone());
             self.report_facts(&facts);
-            if started.elapsed() >= HEALTHY_RUN {
+            if ready_since.elapsed() >= HEALTHY_RUN {
                 backoff = FIRST_BACKOFF;
             }
             let restart = exit.is_none_or(|exit| self.spec.restart.restarts_after(exit));
@@ -241,12 +249,17 @@ impl Supervisor {
         if let Some(cwd) = &spec.cwd {
             command.current_dir(cwd);
         }
+        let herve = std::process::id();
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 // If Herve dies (even by SIGKILL), the program gets SIGKILL too; what it
                 // started itself is found by its HERVE_SERVICE_UUID on the next start.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Herve may have died before the line above took effect.
+                if u32::try_from(libc::getppid()).ok() != Some(herve) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 Ok(())
             });
         }
