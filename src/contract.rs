@@ -148,6 +148,7 @@ pub struct ServiceContext {
     name: String,
     data_dir: PathBuf,
     reporter: StatusReporter,
+    abandon: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -172,6 +173,27 @@ impl ServiceContext {
             name,
             data_dir,
             reporter,
+            abandon: None,
+        }
+    }
+
+    pub(crate) fn with_abandon(mut self, abandon: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.abandon = Some(abandon);
+        self
+    }
+
+    /// Completes when Herve wants the [`ServiceType::start`] in progress given up (a
+    /// user stopped the service, or Herve is shutting down). A start that waits for
+    /// something slow should race it against this, clean up and return an error.
+    /// Never completes outside a start.
+    pub async fn abandoned(&self) {
+        match self.abandon.clone() {
+            Some(mut abandon) => {
+                if abandon.wait_for(|abandon| *abandon).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 

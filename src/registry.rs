@@ -119,6 +119,8 @@ struct Slot {
     routes: Mutex<Option<Router>>,
     /// The epoch whose instance reported that it failed or ended, if any.
     ended_epoch: AtomicU64,
+    /// Set while a start runs: sending `true` asks it to give up.
+    abandon_start: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
     /// Held for the whole of a start, stop or unregister of this service.
     life: tokio::sync::Mutex<Life>,
 }
@@ -131,6 +133,13 @@ struct Life {
 }
 
 impl Slot {
+    /// Asks a start in progress, if any, to give up.
+    fn abandon_start(&self) {
+        if let Some(abandon) = lock(&self.abandon_start).as_ref() {
+            let _ = abandon.send(true);
+        }
+    }
+
     fn status(&self) -> Status {
         lock(&self.shown).status
     }
@@ -219,6 +228,7 @@ impl Registry {
                     epoch: AtomicU64::new(0),
                     routes: Mutex::new(None),
                     ended_epoch: AtomicU64::new(0),
+                    abandon_start: Mutex::new(None),
                     life: tokio::sync::Mutex::new(Life::default()),
                 }),
             );
@@ -353,6 +363,7 @@ impl Registry {
             epoch: AtomicU64::new(0),
             routes: Mutex::new(None),
             ended_epoch: AtomicU64::new(0),
+            abandon_start: Mutex::new(None),
             life: tokio::sync::Mutex::new(Life::default()),
         });
         let view = slot.view(true);
@@ -376,6 +387,8 @@ impl Registry {
     /// Stops a service; stopping a service that does not run does nothing.
     pub async fn stop(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
         let slot = self.slot(uuid)?;
+        // A slow start would hold the lifecycle lock until it ends: ask it to give up.
+        slot.abandon_start();
         let mut life = slot.life.lock().await;
         if life.removed {
             return Err(RegistryError::NotFound);
@@ -394,6 +407,7 @@ impl Registry {
     /// Stops a service if it runs, then starts it.
     pub async fn restart(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
         let slot = self.slot(uuid)?;
+        slot.abandon_start();
         let mut life = slot.life.lock().await;
         if life.removed {
             return Err(RegistryError::NotFound);
@@ -453,6 +467,9 @@ impl Registry {
     pub async fn shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
+        for slot in &slots {
+            slot.abandon_start();
+        }
         let stops = slots.iter().map(|slot| async move {
             let mut life = slot.life.lock().await;
             self.halt(slot, &mut life).await;
@@ -516,8 +533,14 @@ impl Registry {
         };
         let epoch = slot.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         lock(&slot.shown).runtime = None;
-        let ctx = self.context(slot.uuid, &slot.name, self.reporter(slot, epoch));
-        let instance = match service_type.start(&ctx, &slot.config).await {
+        let (abandon, abandoned) = tokio::sync::watch::channel(false);
+        *lock(&slot.abandon_start) = Some(abandon);
+        let ctx = self
+            .context(slot.uuid, &slot.name, self.reporter(slot, epoch))
+            .with_abandon(abandoned);
+        let started = service_type.start(&ctx, &slot.config).await;
+        *lock(&slot.abandon_start) = None;
+        let instance = match started {
             Ok(instance) => instance,
             Err(error) => {
                 slot.epoch.fetch_add(1, Ordering::SeqCst);

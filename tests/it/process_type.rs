@@ -530,3 +530,44 @@ async fn process_registration_is_validated() {
     );
     herve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_gives_up_a_slow_start_at_once() {
+    let herve = TestHerve::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = write_app(dir.path());
+    let uuid = register_process(
+        &herve,
+        "slowpoke",
+        &[
+            ("command", &format!("python3 {app} mute")),
+            ("ready_timeout_ms", "60000"),
+        ],
+    )
+    .await
+    .expect("registered");
+    let start = {
+        let client = herve.client.clone();
+        let uuid = uuid.clone();
+        tokio::spawn(async move { client.start(&uuid).await })
+    };
+    wait_for("the program", Duration::from_secs(10), async || {
+        processes_of(&uuid).len() == 1
+    })
+    .await;
+    let asked = Instant::now();
+    herve
+        .stop_service(&uuid)
+        .await
+        .expect(200, "The service has successfully stopped.");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "stop waited for the start"
+    );
+    let start = start.await.expect("start");
+    assert_eq!(start.status, 500);
+    assert!(start.message().contains("given up"), "{}", start.text());
+    assert!(processes_of(&uuid).is_empty());
+    assert_eq!(service(&herve, &uuid).await["status"], "stopped");
+    herve.stop().await;
+}

@@ -232,7 +232,18 @@ impl ServiceType for ProcessType {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(supervisor.run(stop_rx, ready_tx));
-        match ready_rx.await {
+        let ready = tokio::select! {
+            ready = ready_rx => ready,
+            () = ctx.abandoned() => {
+                let _ = stop_tx.send(true);
+                let _ = task.await;
+                orphans::kill_leftovers(ctx.uuid()).await;
+                return Err(ServiceError::failed(
+                    "The start was given up: the service was stopped meanwhile.",
+                ));
+            }
+        };
+        match ready {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
                 let _ = task.await;
