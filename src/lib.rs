@@ -70,7 +70,8 @@ pub enum StartError {
 /// Sets up a Herve: its configuration and the service types it knows.
 pub struct HerveBuilder {
     config: Config,
-    types: TypeCatalog,
+    /// The user's own types; they replace built-in types of the same name.
+    extra_types: TypeCatalog,
 }
 
 impl HerveBuilder {
@@ -78,13 +79,13 @@ impl HerveBuilder {
     pub fn new(config: Config) -> Self {
         HerveBuilder {
             config,
-            types: TypeCatalog::builtin(),
+            extra_types: TypeCatalog::default(),
         }
     }
 
     /// Adds a service type of your own; it replaces a built-in type of the same name.
     pub fn service_type(mut self, service_type: impl ServiceType) -> Self {
-        self.types.add(service_type);
+        self.extra_types.add(service_type);
         self
     }
 
@@ -116,11 +117,14 @@ impl HerveBuilder {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
 
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.join(DATABASE_FILE))?);
+        let database = SqliteStore::open(&data_dir.join(DATABASE_FILE))?;
+        let mut types = TypeCatalog::builtin(&database);
+        types.extend(self.extra_types);
+        let store: Arc<dyn Store> = Arc::new(database);
         let routes = Arc::new(RouteTable::default());
         let registry = Arc::new(
             Registry::load(
-                self.types,
+                types,
                 store,
                 Arc::clone(&routes),
                 data_dir.join("services"),

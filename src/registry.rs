@@ -17,7 +17,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use serde::Serialize;
@@ -28,7 +27,7 @@ use crate::contract::{
     Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType, StatusReporter,
 };
 use crate::routing::RouteTable;
-use crate::store::{ServiceRecord, Status, Store, StoreError};
+use crate::store::{unix_now, ServiceRecord, Status, Store, StoreError};
 use crate::types::TypeCatalog;
 
 /// The longest service name, in bytes.
@@ -677,13 +676,6 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
         )));
     }
     Ok(())
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked: every critical

@@ -35,6 +35,20 @@ pub fn ok<T: Serialize>(
     (status, Json(envelope)).into_response()
 }
 
+/// A successful answer with a message made at run time.
+pub fn ok_with<T: Serialize>(
+    status: StatusCode,
+    message: Option<String>,
+    data: Option<T>,
+) -> Response {
+    let envelope = Envelope {
+        success: true,
+        message: message.map(Cow::Owned),
+        data,
+    };
+    (status, Json(envelope)).into_response()
+}
+
 /// A refused or failed admin request: its status and the message the client reads.
 #[derive(Debug)]
 pub struct ApiError {

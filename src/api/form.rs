@@ -26,21 +26,49 @@ impl<S: Send + Sync> FromRequest<S> for RegistrationFields {
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-        let fields = match media_type.as_deref() {
-            // curl -d and HTML forms send this; a body without a type is read the same way.
-            None | Some("application/x-www-form-urlencoded") => parse_form(&body),
-            Some("application/json") => parse_json(&body)?,
-            Some(other) => {
-                return Err(ApiError::new(
+        let fields =
+            fields_from_body(media_type.as_deref(), &body).map_err(|error| match error {
+                BodyError::UnsupportedType(other) => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     format!(
                         "The content type '{other}' is not supported: send \
-                         application/x-www-form-urlencoded or application/json."
+                     application/x-www-form-urlencoded or application/json."
                     ),
-                ))
-            }
-        };
+                ),
+                BodyError::Invalid(why) => ApiError::new(StatusCode::BAD_REQUEST, why),
+            })?;
         Ok(RegistrationFields(fields))
+    }
+}
+
+/// Why a body could not be read as fields.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Neither a form nor JSON.
+    UnsupportedType(String),
+    /// Not valid for its type; the message says why.
+    Invalid(String),
+}
+
+/// The lowercase media type of a `Content-Type` value, without parameters.
+pub fn media_type(value: Option<&axum::http::HeaderValue>) -> Option<String> {
+    value.map(|value| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|text| text.split(';').next())
+            .map(|media| media.trim().to_ascii_lowercase())
+            .unwrap_or_default()
+    })
+}
+
+/// Reads a form (also when no type is given) or a JSON object body as fields.
+pub fn fields_from_body(media_type: Option<&str>, body: &[u8]) -> Result<Fields, BodyError> {
+    match media_type {
+        // curl -d and HTML forms send this; a body without a type is read the same way.
+        None | Some("application/x-www-form-urlencoded") => Ok(parse_form(body)),
+        Some("application/json") => parse_json(body),
+        Some(other) => Err(BodyError::UnsupportedType(other.to_owned())),
     }
 }
 
@@ -53,8 +81,8 @@ pub fn parse_form(body: &[u8]) -> Fields {
 
 /// Reads a JSON object as fields: strings as they are, numbers and booleans as their
 /// JSON text, arrays as one field per element.
-pub fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {
-    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, why);
+pub fn parse_json(body: &[u8]) -> Result<Fields, BodyError> {
+    let bad = BodyError::Invalid;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| bad(format!("The body is not valid JSON: {e}.")))?;
     let Value::Object(object) = value else {
@@ -74,16 +102,15 @@ pub fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {
     Ok(Fields::from_pairs(pairs))
 }
 
-fn json_scalar(key: &str, value: Value) -> Result<String, ApiError> {
+fn json_scalar(key: &str, value: Value) -> Result<String, BodyError> {
     match value {
         Value::String(text) => Ok(text),
         Value::Number(number) => Ok(number.to_string()),
         Value::Bool(flag) => Ok(flag.to_string()),
         Value::Null => Ok(String::new()),
-        Value::Array(_) | Value::Object(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("The field '{key}' must be a string, a number or a boolean."),
-        )),
+        Value::Array(_) | Value::Object(_) => Err(BodyError::Invalid(format!(
+            "The field '{key}' must be a string, a number or a boolean."
+        ))),
     }
 }
 

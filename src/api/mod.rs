@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use uuid::Uuid;
 
-pub use envelope::ApiError;
+pub use envelope::{ok as json_ok, ok_with as json_ok_with, ApiError};
 use form::RegistrationFields;
 
 use crate::auth::AdminAuth;

@@ -103,3 +103,11 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a service.
     async fn remove(&self, uuid: Uuid) -> Result<(), StoreError>;
 }
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{ServiceRecord, Status, Store, StoreError};
 
 /// The schema version this code writes; see [`migrate`].
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// A [`Store`] in a SQLite database file.
 ///
@@ -59,7 +59,8 @@ impl SqliteStore {
     }
 }
 
-fn db(error: rusqlite::Error) -> StoreError {
+/// A database error as a [`StoreError`].
+pub fn db(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
@@ -93,6 +94,38 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version < 2 {
         tx.execute_batch("ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';")
             .map_err(db)?;
+    }
+    if version < 3 {
+        // Data of the built-in `models` and `auth` types, keyed by service uuid.
+        tx.execute_batch(
+            "CREATE TABLE model_instances (
+                 service    TEXT NOT NULL,
+                 id         INTEGER NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 data       TEXT NOT NULL,
+                 PRIMARY KEY (service, id)
+             );
+             CREATE TABLE model_sequences (
+                 service TEXT PRIMARY KEY,
+                 last_id INTEGER NOT NULL
+             );
+             CREATE TABLE auth_users (
+                 service       TEXT NOT NULL,
+                 username      TEXT NOT NULL,
+                 password_hash TEXT NOT NULL,
+                 created_at    INTEGER NOT NULL,
+                 PRIMARY KEY (service, username)
+             );
+             CREATE TABLE auth_tokens (
+                 token_hash TEXT PRIMARY KEY,
+                 service    TEXT NOT NULL,
+                 username   TEXT NOT NULL,
+                 expires_at INTEGER NOT NULL
+             );
+             CREATE INDEX auth_tokens_by_service ON auth_tokens (service, username);",
+        )
+        .map_err(db)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db)?;

@@ -3,16 +3,20 @@
 //! Each built-in type lives in its own file and implements
 //! [`ServiceType`](crate::contract::ServiceType) exactly as a user's type would.
 
+pub mod auth;
 pub mod echo;
 mod field;
+pub mod models;
 pub mod ping;
 pub mod process;
 pub mod proxy;
+pub mod static_files;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::contract::ServiceType;
+use crate::store::sqlite::SqliteStore;
 
 /// The service types a Herve can register, by name.
 #[derive(Clone, Default)]
@@ -21,10 +25,13 @@ pub struct TypeCatalog {
 }
 
 impl TypeCatalog {
-    /// A catalog with every built-in type.
-    pub fn builtin() -> Self {
+    /// A catalog with every built-in type; those that keep data keep it in `database`.
+    pub fn builtin(database: &SqliteStore) -> Self {
         let mut catalog = TypeCatalog::default();
         let client = crate::upstream::new_client();
+        catalog.add(models::ModelsType::new(database.clone()));
+        catalog.add(auth::AuthType::new(database.clone()));
+        catalog.add(static_files::StaticType);
         catalog.add(echo::Echo);
         catalog.add(ping::Ping);
         catalog.add(proxy::ProxyType::new(client.clone()));
@@ -37,6 +44,11 @@ impl TypeCatalog {
         let service_type: Arc<dyn ServiceType> = Arc::new(service_type);
         self.types
             .insert(service_type.name().to_owned(), service_type);
+    }
+
+    /// Adds every type of `other`, replacing types of the same names.
+    pub fn extend(&mut self, other: TypeCatalog) {
+        self.types.extend(other.types);
     }
 
     /// The type registered under `name`.

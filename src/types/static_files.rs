@@ -1,0 +1,387 @@
+//! `static`: serves the files of a directory, and nothing outside it.
+
+use std::io::SeekFrom;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::Router;
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::field;
+use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+
+/// Bytes read from a file per chunk of the answer.
+const CHUNK: usize = 64 * 1024;
+
+/// The `static` service type.
+pub struct StaticType;
+
+/// What a static service keeps from its registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StaticConfig {
+    /// The directory served, as registered.
+    pub root: String,
+    pub index: String,
+    pub spa: bool,
+}
+
+impl StaticConfig {
+    fn from_fields(fields: &Fields) -> Result<StaticConfig, ServiceError> {
+        let root = fields.require("root")?;
+        if !Path::new(root).is_dir() {
+            return Err(ServiceError::invalid_field(
+                "root",
+                format!("The field 'root' must be an existing directory; '{root}' is not."),
+            ));
+        }
+        let index = fields
+            .get("index")
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .unwrap_or("index.html");
+        if index.contains('/') || index == "." || index == ".." || index.contains('\0') {
+            return Err(ServiceError::invalid_field(
+                "index",
+                "The field 'index' must be a file name (no '/').",
+            ));
+        }
+        let spa = field::choice(fields, "spa", &["false", "true"])? == "true";
+        Ok(StaticConfig {
+            root: root.to_owned(),
+            index: index.to_owned(),
+            spa,
+        })
+    }
+}
+
+#[async_trait]
+impl ServiceType for StaticType {
+    fn name(&self) -> &str {
+        "static"
+    }
+
+    fn description(&self) -> &str {
+        "A service serving the files of a directory"
+    }
+
+    async fn register(
+        &self,
+        _ctx: &ServiceContext,
+        fields: &Fields,
+    ) -> Result<Value, ServiceError> {
+        let config = StaticConfig::from_fields(fields)?;
+        serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+    }
+
+    async fn start(
+        &self,
+        _ctx: &ServiceContext,
+        config: &Value,
+    ) -> Result<Box<dyn RunningService>, ServiceError> {
+        let config: StaticConfig = serde_json::from_value(config.clone()).map_err(|e| {
+            ServiceError::failed(format!("The stored configuration is invalid: {e}"))
+        })?;
+        // Resolved once: every served path must stay inside this one.
+        let root = tokio::fs::canonicalize(&config.root).await.map_err(|e| {
+            ServiceError::failed(format!(
+                "The directory '{}' cannot be served: {e}",
+                config.root
+            ))
+        })?;
+        let site = std::sync::Arc::new(Site {
+            root,
+            index: config.index,
+            spa: config.spa,
+        });
+        let router = Router::new().fallback(move |request: Request| {
+            let site = std::sync::Arc::clone(&site);
+            async move { site.serve(request).await }
+        });
+        Ok(Box::new(router))
+    }
+}
+
+struct Site {
+    /// Canonical.
+    root: PathBuf,
+    index: String,
+    spa: bool,
+}
+
+/// A file found for a request.
+struct Found {
+    path: PathBuf,
+    len: u64,
+    modified: SystemTime,
+}
+
+impl Site {
+    async fn serve(&self, request: Request) -> Response<Body> {
+        let head = request.method() == Method::HEAD;
+        if request.method() != Method::GET && !head {
+            let mut response = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Only GET and HEAD are served here.\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+            return response;
+        }
+        let found = match self.resolve(request.uri().path()).await {
+            Some(found) => found,
+            None if self.spa => match self.file(self.root.join(&self.index)).await {
+                Some(found) => found,
+                None => return not_found(),
+            },
+            None => return not_found(),
+        };
+        respond(&found, request.headers(), head).await
+    }
+
+    /// The file a URL path names inside the root, if any. Every `..`, encoded or not,
+    /// and every symlink leading out of the root gives `None`.
+    async fn resolve(&self, url_path: &str) -> Option<Found> {
+        let decoded = percent_encoding::percent_decode_str(url_path)
+            .decode_utf8()
+            .ok()?;
+        let mut relative = PathBuf::new();
+        for segment in decoded.split('/') {
+            if segment.is_empty() || segment == "." {
+                continue;
+            }
+            if segment == ".." || segment.contains('\0') || segment.contains('\\') {
+                return None;
+            }
+            relative.push(segment);
+        }
+        // Belt and braces: only plain names may remain.
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return None;
+        }
+        let candidate = self.root.join(&relative);
+        let metadata = tokio::fs::metadata(&candidate).await.ok()?;
+        if metadata.is_dir() {
+            return self.file(candidate.join(&self.index)).await;
+        }
+        self.file(candidate).await
+    }
+
+    /// `path` if it is a regular file whose real location is inside the root.
+    async fn file(&self, path: PathBuf) -> Option<Found> {
+        let real = tokio::fs::canonicalize(&path).await.ok()?;
+        if !real.starts_with(&self.root) {
+            return None;
+        }
+        let metadata = tokio::fs::metadata(&real).await.ok()?;
+        if !metadata.is_file() {
+            return None;
+        }
+        Some(Found {
+            path: real,
+            len: metadata.len(),
+            modified: metadata.modified().unwrap_or(UNIX_EPOCH),
+        })
+    }
+}
+
+async fn respond(found: &Found, request: &HeaderMap, head: bool) -> Response<Body> {
+    let modified = found
+        .modified
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let etag = format!(
+        "\"{:x}-{:x}-{:x}\"",
+        found.len,
+        modified.as_secs(),
+        modified.subsec_nanos()
+    );
+    // HTTP dates have whole seconds.
+    let modified_secs = UNIX_EPOCH + Duration::from_secs(modified.as_secs());
+    let last_modified = httpdate::fmt_http_date(modified_secs);
+
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::try_from(etag.as_str()) {
+        headers.insert(header::ETAG, value);
+    }
+    if let Ok(value) = HeaderValue::try_from(last_modified.as_str()) {
+        headers.insert(header::LAST_MODIFIED, value);
+    }
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    if not_modified(request, &etag, modified_secs) {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
+    }
+
+    let mime = mime_guess::from_path(&found.path).first_or_octet_stream();
+    let content_type =
+        if mime.type_() == mime_guess::mime::TEXT && mime.get_param("charset").is_none() {
+            format!("{mime}; charset=utf-8")
+        } else {
+            mime.to_string()
+        };
+    if let Ok(value) = HeaderValue::try_from(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+
+    let (start, length) = match requested_range(request, &etag, &last_modified, found.len) {
+        RangeAsked::None => (0, found.len),
+        RangeAsked::Satisfiable(start, end) => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(value) = HeaderValue::try_from(format!("bytes {start}-{end}/{}", found.len)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            (start, end - start + 1)
+        }
+        RangeAsked::Unsatisfiable => {
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(value) = HeaderValue::try_from(format!("bytes */{}", found.len)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return response;
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if head || length == 0 {
+        return response;
+    }
+    match stream_file(&found.path, start, length).await {
+        Some(body) => {
+            *response.body_mut() = body;
+            response
+        }
+        None => not_found(),
+    }
+}
+
+fn not_modified(request: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    if let Some(wanted) = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        // If-None-Match wins over If-Modified-Since (RFC 9110 §13.1.3).
+        return wanted
+            .split(',')
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == "*" || tag == etag);
+    }
+    request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|text| httpdate::parse_http_date(text).ok())
+        .is_some_and(|since| modified <= since)
+}
+
+enum RangeAsked {
+    None,
+    /// First and last byte, inclusive.
+    Satisfiable(u64, u64),
+    Unsatisfiable,
+}
+
+/// The single byte range asked for, if any and if it still applies (`If-Range`).
+/// Several ranges at once are answered with the whole file, as RFC 9110 allows.
+fn requested_range(request: &HeaderMap, etag: &str, last_modified: &str, len: u64) -> RangeAsked {
+    let Some(range) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeAsked::None;
+    };
+    if let Some(condition) = request.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        if condition.trim() != etag && condition.trim() != last_modified {
+            return RangeAsked::None;
+        }
+    }
+    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+        return RangeAsked::None;
+    };
+    if spec.contains(',') {
+        return RangeAsked::None;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAsked::None;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match last.parse::<u64>() {
+            Ok(0) => return RangeAsked::Unsatisfiable,
+            Ok(n) if len > 0 => Some((len.saturating_sub(n), len - 1)),
+            Ok(_) => return RangeAsked::Unsatisfiable,
+            Err(_) => None,
+        },
+        // bytes=N-: from N to the end.
+        (false, true) => first
+            .parse::<u64>()
+            .ok()
+            .map(|start| (start, len.saturating_sub(1))),
+        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(start), Ok(end)) if start <= end => Some((start, end.min(len.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        // A malformed Range header is ignored: the whole file.
+        None => RangeAsked::None,
+        Some((start, _)) if start >= len => RangeAsked::Unsatisfiable,
+        Some((start, end)) => RangeAsked::Satisfiable(start, end),
+    }
+}
+
+/// The `length` bytes of `path` from `start`, read as they are sent.
+async fn stream_file(path: &Path, start: u64, length: u64) -> Option<Body> {
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await.ok()?;
+    }
+    let stream = futures_util::stream::unfold((file, length), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK);
+        let mut buffer = BytesMut::zeroed(want);
+        match file.read(&mut buffer).await {
+            // The file shrank under us: end the body early rather than pad it.
+            Ok(0) => Some((
+                Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                (file, 0),
+            )),
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((
+                    Ok::<Bytes, std::io::Error>(buffer.freeze()),
+                    (file, left - n as u64),
+                ))
+            }
+            Err(error) => Some((Err(error), (file, 0))),
+        }
+    });
+    Some(Body::from_stream(stream))
+}
+
+fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(message));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}
+
+fn not_found() -> Response<Body> {
+    plain(StatusCode::NOT_FOUND, "Not found.\n")
+}
