@@ -332,7 +332,8 @@ impl Model {
                 continue;
             };
             let value = self.typed(spec, raw)?;
-            if value.is_null() && spec.required {
+            // An empty value does not fill a required field, not even a string one.
+            if spec.required && (value.is_null() || raw.is_empty()) {
                 return Err(self.unprocessable());
             }
             values.insert(spec.name.clone(), value);

@@ -82,7 +82,7 @@ async fn a_custom_type_registers_validates_runs_and_cleans_up() {
         .as_str()
         .expect("uuid")
         .to_owned();
-    let service_dir = herve.data_dir.path().join("services").join(&uuid);
+    let service_dir = herve.data_dir.join("services").join(&uuid);
     assert!(service_dir.is_dir());
 
     herve

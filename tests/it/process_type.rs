@@ -210,7 +210,7 @@ async fn a_program_is_started_reached_restarted_and_stopped() {
         .unregister(&uuid)
         .await
         .expect(200, "The service has been successfully unregistered.");
-    assert!(!herve.data_dir.path().join("services").join(&uuid).exists());
+    assert!(!herve.data_dir.join("services").join(&uuid).exists());
     herve.stop().await;
 }
 

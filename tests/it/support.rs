@@ -24,7 +24,8 @@ pub const ADMIN_SECRET: &str = "test-secret-0123";
 /// A Herve running inside the test process.
 pub struct TestHerve {
     pub addr: SocketAddr,
-    pub data_dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
     pub client: HttpClient,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -57,8 +58,23 @@ impl TestHerve {
         tune: impl FnOnce(&mut herve::Config),
         extend: impl FnOnce(herve::HerveBuilder) -> herve::HerveBuilder,
     ) -> TestHerve {
-        let data_dir = tempfile::tempdir().expect("tempdir");
-        let mut config = test_config(data_dir.path());
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data_dir = temp.path().to_path_buf();
+        Self::start_at(data_dir, Some(temp), tune, extend).await
+    }
+
+    /// Starts a Herve on `data_dir`, which outlives it (for restarts).
+    pub async fn start_on(data_dir: &Path) -> TestHerve {
+        Self::start_at(data_dir.to_path_buf(), None, |_| {}, |builder| builder).await
+    }
+
+    async fn start_at(
+        data_dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        tune: impl FnOnce(&mut herve::Config),
+        extend: impl FnOnce(herve::HerveBuilder) -> herve::HerveBuilder,
+    ) -> TestHerve {
+        let mut config = test_config(&data_dir);
         tune(&mut config);
         let herve = extend(herve::HerveBuilder::new(config))
             .bind()
@@ -72,6 +88,7 @@ impl TestHerve {
         TestHerve {
             addr,
             data_dir,
+            _temp: temp,
             client: HttpClient::new(addr),
             shutdown: Some(tx),
             task: Some(task),
