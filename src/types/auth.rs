@@ -1,7 +1,7 @@
 //! `auth`: user accounts for your apps: sign-up, login with bearer tokens, logout.
 //!
 //! Passwords are kept only as argon2id hashes; tokens are 256 random bits, given to the
-//! client once and kept only as a keyed hash, so neither a copy of the database nor
+//! client once and kept only as a hash, so neither a copy of the database nor
 //! its backups let anyone log in.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::field;
-use crate::api::form::{fields_from_body, media_type};
+use crate::api::form::{fields_from_body, media_type, BodyError};
 use crate::api::{json_ok, json_ok_with, ApiError};
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::store::sqlite::{db, SqliteStore};
@@ -36,6 +36,8 @@ const MAX_PASSWORD: usize = 1024;
 /// Failed logins for one username within [`FAILURE_WINDOW`] before 429.
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Usernames whose recent failures are remembered at once.
+const MAX_TRACKED_USERNAMES: usize = 10_000;
 /// Hash verifications at once: each takes a core for tens of milliseconds.
 const CONCURRENT_HASHES: usize = 2;
 
@@ -142,24 +144,44 @@ impl Accounts {
             .map_err(|_| unavailable())
     }
 
-    fn too_many_failures(&self, username: &str) -> bool {
+    /// Counts a login attempt for `username` before its password is checked (so that
+    /// parallel guesses are counted too); `false` when too many failed recently.
+    fn admit_attempt(&self, username: &str) -> bool {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         failures.retain(|_, times| {
             times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
             !times.is_empty()
         });
-        failures
+        if failures
             .get(username)
             .is_some_and(|times| times.len() >= MAX_FAILURES)
+        {
+            return false;
+        }
+        if failures.len() >= MAX_TRACKED_USERNAMES && !failures.contains_key(username) {
+            // Under a flood of names, forget the oldest rather than grow.
+            let oldest = failures
+                .iter()
+                .min_by_key(|(_, times)| times.last().copied())
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                failures.remove(&oldest);
+            }
+        }
+        failures.entry(username.to_owned()).or_default().push(now);
+        true
     }
 
-    fn record_failure(&self, username: &str) {
+    /// The attempt counted by [`Accounts::admit_attempt`] succeeded: it was no failure.
+    fn attempt_succeeded(&self, username: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures
-            .entry(username.to_owned())
-            .or_default()
-            .push(Instant::now());
+        if let Some(times) = failures.get_mut(username) {
+            times.pop();
+            if times.is_empty() {
+                failures.remove(username);
+            }
+        }
     }
 
     /// The user a bearer token belongs to, if it is valid and not expired.
@@ -191,6 +213,14 @@ impl Accounts {
             .map_err(store_failed)?;
         Ok(found.map(|user| (token_hash, user)))
     }
+}
+
+fn valid_username(username: &str) -> bool {
+    !username.is_empty()
+        && username.len() <= 64
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -240,11 +270,12 @@ fn credentials(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), Api
         media_type(headers.get(header::CONTENT_TYPE)).as_deref(),
         body,
     )
-    .map_err(|_| {
-        ApiError::new(
+    .map_err(|error| match error {
+        BodyError::UnsupportedType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Send a form (application/x-www-form-urlencoded) or a JSON object.",
-        )
+        ),
+        BodyError::Invalid(why) => ApiError::new(StatusCode::BAD_REQUEST, why),
     })?;
     let missing = |name: &str| {
         ApiError::new(
@@ -269,11 +300,7 @@ async fn signup(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (username, password) = credentials(&headers, &body)?;
-    let valid_name = username.len() <= 64
-        && username
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if !valid_name {
+    if !valid_username(&username) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "The field 'username' must be 1 to 64 letters, digits, '.', '_', '-' or '@'.",
@@ -341,7 +368,10 @@ async fn login(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (username, password) = credentials(&headers, &body)?;
-    if accounts.too_many_failures(&username) {
+    if !valid_username(&username) {
+        return Ok(unauthorized("Invalid username or password."));
+    }
+    if !accounts.admit_attempt(&username) {
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many failed logins for this username; try again in a minute.",
@@ -388,12 +418,17 @@ async fn login(
         })
         .await?;
     if !verified {
-        accounts.record_failure(&username);
         return Ok(unauthorized("Invalid username or password."));
     }
+    accounts.attempt_succeeded(&username);
 
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| unavailable())?;
+    getrandom::fill(&mut bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No random bytes for a token.",
+        )
+    })?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let expires_at = unix_now().saturating_add(accounts.token_ttl);
     let (service, user, hash) = (
@@ -420,13 +455,18 @@ async fn login(
         })
         .await
         .map_err(store_failed)?;
-    Ok(json_ok(
+    let mut response = json_ok(
         StatusCode::OK,
         None,
         Some(
             json!({ "token": token, "token_type": "Bearer", "expires_at": expires_at, "username": username }),
         ),
-    ))
+    );
+    // A credential: no cache may keep it.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 async fn me(

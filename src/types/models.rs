@@ -27,6 +27,8 @@ const MAX_STRING: u32 = 1_000_000;
 /// Default and largest page of a listing.
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
+/// Most bytes of stored data one listing page reads.
+const PAGE_BUDGET: usize = 16 * 1024 * 1024;
 /// Names the instances' own keys take.
 const RESERVED: [&str; 3] = ["id", "created_at", "updated_at"];
 
@@ -309,11 +311,11 @@ impl Model {
         body: &[u8],
         write: Write,
     ) -> Result<Map<String, Value>, ApiError> {
-        let fields = fields_from_body(
-            media_type(headers.get(header::CONTENT_TYPE)).as_deref(),
-            body,
-        )
-        .map_err(|_| self.unprocessable())?;
+        let media = media_type(headers.get(header::CONTENT_TYPE));
+        if media.as_deref() == Some("application/json") {
+            return self.json_values(body, write);
+        }
+        let fields = fields_from_body(media.as_deref(), body).map_err(|_| self.unprocessable())?;
         if fields
             .iter()
             .any(|(key, _)| !self.config.fields.iter().any(|f| f.name == key))
@@ -336,6 +338,62 @@ impl Model {
             if spec.required && (value.is_null() || raw.is_empty()) {
                 return Err(self.unprocessable());
             }
+            values.insert(spec.name.clone(), value);
+        }
+        Ok(values)
+    }
+
+    /// JSON values must have the field's JSON type already: `"36"` is not an int.
+    fn json_values(&self, body: &[u8], write: Write) -> Result<Map<String, Value>, ApiError> {
+        let Ok(Value::Object(given)) = serde_json::from_slice::<Value>(body) else {
+            return Err(self.unprocessable());
+        };
+        if given
+            .keys()
+            .any(|key| !self.config.fields.iter().any(|f| &f.name == key))
+        {
+            return Err(self.unprocessable());
+        }
+        let mut values = Map::new();
+        for spec in &self.config.fields {
+            let value = match given.get(&spec.name) {
+                None if write == Write::Partial => continue,
+                None | Some(Value::Null) => {
+                    if spec.required {
+                        return Err(self.unprocessable());
+                    }
+                    Value::Null
+                }
+                Some(value) => {
+                    let fits = match (spec.kind, value) {
+                        (Kind::String, Value::String(_)) => true,
+                        (Kind::Int, Value::Number(n)) => n.is_i64(),
+                        (Kind::Float, Value::Number(_)) | (Kind::Bool, Value::Bool(_)) => true,
+                        _ => false,
+                    };
+                    if !fits {
+                        let wanted = match spec.kind {
+                            Kind::String => "must be a string",
+                            Kind::Int => "must be a whole number",
+                            Kind::Float => "must be a number",
+                            Kind::Bool => "must be true or false",
+                        };
+                        return Err(self.invalid(&spec.name, wanted));
+                    }
+                    if let (Value::String(text), Some(max)) = (value, spec.max_len) {
+                        if text.chars().count() > max as usize {
+                            return Err(self.invalid(
+                                &spec.name,
+                                &format!("must be at most {max} characters"),
+                            ));
+                        }
+                        if text.is_empty() && spec.required {
+                            return Err(self.unprocessable());
+                        }
+                    }
+                    value.clone()
+                }
+            };
             values.insert(spec.name.clone(), value);
         }
         Ok(values)
@@ -511,12 +569,18 @@ async fn list(
                         ))
                     },
                 )
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
                 .map_err(db)?;
-            raw.into_iter()
-                .map(decode_row)
-                .collect::<Result<Vec<_>, _>>()
+            // A page ends early rather than grow past the budget (never empty, though).
+            let (mut page, mut bytes) = (Vec::new(), 0usize);
+            for row in raw {
+                let row = row.map_err(db)?;
+                bytes += row.3.len();
+                if bytes > PAGE_BUDGET && !page.is_empty() {
+                    break;
+                }
+                page.push(decode_row(row)?);
+            }
+            Ok(page)
         })
         .await
         .map_err(store_failed)?;
@@ -561,18 +625,17 @@ async fn replace(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let id = model.parse_id(&id)?;
     let values = model.values(&headers, &body, Write::Whole)?;
-    let id = id.parse::<i64>().ok().filter(|id| *id > 0);
     let service = model.service.clone();
     let (created, row) = model
         .database
         .with_conn(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db)?;
             let now = unix_now();
-            let existing = match id {
-                Some(id) => read_row(&tx, &service, id)?,
-                None => None,
-            };
+            let existing = read_row(&tx, &service, id)?;
             let result = match existing {
                 Some((id, created_at, _, _)) => {
                     tx.execute(

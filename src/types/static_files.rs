@@ -115,11 +115,23 @@ struct Site {
     spa: bool,
 }
 
-/// A file found for a request.
+/// A file opened for a request: the handle is what is served, so the checks below
+/// hold for exactly the bytes sent, whatever changes on disk meanwhile.
 struct Found {
+    file: std::fs::File,
+    /// Its real path, inside the root (for the MIME type).
     path: PathBuf,
     len: u64,
     modified: SystemTime,
+}
+
+/// What a URL path leads to.
+enum Lookup {
+    Found(Found),
+    /// Nothing there: a single-page app answers with its index.
+    Missing,
+    /// A path trick or a way out of the root: always 404, never the index.
+    Refused,
 }
 
 impl Site {
@@ -136,29 +148,29 @@ impl Site {
             return response;
         }
         let found = match self.resolve(request.uri().path()).await {
-            Some(found) => found,
-            None if self.spa => match self.file(self.root.join(&self.index)).await {
-                Some(found) => found,
-                None => return not_found(),
+            Lookup::Found(found) => found,
+            Lookup::Missing if self.spa => match self.open(self.root.join(&self.index)).await {
+                Lookup::Found(found) => found,
+                _ => return not_found(),
             },
-            None => return not_found(),
+            Lookup::Missing | Lookup::Refused => return not_found(),
         };
-        respond(&found, request.headers(), head).await
+        respond(found, request.headers(), head).await
     }
 
-    /// The file a URL path names inside the root, if any. Every `..`, encoded or not,
-    /// and every symlink leading out of the root gives `None`.
-    async fn resolve(&self, url_path: &str) -> Option<Found> {
-        let decoded = percent_encoding::percent_decode_str(url_path)
-            .decode_utf8()
-            .ok()?;
+    /// The file a URL path names inside the root. Every `..`, encoded or not, and
+    /// every symlink leading out of the root is refused.
+    async fn resolve(&self, url_path: &str) -> Lookup {
+        let Ok(decoded) = percent_encoding::percent_decode_str(url_path).decode_utf8() else {
+            return Lookup::Refused;
+        };
         let mut relative = PathBuf::new();
         for segment in decoded.split('/') {
             if segment.is_empty() || segment == "." {
                 continue;
             }
             if segment == ".." || segment.contains('\0') || segment.contains('\\') {
-                return None;
+                return Lookup::Refused;
             }
             relative.push(segment);
         }
@@ -167,35 +179,80 @@ impl Site {
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
         {
-            return None;
+            return Lookup::Refused;
         }
         let candidate = self.root.join(&relative);
-        let metadata = tokio::fs::metadata(&candidate).await.ok()?;
-        if metadata.is_dir() {
-            return self.file(candidate.join(&self.index)).await;
+        // Whatever exists of the path must really be inside the root: a directory
+        // symlink leading out refuses everything below it, missing or not.
+        let root = self.root.clone();
+        let probe = candidate.clone();
+        let inside = tokio::task::spawn_blocking(move || {
+            probe
+                .ancestors()
+                .find_map(|existing| std::fs::canonicalize(existing).ok())
+                .is_some_and(|real| real.starts_with(&root))
+        })
+        .await
+        .unwrap_or(false);
+        if !inside {
+            return Lookup::Refused;
         }
-        self.file(candidate).await
+        match tokio::fs::metadata(&candidate).await {
+            Ok(metadata) if metadata.is_dir() => self.open(candidate.join(&self.index)).await,
+            Ok(_) => self.open(candidate).await,
+            Err(_) => match tokio::fs::symlink_metadata(&candidate).await {
+                // A dangling link: it leads nowhere we serve.
+                Ok(_) => Lookup::Refused,
+                Err(_) => Lookup::Missing,
+            },
+        }
     }
 
-    /// `path` if it is a regular file whose real location is inside the root.
-    async fn file(&self, path: PathBuf) -> Option<Found> {
-        let real = tokio::fs::canonicalize(&path).await.ok()?;
-        if !real.starts_with(&self.root) {
-            return None;
-        }
-        let metadata = tokio::fs::metadata(&real).await.ok()?;
-        if !metadata.is_file() {
-            return None;
-        }
-        Some(Found {
-            path: real,
-            len: metadata.len(),
-            modified: metadata.modified().unwrap_or(UNIX_EPOCH),
-        })
+    /// Opens `path` if it is a regular file whose real location is inside the root.
+    async fn open(&self, path: PathBuf) -> Lookup {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || open_beneath(&root, &path))
+            .await
+            .unwrap_or(Lookup::Refused)
     }
 }
 
-async fn respond(found: &Found, request: &HeaderMap, head: bool) -> Response<Body> {
+/// Opens first, then checks what was opened: its real path (from `/proc/self/fd`) must
+/// be inside `root` and it must be a regular file. A symlink swapped in between a check
+/// and an open cannot win, and a FIFO cannot block (`O_NONBLOCK`).
+fn open_beneath(root: &Path, path: &Path) -> Lookup {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+        Err(_) => return Lookup::Refused,
+    };
+    let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
+        return Lookup::Refused;
+    };
+    if !real.starts_with(root) {
+        return Lookup::Refused;
+    }
+    let Ok(metadata) = file.metadata() else {
+        return Lookup::Refused;
+    };
+    if !metadata.is_file() {
+        return Lookup::Missing;
+    }
+    Lookup::Found(Found {
+        file,
+        path: real,
+        len: metadata.len(),
+        modified: metadata.modified().unwrap_or(UNIX_EPOCH),
+    })
+}
+
+async fn respond(found: Found, request: &HeaderMap, head: bool) -> Response<Body> {
     let modified = found
         .modified
         .duration_since(UNIX_EPOCH)
@@ -259,7 +316,7 @@ async fn respond(found: &Found, request: &HeaderMap, head: bool) -> Response<Bod
     if head || length == 0 {
         return response;
     }
-    match stream_file(&found.path, start, length).await {
+    match stream_file(found.file, start, length).await {
         Some(body) => {
             *response.body_mut() = body;
             response
@@ -304,7 +361,12 @@ fn requested_range(request: &HeaderMap, etag: &str, last_modified: &str, len: u6
             return RangeAsked::None;
         }
     }
-    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+    let range = range.trim();
+    let Some(spec) = range
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &range[6..])
+    else {
         return RangeAsked::None;
     };
     if spec.contains(',') {
@@ -341,9 +403,9 @@ fn requested_range(request: &HeaderMap, etag: &str, last_modified: &str, len: u6
     }
 }
 
-/// The `length` bytes of `path` from `start`, read as they are sent.
-async fn stream_file(path: &Path, start: u64, length: u64) -> Option<Body> {
-    let mut file = tokio::fs::File::open(path).await.ok()?;
+/// The `length` bytes of `file` from `start`, read as they are sent.
+async fn stream_file(file: std::fs::File, start: u64, length: u64) -> Option<Body> {
+    let mut file = tokio::fs::File::from_std(file);
     if start > 0 {
         file.seek(SeekFrom::Start(start)).await.ok()?;
     }

@@ -179,9 +179,53 @@ async fn models_crud_follows_the_table() {
         .get(&format!("{base}/2"))
         .await
         .expect(404, "user model: instance not found");
-    // Ids are never reused.
+    // Ids are never reused, not even the highest one after it is deleted.
+    herve
+        .send(
+            Method::DELETE,
+            &format!("{base}/3"),
+            Auth::None,
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .expect(200, "user model: instance has been deleted");
     let next = form(&herve, Method::POST, &base, "username=dee&password=pw").await;
     assert_eq!(next.json()["data"]["id"], 4);
+
+    for method in [Method::PUT, Method::PATCH] {
+        for bad_id in ["abc", "0", "-1"] {
+            let reply = form(
+                &herve,
+                method.clone(),
+                &format!("{base}/{bad_id}"),
+                "username=x&password=y",
+            )
+            .await;
+            reply.expect(404, "user model: instance not found");
+        }
+    }
+    // JSON values keep their JSON types: a string is not a number.
+    let cases = [
+        (r#"{"username":"a","password":"b","age":"36"}"#, "'age'"),
+        (r#"{"username":123,"password":"b"}"#, "'username'"),
+        (r#"{"username":"a","password":"b","active":1}"#, "'active'"),
+        (r#"{"username":"a","password":"b","age":1.5}"#, "'age'"),
+        (r#"{"username":["a","b"],"password":"b"}"#, "'username'"),
+    ];
+    for (body, field) in cases {
+        let reply = json(&herve, Method::POST, &base, body).await;
+        assert_eq!(reply.status, 422, "{body}");
+        assert!(reply.message().contains(field), "{body}: {}", reply.text());
+    }
+    json(
+        &herve,
+        Method::POST,
+        &base,
+        r#"{"username":"a","password":null}"#,
+    )
+    .await
+    .expect(422, "user model: unable to process this content");
 
     for bad_id in ["abc", "-1", "0", "1.5", "99999999999999999999999", "%00"] {
         let reply = herve.get(&format!("{base}/{bad_id}")).await;
@@ -281,7 +325,7 @@ async fn models_registration_is_validated() {
             "/services/register",
             Auth::Admin,
             &[("content-type", "application/json")],
-            r#"{"name":"notes","type":"models","model":"note","fields":["title:string:80:required","stars:int"]}"#,
+            r#"{"name":"notes","type":"models","model":"note","fields":["title:string:80:required","score:float"]}"#,
         )
         .await;
     reply.expect(201, "The service has been successfully registered.");
@@ -292,6 +336,38 @@ async fn models_registration_is_validated() {
             .len(),
         2
     );
+    let notes = reply.json()["data"]["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    herve
+        .start(&notes)
+        .await
+        .expect(200, "The service has successfully started.");
+    let scored = json(
+        &herve,
+        Method::POST,
+        &format!("/{notes}/note"),
+        r#"{"title":"t","score":4.5}"#,
+    )
+    .await;
+    assert_eq!(scored.json()["data"]["score"], 4.5);
+    let by_form = form(
+        &herve,
+        Method::POST,
+        &format!("/{notes}/note"),
+        "title=u&score=-2e3",
+    )
+    .await;
+    assert_eq!(by_form.json()["data"]["score"], -2000.0);
+    let bad = form(
+        &herve,
+        Method::POST,
+        &format!("/{notes}/note"),
+        "title=u&score=NaNa",
+    )
+    .await;
+    assert_eq!(bad.status, 422);
     herve.stop().await;
 }
 
@@ -518,13 +594,44 @@ async fn repeated_failures_are_throttled_per_username() {
         login(&herve, &uuid, "bob", "correct-horse").await.status,
         200
     );
+    // Guesses sent all at once are counted too.
+    let mut guesses = Vec::new();
+    for i in 0..20 {
+        let (client, uuid) = (herve.client.clone(), uuid.clone());
+        guesses.push(tokio::spawn(async move {
+            login(&client, &uuid, "bob", &format!("guess-{i}"))
+                .await
+                .status
+                .as_u16()
+        }));
+    }
+    let mut wrong = 0;
+    for guess in guesses {
+        match guess.await.expect("guess") {
+            401 => wrong += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(wrong <= 5, "{wrong} guesses were checked within a minute");
+    // Logging out needs a token.
+    let out = herve
+        .send(
+            Method::POST,
+            &format!("/{uuid}/logout"),
+            Auth::None,
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(out.status, 401);
     herve.stop().await;
 }
 
 #[tokio::test]
 async fn tokens_expire() {
     let herve = TestHerve::start().await;
-    let uuid = auth_service(&herve, "1").await;
+    let uuid = auth_service(&herve, "2").await;
     form(
         &herve,
         Method::POST,
@@ -537,7 +644,7 @@ async fn tokens_expire() {
         .expect("token")
         .to_owned();
     assert_eq!(me(&herve, &uuid, &token).await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert_eq!(me(&herve, &uuid, &token).await.status, 401);
     herve.stop().await;
 }
