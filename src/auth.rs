@@ -11,8 +11,10 @@
 
 use std::fs;
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine;
@@ -75,6 +77,64 @@ pub struct AdminAuth {
     verified: ArcSwapOption<Digest>,
     source: CredentialSource,
     verification_slots: tokio::sync::Semaphore,
+    throttle: Throttle,
+}
+
+/// Failed authentications per client address; too many in a window and the address is
+/// refused (429) until the window has passed.
+pub struct Throttle {
+    failures: std::sync::Mutex<std::collections::HashMap<IpAddr, Vec<Instant>>>,
+    /// Failures from one address within [`THROTTLE_WINDOW`] before it is refused.
+    max_failures: usize,
+}
+
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at once; beyond, the stalest are forgotten.
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+impl Throttle {
+    fn new(max_failures: usize) -> Self {
+        Throttle {
+            failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+            max_failures: max_failures.max(1),
+        }
+    }
+
+    /// How long `client` is still refused, if it is.
+    pub fn blocked_for(&self, client: IpAddr) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let times = failures.get(&client)?;
+        let now = Instant::now();
+        let recent: Vec<&Instant> = times
+            .iter()
+            .filter(|t| now.duration_since(**t) < THROTTLE_WINDOW)
+            .collect();
+        if recent.len() < self.max_failures {
+            return None;
+        }
+        // Refused until enough of the failures have aged out of the window.
+        let oldest_counted = recent[recent.len() - self.max_failures];
+        Some(THROTTLE_WINDOW.saturating_sub(now.duration_since(*oldest_counted)))
+    }
+
+    /// Records a failed authentication from `client`.
+    pub fn failed(&self, client: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&client) {
+            failures.retain(|_, times| {
+                times
+                    .last()
+                    .is_some_and(|t| now.duration_since(*t) < THROTTLE_WINDOW)
+            });
+            if failures.len() >= MAX_TRACKED_CLIENTS {
+                return;
+            }
+        }
+        let times = failures.entry(client).or_default();
+        times.retain(|t| now.duration_since(*t) < THROTTLE_WINDOW);
+        times.push(now);
+    }
 }
 
 /// Hash verifications allowed at once (each takes a core for tens of milliseconds).
@@ -87,6 +147,7 @@ impl AdminAuth {
         id: Option<&str>,
         secret: Option<&str>,
         data_dir: &Path,
+        max_failures: usize,
     ) -> Result<AdminAuth, AuthSetupError> {
         let id = id.filter(|id| !id.is_empty());
         let secret = secret.filter(|secret| !secret.is_empty());
@@ -141,6 +202,7 @@ impl AdminAuth {
             verified: ArcSwapOption::empty(),
             source,
             verification_slots: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            throttle: Throttle::new(max_failures),
         })
     }
 
@@ -153,6 +215,11 @@ impl AdminAuth {
     /// for a request [`AdminAuth::check_fast`] could not decide.
     pub fn verification_slots(&self) -> &tokio::sync::Semaphore {
         &self.verification_slots
+    }
+
+    /// The per-client throttle of failed authentications.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     /// Where the credentials came from.
@@ -308,7 +375,7 @@ mod tests {
 
     fn configured(secret: &str) -> AdminAuth {
         let dir = tempfile::tempdir().expect("tempdir");
-        AdminAuth::setup(Some("root"), Some(secret), dir.path()).expect("setup")
+        AdminAuth::setup(Some("root"), Some(secret), dir.path(), 10).expect("setup")
     }
 
     #[test]
@@ -370,11 +437,11 @@ mod tests {
     fn malformed_hashes_stop_setup() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(matches!(
-            AdminAuth::setup(Some("a"), Some("$2b$nonsense"), dir.path()),
+            AdminAuth::setup(Some("a"), Some("$2b$nonsense"), dir.path(), 10),
             Err(AuthSetupError::BadBcrypt)
         ));
         assert!(matches!(
-            AdminAuth::setup(Some("a"), Some("$argon2id$nonsense"), dir.path()),
+            AdminAuth::setup(Some("a"), Some("$argon2id$nonsense"), dir.path(), 10),
             Err(AuthSetupError::BadArgon2(_))
         ));
     }
@@ -382,7 +449,7 @@ mod tests {
     #[test]
     fn generated_secret_is_private_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = AdminAuth::setup(None, None, dir.path()).expect("setup");
+        let first = AdminAuth::setup(None, None, dir.path(), 10).expect("setup");
         let CredentialSource::Generated { secret, file } = first.source().clone() else {
             panic!("expected a generated secret, got {:?}", first.source());
         };
@@ -392,7 +459,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(first.check(Some(&basic("admin", &secret))));
 
-        let second = AdminAuth::setup(Some("admin"), None, dir.path()).expect("setup");
+        let second = AdminAuth::setup(Some("admin"), None, dir.path(), 10).expect("setup");
         assert!(matches!(second.source(), CredentialSource::Stored { .. }));
         assert!(second.check(Some(&basic("admin", &secret))));
     }

@@ -67,6 +67,12 @@ pub struct Config {
     )]
     pub auth_admin_secret: Option<String>,
 
+    /// Failed admin authentications from one address within a minute before that
+    /// address is refused (429) for the rest of the minute.
+    #[arg(long, env = "HERVE_AUTH_MAX_FAILURES", value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_max_failures: u32,
+
     /// Directory for the database, the generated admin secret and services' files.
     #[arg(
         long,
@@ -137,6 +143,7 @@ impl Default for Config {
             host: IpAddr::from([0, 0, 0, 0]),
             auth_admin_id: None,
             auth_admin_secret: None,
+            auth_max_failures: 10,
             data_dir: PathBuf::from("./herve-data"),
             max_services: 10_000,
             max_body_bytes: 10 * 1024 * 1024,

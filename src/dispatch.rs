@@ -121,6 +121,9 @@ impl Dispatcher {
                 None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
             }
         } else {
+            // The admin API throttles clients that keep failing to authenticate.
+            let mut request = request;
+            request.extensions_mut().insert(ConnectInfo(client));
             request
         };
         match router.oneshot(request).await {

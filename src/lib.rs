@@ -107,6 +107,7 @@ impl HerveBuilder {
             config.auth_admin_id.as_deref(),
             config.auth_admin_secret.as_deref(),
             &data_dir,
+            config.auth_max_failures as usize,
         )?);
 
         let addr = SocketAddr::new(config.host, config.port);

@@ -215,10 +215,30 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    // A client that keeps guessing is refused for a while, whatever it sends; the
+    // admin, from anywhere else, is not affected.
+    if let Some(client) = client {
+        if let Some(wait) = auth.throttle().blocked_for(client) {
+            let mut refused = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed authentications from this address; try again later.",
+            )
+            .into_response();
+            refused
+                .headers_mut()
+                .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+            return Ok(refused);
+        }
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|value| value.as_bytes().to_vec());
+    let guessed = presented.is_some();
     let granted = match auth.check_fast(presented.as_deref()) {
         Some(decision) => decision,
         // A hash to verify: tens of milliseconds of CPU, off the async threads, and
@@ -234,6 +254,10 @@ async fn require_admin(
         }
     };
     if !granted {
+        // Only wrong credentials count: a client that sent none was not guessing.
+        if let (Some(client), true) = (client, guessed) {
+            auth.throttle().failed(client);
+        }
         return Err(ApiError::unauthorized());
     }
     Ok(next.run(request).await)

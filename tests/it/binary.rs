@@ -241,6 +241,7 @@ fn help_lists_every_setting() {
         "HERVE_LOG",
         "HERVE_LOG_FORMAT",
         "HERVE_ACCESS_LOG",
+        "HERVE_AUTH_MAX_FAILURES",
     ] {
         assert!(help.contains(env), "--help does not mention {env}");
     }

@@ -7,6 +7,7 @@ mod concurrency;
 mod contract_api;
 mod custom_type;
 mod data_types;
+mod hostile;
 mod http_limits;
 mod process_type;
 mod proxy_type;

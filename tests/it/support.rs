@@ -40,6 +40,8 @@ pub fn test_config(data_dir: &Path) -> herve::Config {
         auth_admin_secret: Some(ADMIN_SECRET.to_owned()),
         data_dir: data_dir.to_path_buf(),
         access_log: false,
+        // Tests send many wrong credentials on purpose; the throttle has its own test.
+        auth_max_failures: 100_000,
         ..herve::Config::default()
     }
 }
@@ -183,6 +185,16 @@ impl HttpClient {
         HttpClient {
             addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// A client whose connections come from `local` (any 127.x address works).
+    pub fn from_local(addr: SocketAddr, local: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        HttpClient {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
@@ -330,6 +342,35 @@ pub fn read_until_close(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
                 break
             }
             Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Sends raw bytes on a new connection and reads one answer: its head, and its body
+/// by `Content-Length`; or what came before the server closed or `wait` passed.
+pub fn raw_answer(addr: SocketAddr, request: &[u8], wait: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let _ = stream.write_all(request);
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                break;
+            }
+        }
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
     out
