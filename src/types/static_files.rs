@@ -161,26 +161,9 @@ impl Site {
     /// The file a URL path names inside the root. Every `..`, encoded or not, and
     /// every symlink leading out of the root is refused.
     async fn resolve(&self, url_path: &str) -> Lookup {
-        let Ok(decoded) = percent_encoding::percent_decode_str(url_path).decode_utf8() else {
+        let Some(relative) = relative_path(url_path) else {
             return Lookup::Refused;
         };
-        let mut relative = PathBuf::new();
-        for segment in decoded.split('/') {
-            if segment.is_empty() || segment == "." {
-                continue;
-            }
-            if segment == ".." || segment.contains('\0') || segment.contains('\\') {
-                return Lookup::Refused;
-            }
-            relative.push(segment);
-        }
-        // Belt and braces: only plain names may remain.
-        if !relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-        {
-            return Lookup::Refused;
-        }
         let candidate = self.root.join(&relative);
         // Whatever exists of the path must really be inside the root: a directory
         // symlink leading out refuses everything below it, missing or not.
@@ -215,6 +198,30 @@ impl Site {
             .await
             .unwrap_or(Lookup::Refused)
     }
+}
+
+/// The path below the root that a URL path names: percent-decoded, plain names only.
+/// `None` for anything that could climb out (`..`, encoded or not), NUL bytes,
+/// backslashes, or text that does not decode.
+pub fn relative_path(url_path: &str) -> Option<PathBuf> {
+    let decoded = percent_encoding::percent_decode_str(url_path)
+        .decode_utf8()
+        .ok()?;
+    let mut relative = PathBuf::new();
+    for segment in decoded.split('/') {
+        if segment.is_empty() || segment == "." {
+            continue;
+        }
+        if segment == ".." || segment.contains('\0') || segment.contains('\\') {
+            return None;
+        }
+        relative.push(segment);
+    }
+    // Belt and braces: only plain names may remain.
+    relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then_some(relative)
 }
 
 /// Opens first, then checks what was opened: its real path (from `/proc/self/fd`) must

@@ -10,6 +10,7 @@ mod data_types;
 mod hostile;
 mod http_limits;
 mod process_type;
+mod properties;
 mod proxy_type;
 mod static_type;
 mod support;
