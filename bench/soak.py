@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Soak and fault runs against the release build of Herve, on loopback.
+
+  python3 bench/soak.py [--minutes 10] [--idle 10000] [--slow 1000] [--kills 20]
+
+1. Mixed load for --minutes: /health, echo with random bodies, a proxy service, and API
+   changes, all at once. Reports errors, RSS growth after warm-up, fd growth.
+2. --idle idle connections held open while wrk hits /health.
+3. --slow slowloris connections (a header byte a second) while wrk hits /health.
+4. --kills SIGKILLs of Herve at random moments during a stream of API changes; after
+   each restart, every acknowledged change must be there and nothing half-applied.
+Every load is bounded in time and count. Exits non-zero if a check fails.
+"""
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HERVE = os.path.join(ROOT, "target", "release", "herve")
+PORT = 18090
+UPSTREAM_PORT = 18091
+ADMIN = ("soak", "soak-secret")
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()}
+failures = []
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def check(ok, what):
+    log(("  ok   " if ok else "  FAIL ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def start_herve(data_dir, **extra):
+    env = dict(os.environ, PORT=str(PORT), HERVE_HOST="127.0.0.1", HERVE_DATA_DIR=data_dir,
+               AUTH_ADMIN_ID=ADMIN[0], AUTH_ADMIN_SECRET=ADMIN[1], HERVE_ACCESS_LOG="false",
+               HERVE_LOG="warn", **extra)
+    process = subprocess.Popen([HERVE], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            status, _ = call("GET", "/health")
+            if status == 200:
+                return process
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("herve did not start")
+
+
+def call(method, path, form=None, timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=timeout)
+    headers = dict(AUTH)
+    body = None
+    if form is not None:
+        body = urllib.parse.urlencode(form)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, (json.loads(data) if data[:1] == b"{" else data)
+    finally:
+        conn.close()
+
+
+def wrk(url, seconds, connections=16, script=None):
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
+    if script:
+        command += ["-s", script]
+    out = subprocess.run(command + [url], capture_output=True, text=True).stdout
+    result = {"rps": 0.0, "errors": 0, "non2xx": 0, "p99": "?"}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(line.split()[1])
+        elif line.startswith("Socket errors:"):
+            result["errors"] += sum(int(part.split()[-1]) for part in line.split(":", 1)[1].split(","))
+        elif line.startswith("Non-2xx"):
+            result["non2xx"] += int(line.split()[-1])
+        elif line.startswith("99%"):
+            result["p99"] = line.split()[1]
+    return result
+
+
+def upstream_server():
+    """A small threaded HTTP upstream for the proxy service."""
+    code = ("import http.server,sys\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    protocol_version='HTTP/1.1'\n"
+            "    def do_GET(self):\n"
+            "        self.wfile.write(b'HTTP/1.1 200 OK\\r\\ncontent-length: 12\\r\\n\\r\\nupstream ok\\n')\n"
+            "    def log_message(self,*a): pass\n"
+            f"http.server.ThreadingHTTPServer(('127.0.0.1',{UPSTREAM_PORT}),H).serve_forever()\n")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+ECHO_LUA = """
+math.randomseed(os.time())
+request = function()
+  local n = math.random(0, 4096)
+  return wrk.format("POST", nil, {["Content-Type"] = "application/octet-stream"}, string.rep("x", n))
+end
+"""
+
+
+def mixed_load(minutes, workdir):
+    log(f"1. mixed load for {minutes} min")
+    herve = start_herve(os.path.join(workdir, "mixed"))
+    upstream = upstream_server()
+    time.sleep(0.5)
+    try:
+        _, echo = call("POST", "/services/register", {"name": "echo", "type": "echo"})
+        echo = echo["data"]["uuid"]
+        call("POST", f"/services/{echo}/start")
+        _, proxy = call("POST", "/services/register",
+                        {"name": "proxy", "type": "proxy", "upstream": f"http://127.0.0.1:{UPSTREAM_PORT}"})
+        proxy = proxy["data"]["uuid"]
+        call("POST", f"/services/{proxy}/start")
+        lua = os.path.join(workdir, "echo.lua")
+        with open(lua, "w") as script:
+            script.write(ECHO_LUA)
+
+        seconds = int(minutes * 60)
+        stop = threading.Event()
+        api_errors, api_ops = [], [0]
+
+        def churn():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    status, body = call("POST", "/services/register", {"name": f"churn-{i}", "type": "ping"})
+                    if status != 201:
+                        api_errors.append(f"register {status}")
+                        continue
+                    uuid = body["data"]["uuid"]
+                    for op in ("start", "stop", "unregister"):
+                        status, _ = call("POST", f"/services/{uuid}/{op}")
+                        if status != 200:
+                            api_errors.append(f"{op} {status}")
+                    api_ops[0] += 4
+                except OSError as error:
+                    api_errors.append(str(error))
+
+        samples = []
+
+        def sample():
+            while not stop.is_set():
+                samples.append((time.time(), rss_kib(herve.pid), fds(herve.pid)))
+                stop.wait(5)
+
+        threads = [threading.Thread(target=churn), threading.Thread(target=sample)]
+        for thread in threads:
+            thread.start()
+        results = {}
+
+        def run(name, *wrk_args, **wrk_kwargs):
+            results[name] = wrk(*wrk_args, **wrk_kwargs)
+
+        loads = [
+            threading.Thread(target=run, args=("health", f"http://127.0.0.1:{PORT}/health", seconds, 8)),
+            threading.Thread(target=run, args=("echo", f"http://127.0.0.1:{PORT}/{echo}/echo", seconds, 8),
+                             kwargs={"script": lua}),
+            threading.Thread(target=run, args=("proxy", f"http://127.0.0.1:{PORT}/{proxy}/x", seconds, 8)),
+        ]
+        for load in loads:
+            load.start()
+        for load in loads:
+            load.join()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for name, result in results.items():
+            check(result["errors"] == 0 and result["non2xx"] == 0,
+                  f"{name}: {result['rps']:.0f} req/s, p99 {result['p99']}, "
+                  f"{result['errors']} socket errors, {result['non2xx']} non-2xx")
+        check(not api_errors, f"API churn: {api_ops[0]} operations, {len(api_errors)} errors {api_errors[:3]}")
+        warm = [s for s in samples if s[0] >= samples[0][0] + seconds * 0.2] or samples
+        growth = (warm[-1][1] - warm[0][1]) / max(warm[0][1], 1) * 100
+        check(growth < 5, f"RSS after warm-up {warm[0][1] / 1024:.1f} -> {warm[-1][1] / 1024:.1f} MiB ({growth:+.1f}%)")
+        idle_fds = fds(herve.pid)
+        check(idle_fds <= samples[0][2] + 8, f"fds at start {samples[0][2]}, at the end (idle) {idle_fds}")
+    finally:
+        herve.terminate()
+        herve.wait(timeout=60)
+        upstream.kill()
+
+
+def idle_connections(count, workdir):
+    log(f"2. {count} idle connections while /health is loaded")
+    herve = start_herve(os.path.join(workdir, "idle"), HERVE_MAX_CONNECTIONS=str(count + 1000))
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", PORT))
+            sockets.append(sock)
+        time.sleep(0.5)
+        result = wrk(f"http://127.0.0.1:{PORT}/health", 8, 16)
+        check(result["errors"] == 0 and result["rps"] > 1000,
+              f"/health with {len(sockets)} idle connections: {result['rps']:.0f} req/s, p99 {result['p99']}, "
+              f"{result['errors']} errors; Herve RSS {rss_kib(herve.pid) / 1024:.1f} MiB")
+    finally:
+        for sock in sockets:
+            sock.close()
+        herve.terminate()
+        herve.wait(timeout=60)
+
+
+def slowloris(count, workdir):
+    log(f"3. slowloris: {count} connections sending a header byte a second")
+    herve = start_herve(os.path.join(workdir, "slow"), HERVE_HEADER_TIMEOUT_S="5")
+    stop = threading.Event()
+    cut = [0]
+
+    def drip():
+        sockets = []
+        for _ in range(count):
+            try:
+                sock = socket.create_connection(("127.0.0.1", PORT))
+                sock.sendall(b"GET /health HTTP/1.1\r\n")
+                sockets.append(sock)
+            except OSError:
+                break
+        while not stop.is_set() and sockets:
+            alive = []
+            for sock in sockets:
+                try:
+                    sock.sendall(b"X")
+                    alive.append(sock)
+                except OSError:
+                    cut[0] += 1
+                    sock.close()
+            sockets = alive
+            stop.wait(1)
+        for sock in sockets:
+            sock.close()
+
+    dripper = threading.Thread(target=drip)
+    try:
+        dripper.start()
+        time.sleep(1)
+        result = wrk(f"http://127.0.0.1:{PORT}/health", 10, 16)
+        stop.set()
+        dripper.join()
+        check(result["errors"] == 0 and result["rps"] > 1000,
+              f"/health during slowloris: {result['rps']:.0f} req/s, p99 {result['p99']}, {result['errors']} errors")
+        check(cut[0] > count * 0.9, f"slow connections cut off by the header timeout: {cut[0]} of {count}")
+    finally:
+        stop.set()
+        herve.terminate()
+        herve.wait(timeout=60)
+
+
+def kills(rounds, workdir):
+    log(f"4. {rounds} SIGKILLs during a stream of acknowledged API changes")
+    data_dir = os.path.join(workdir, "kills")
+    expected = {}  # uuid -> status, per acknowledged changes
+    in_flight = {}  # uuid -> the status its unacknowledged change would give
+    registering = [False]  # a registration was unacknowledged when Herve died
+    lost = 0
+    for round_ in range(rounds):
+        herve = start_herve(data_dir)
+        # Everything acknowledged before must be there, exactly.
+        status, listing = call("GET", "/services")
+        present = {s["uuid"]: s["status"] for s in listing["data"]}
+        for uuid, want in expected.items():
+            got = present.get(uuid)
+            pending = in_flight.get(uuid)
+            if got != want and not (pending is not None and got == pending):
+                lost += 1
+                log(f"    round {round_}: {uuid} is {got}, acknowledged {want}")
+        unknown = [u for u in present if u not in expected and u not in in_flight]
+        if len(unknown) > (1 if registering[0] else 0):
+            lost += len(unknown)
+            log(f"    round {round_}: services nobody registered: {unknown}")
+        expected = {u: present[u] for u in present}
+        in_flight = {}
+        registering[0] = False
+        stop = threading.Event()
+
+        def changes():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    action = random.random()
+                    uuids = list(expected)
+                    if action < 0.4 or not uuids:
+                        registering[0] = True
+                        status, body = call("POST", "/services/register",
+                                            {"name": f"k{round_}-{i}", "type": random.choice(["ping", "echo"])})
+                        if status == 201:
+                            expected[body["data"]["uuid"]] = "registered"
+                        registering[0] = False
+                        continue
+                    uuid = random.choice(uuids)
+                    op = random.choice(["start", "stop", "unregister"])
+                    want = {"start": "running", "stop": "stopped" if expected[uuid] != "registered" else "registered",
+                            "unregister": None}[op]
+                    in_flight[uuid] = want
+                    status, _ = call("POST", f"/services/{uuid}/{op}")
+                    if status == 200:
+                        if want is None:
+                            expected.pop(uuid, None)
+                        else:
+                            expected[uuid] = want
+                    in_flight.pop(uuid, None)
+                except (OSError, http.client.HTTPException):
+                    return
+
+        worker = threading.Thread(target=changes)
+        worker.start()
+        time.sleep(random.uniform(0.2, 1.2))
+        herve.send_signal(signal.SIGKILL)
+        herve.wait()
+        stop.set()
+        worker.join()
+    herve = start_herve(data_dir)
+    status, listing = call("GET", "/services")
+    herve.terminate()
+    herve.wait(timeout=60)
+    check(lost == 0, f"{rounds} kills: {len(listing['data'])} services at the end, {lost} acknowledged changes lost or half-applied")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--slow", type=int, default=1_000)
+    parser.add_argument("--kills", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="herve-soak-") as workdir:
+        mixed_load(args.minutes, workdir)
+        idle_connections(args.idle, workdir)
+        slowloris(args.slow, workdir)
+        kills(args.kills, workdir)
+    log("all checks passed" if not failures else f"{len(failures)} checks failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
