@@ -2,6 +2,10 @@
 
 use std::ops::RangeInclusive;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
 use crate::contract::{Fields, ServiceError};
 
 /// A whole number field in `range`, or `default` when absent or empty.
@@ -79,4 +83,15 @@ pub fn list<'a>(fields: &'a Fields, key: &'a str) -> Vec<&'a str> {
         .map(str::trim)
         .filter(|item| !item.is_empty())
         .collect()
+}
+
+/// A type's configuration as the JSON Herve persists.
+pub fn to_config(config: &impl Serialize) -> Result<Value, ServiceError> {
+    serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+}
+
+/// A type's configuration back from what Herve persisted.
+pub fn from_config<T: DeserializeOwned>(config: &Value) -> Result<T, ServiceError> {
+    T::deserialize(config)
+        .map_err(|e| ServiceError::failed(format!("The stored configuration is invalid: {e}")))
 }

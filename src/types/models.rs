@@ -14,6 +14,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use super::field;
 use crate::api::form::{fields_from_body, media_type};
 use crate::api::{json_ok, json_ok_with, ApiError};
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
@@ -175,7 +176,7 @@ impl ServiceType for ModelsType {
             model: model.to_owned(),
             fields: schema,
         };
-        serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+        field::to_config(&config)
     }
 
     async fn start(
@@ -183,9 +184,7 @@ impl ServiceType for ModelsType {
         ctx: &ServiceContext,
         config: &Value,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: ModelsConfig = serde_json::from_value(config.clone()).map_err(|e| {
-            ServiceError::failed(format!("The stored configuration is invalid: {e}"))
-        })?;
+        let config: ModelsConfig = field::from_config(config)?;
         let collection = format!("/{}", config.model);
         let item = format!("/{}/{{id}}", config.model);
         let model = Arc::new(Model {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::Request;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -119,7 +118,7 @@ impl ServiceType for ProxyType {
         fields: &Fields,
     ) -> Result<Value, ServiceError> {
         let config = ProxyConfig::from_fields(fields)?;
-        serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+        field::to_config(&config)
     }
 
     async fn start(
@@ -127,9 +126,7 @@ impl ServiceType for ProxyType {
         ctx: &ServiceContext,
         config: &Value,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: ProxyConfig = serde_json::from_value(config.clone()).map_err(|e| {
-            ServiceError::failed(format!("The stored configuration is invalid: {e}"))
-        })?;
+        let config: ProxyConfig = field::from_config(config)?;
         let upstreams = config
             .upstreams
             .iter()
@@ -178,11 +175,7 @@ struct RunningProxy {
 #[async_trait]
 impl RunningService for RunningProxy {
     fn routes(&self) -> Router {
-        let proxy = Arc::clone(&self.proxy);
-        Router::new().fallback(move |request: Request| {
-            let proxy = Arc::clone(&proxy);
-            async move { proxy.forward(request).await }
-        })
+        self.proxy.router()
     }
 
     async fn stop(&self) -> Result<(), ServiceError> {

@@ -77,7 +77,7 @@ impl ServiceType for StaticType {
         fields: &Fields,
     ) -> Result<Value, ServiceError> {
         let config = StaticConfig::from_fields(fields)?;
-        serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+        field::to_config(&config)
     }
 
     async fn start(
@@ -85,9 +85,7 @@ impl ServiceType for StaticType {
         _ctx: &ServiceContext,
         config: &Value,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: StaticConfig = serde_json::from_value(config.clone()).map_err(|e| {
-            ServiceError::failed(format!("The stored configuration is invalid: {e}"))
-        })?;
+        let config: StaticConfig = field::from_config(config)?;
         // Resolved once: every served path must stay inside this one.
         let root = tokio::fs::canonicalize(&config.root).await.map_err(|e| {
             ServiceError::failed(format!(

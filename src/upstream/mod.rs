@@ -163,6 +163,15 @@ impl Proxy {
         })
     }
 
+    /// Routes that send every request of the service to its upstreams.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        let proxy = Arc::clone(self);
+        axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.forward(request).await }
+        })
+    }
+
     pub fn upstreams(&self) -> &[Upstream] {
         &self.upstreams
     }

@@ -12,27 +12,9 @@ use crate::support::*;
 const SCHEMA: &str = "username:string:32:required,password:string:128:required,age:int,active:bool";
 
 async fn models_service(herve: &HttpClient) -> String {
-    let reply = herve
-        .post_form(
-            "/services/register",
-            &[
-                ("name", "users"),
-                ("type", "models"),
-                ("model", "user"),
-                ("fields", SCHEMA),
-            ],
-        )
-        .await;
-    reply.expect(201, "The service has been successfully registered.");
-    let uuid = reply.json()["data"]["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_owned();
     herve
-        .start(&uuid)
+        .running_with("users", "models", &[("model", "user"), ("fields", SCHEMA)])
         .await
-        .expect(200, "The service has successfully started.");
-    uuid
 }
 
 async fn form(herve: &HttpClient, method: Method, path: &str, body: &str) -> Reply {
@@ -433,22 +415,9 @@ async fn concurrent_writers_lose_nothing() {
 }
 
 async fn auth_service(herve: &HttpClient, ttl: &str) -> String {
-    let reply = herve
-        .post_form(
-            "/services/register",
-            &[("name", "accounts"), ("type", "auth"), ("token_ttl_s", ttl)],
-        )
-        .await;
-    reply.expect(201, "The service has been successfully registered.");
-    let uuid = reply.json()["data"]["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_owned();
     herve
-        .start(&uuid)
+        .running_with("accounts", "auth", &[("token_ttl_s", ttl)])
         .await
-        .expect(200, "The service has successfully started.");
-    uuid
 }
 
 async fn login(herve: &HttpClient, uuid: &str, user: &str, password: &str) -> Reply {

@@ -13,19 +13,7 @@ use crate::upstream_server::Upstream;
 
 /// Registers and starts a proxy with `fields` (besides name and type).
 async fn proxy(herve: &HttpClient, name: &str, fields: &[(&str, &str)]) -> String {
-    let mut all = vec![("name", name), ("type", "proxy")];
-    all.extend_from_slice(fields);
-    let reply = herve.post_form("/services/register", &all).await;
-    reply.expect(201, "The service has been successfully registered.");
-    let uuid = reply.json()["data"]["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_owned();
-    herve
-        .start(&uuid)
-        .await
-        .expect(200, "The service has successfully started.");
-    uuid
+    herve.running_with(name, "proxy", fields).await
 }
 
 async fn count_ids(herve: &HttpClient, uuid: &str, requests: usize) -> HashMap<String, usize> {
@@ -314,16 +302,6 @@ async fn requests_arrive_whole_with_forwarding_headers_and_without_hop_headers()
     assert!(reply.header("x-secret-hop").is_none());
     assert!(reply.header("keep-alive").is_none());
     herve.stop().await;
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

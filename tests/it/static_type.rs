@@ -43,19 +43,7 @@ fn site() -> Site {
 }
 
 async fn static_service(herve: &HttpClient, name: &str, fields: &[(&str, &str)]) -> String {
-    let mut all = vec![("name", name), ("type", "static")];
-    all.extend_from_slice(fields);
-    let reply = herve.post_form("/services/register", &all).await;
-    reply.expect(201, "The service has been successfully registered.");
-    let uuid = reply.json()["data"]["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_owned();
-    herve
-        .start(&uuid)
-        .await
-        .expect(200, "The service has successfully started.");
-    uuid
+    herve.running_with(name, "static", fields).await
 }
 
 #[tokio::test]
@@ -433,15 +421,6 @@ async fn static_registration_is_validated() {
         );
     }
     herve.stop().await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 #[tokio::test]

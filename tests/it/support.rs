@@ -306,6 +306,28 @@ impl HttpClient {
         uuid
     }
 
+    /// Registers a service of `type_name` with type-specific `fields`, starts it, and
+    /// returns its uuid; panics unless both succeed.
+    pub async fn running_with(
+        &self,
+        name: &str,
+        type_name: &str,
+        fields: &[(&str, &str)],
+    ) -> String {
+        let mut all = vec![("name", name), ("type", type_name)];
+        all.extend_from_slice(fields);
+        let reply = self.post_form("/services/register", &all).await;
+        reply.expect(201, "The service has been successfully registered.");
+        let uuid = reply.json()["data"]["uuid"]
+            .as_str()
+            .expect("uuid")
+            .to_owned();
+        self.start(&uuid)
+            .await
+            .expect(200, "The service has successfully started.");
+        uuid
+    }
+
     /// The listing's `data` array.
     pub async fn list(&self) -> Vec<Value> {
         let reply = self.admin_get("/services").await;
@@ -507,4 +529,14 @@ impl Drop for BinHerve {
 
 pub fn data_path(dir: &Path) -> PathBuf {
     dir.join("data")
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }

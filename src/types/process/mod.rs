@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::Request;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -179,7 +178,7 @@ impl ServiceType for ProcessType {
         fields: &Fields,
     ) -> Result<Value, ServiceError> {
         let config = ProcessConfig::from_fields(fields)?;
-        serde_json::to_value(config).map_err(|e| ServiceError::failed(e.to_string()))
+        field::to_config(&config)
     }
 
     async fn start(
@@ -187,9 +186,7 @@ impl ServiceType for ProcessType {
         ctx: &ServiceContext,
         config: &Value,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: ProcessConfig = serde_json::from_value(config.clone()).map_err(|e| {
-            ServiceError::failed(format!("The stored configuration is invalid: {e}"))
-        })?;
+        let config: ProcessConfig = field::from_config(config)?;
         if config.command.is_empty() {
             return Err(ServiceError::failed("The stored command is empty."));
         }
@@ -314,11 +311,7 @@ struct RunningProcess {
 #[async_trait]
 impl RunningService for RunningProcess {
     fn routes(&self) -> Router {
-        let proxy = Arc::clone(&self.proxy);
-        Router::new().fallback(move |request: Request| {
-            let proxy = Arc::clone(&proxy);
-            async move { proxy.forward(request).await }
-        })
+        self.proxy.router()
     }
 
     /// Answers once the program and everything in its process group are gone.
