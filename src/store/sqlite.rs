@@ -41,6 +41,27 @@ impl SqliteStore {
         })
     }
 
+    /// Deletes, in one transaction, every row of `service` from `tables` (each with a
+    /// `service` column): what a built-in type keeps for a service it forgets.
+    pub async fn delete_service_rows(
+        &self,
+        tables: &'static [&'static str],
+        service: String,
+    ) -> Result<(), StoreError> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            for table in tables {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE service = ?1"),
+                    params![service],
+                )
+                .map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
     /// Runs `work` with the connection on the blocking pool.
     pub async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
     where

@@ -96,22 +96,8 @@ impl ServiceType for AuthType {
     }
 
     async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
-        let service = ctx.uuid().to_string();
         self.database
-            .with_conn(move |conn| {
-                let tx = conn.transaction().map_err(db)?;
-                tx.execute(
-                    "DELETE FROM auth_tokens WHERE service = ?1",
-                    params![service],
-                )
-                .map_err(db)?;
-                tx.execute(
-                    "DELETE FROM auth_users WHERE service = ?1",
-                    params![service],
-                )
-                .map_err(db)?;
-                tx.commit().map_err(db)
-            })
+            .delete_service_rows(&["auth_tokens", "auth_users"], ctx.uuid().to_string())
             .await
             .map_err(|e| ServiceError::failed(e.to_string()))
     }

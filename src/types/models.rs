@@ -200,22 +200,11 @@ impl ServiceType for ModelsType {
     }
 
     async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
-        let service = ctx.uuid().to_string();
         self.database
-            .with_conn(move |conn| {
-                let tx = conn.transaction().map_err(db)?;
-                tx.execute(
-                    "DELETE FROM model_instances WHERE service = ?1",
-                    params![service],
-                )
-                .map_err(db)?;
-                tx.execute(
-                    "DELETE FROM model_sequences WHERE service = ?1",
-                    params![service],
-                )
-                .map_err(db)?;
-                tx.commit().map_err(db)
-            })
+            .delete_service_rows(
+                &["model_instances", "model_sequences"],
+                ctx.uuid().to_string(),
+            )
             .await
             .map_err(|e| ServiceError::failed(e.to_string()))
     }
