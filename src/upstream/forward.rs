@@ -13,7 +13,11 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 
+use super::pool::Lease;
 use super::Proxy;
+
+/// Pooled connections found closed, one after the other, before a fresh one is opened.
+const MAX_STALE_TRIES: usize = 4;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -87,7 +91,9 @@ impl Proxy {
             other => (first, other),
         };
         match result {
-            Ok((response, in_flight)) => answer_from(response, in_flight, client_upgrade),
+            Ok((response, in_flight, lease)) => {
+                answer_from(response, in_flight, lease, client_upgrade)
+            }
             Err(Failure::Refused) => {
                 self.mark_down(used);
                 answer(
@@ -122,16 +128,15 @@ impl Proxy {
             None if upstream.base.is_empty() => http::uri::PathAndQuery::from_static("/"),
             None => upstream.base.as_str().try_into().ok()?,
         };
-        let uri = Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()?;
+        // Origin form on the wire, the upstream's name in Host.
+        let uri = Uri::from(path_and_query);
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
+        request
+            .headers_mut()
+            .insert(header::HOST, upstream.host.clone());
         Some(request)
     }
 
@@ -139,14 +144,47 @@ impl Proxy {
         self: &Arc<Self>,
         index: usize,
         request: Request<Body>,
-    ) -> Result<(Response<hyper::body::Incoming>, InFlight), Failure> {
+    ) -> Result<(Response<hyper::body::Incoming>, InFlight, Lease), Failure> {
         // Counted until the answer's body is done, or dropped with this future if the
         // client goes away first.
         let in_flight = InFlight::enter(self, index);
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok((response, in_flight)),
-            Ok(Err(error)) if error.is_connect() => Err(Failure::Refused),
-            Ok(Err(error)) => Err(Failure::Other(error.to_string())),
+        let upstream = &self.upstreams[index];
+        let exchange = async {
+            let mut request = request;
+            // A pooled connection may have been closed by the upstream since; a request
+            // it never sent goes out again on the next one (at worst a fresh one).
+            for _ in 0..=MAX_STALE_TRIES {
+                let mut lease = match upstream
+                    .connections
+                    .lease(&upstream.target, super::CONNECT_TIMEOUT)
+                    .await
+                {
+                    Ok(lease) => lease,
+                    Err(_) => return Err(Failure::Refused),
+                };
+                let Some(sender) = lease.sender() else {
+                    return Err(Failure::Refused);
+                };
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response, lease)),
+                    Err(mut error) => {
+                        let unsent = error.take_message();
+                        let reused = lease.reused;
+                        lease.discard();
+                        match unsent {
+                            Some(unsent) if reused => request = unsent,
+                            _ => return Err(Failure::Other(error.into_error().to_string())),
+                        }
+                    }
+                }
+            }
+            Err(Failure::Other(
+                "every pooled connection had gone stale".to_owned(),
+            ))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((response, lease))) => Ok((response, in_flight, lease)),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::TimedOut),
         }
     }
@@ -156,10 +194,13 @@ impl Proxy {
 fn answer_from(
     mut response: Response<hyper::body::Incoming>,
     in_flight: InFlight,
+    lease: Lease,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         drop(in_flight);
+        // The connection now carries the tunnel: it never goes back to the pool.
+        lease.discard();
         let Some(client_upgrade) = client_upgrade else {
             return answer(
                 StatusCode::BAD_GATEWAY,
@@ -192,6 +233,7 @@ fn answer_from(
     let body = Tracked {
         inner: body,
         _in_flight: in_flight,
+        _lease: lease,
     };
     Response::from_parts(parts, Body::new(body))
 }
@@ -224,10 +266,12 @@ enum Failure {
     Other(String),
 }
 
-/// A response body from an upstream, holding its request's place in the count.
+/// A response body from an upstream, holding its request's place in the count and
+/// its connection, which goes back to the pool when the body is done.
 struct Tracked {
     inner: hyper::body::Incoming,
     _in_flight: InFlight,
+    _lease: Lease,
 }
 
 impl HttpBody for Tracked {

@@ -7,6 +7,7 @@
 
 pub mod balance;
 mod forward;
+mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,11 @@ pub struct Upstream {
     /// trailing slash; empty for none.
     base: String,
     health: Health,
+    /// `host:port` to connect to.
+    target: String,
+    /// The value of the `Host` header it gets.
+    host: http::HeaderValue,
+    connections: std::sync::Arc<pool::ConnPool>,
 }
 
 impl Upstream {
@@ -85,21 +91,29 @@ impl Upstream {
             return Err(format!("'{url}' must not have a query"));
         }
         let base = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream {
+        Ok(Upstream::new(authority, base))
+    }
+
+    fn new(authority: Authority, base: String) -> Upstream {
+        let port = authority.port_u16().unwrap_or(80);
+        let target = format!("{}:{port}", authority.host());
+        let host = http::HeaderValue::try_from(authority.as_str())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        Upstream {
             authority,
             base,
             health: Health::new(),
-        })
+            target,
+            host,
+            connections: std::sync::Arc::default(),
+        }
     }
 
     /// The upstream at `127.0.0.1:port`.
     pub fn local(port: u16) -> Upstream {
-        Upstream {
-            authority: Authority::try_from(format!("127.0.0.1:{port}").as_str())
-                .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
-            base: String::new(),
-            health: Health::new(),
-        }
+        let authority = Authority::try_from(format!("127.0.0.1:{port}").as_str())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Upstream::new(authority, String::new())
     }
 
     /// `http://host:port/base`, as registered.
@@ -112,9 +126,8 @@ impl Upstream {
     }
 
     /// The `host:port` to connect to.
-    fn socket_target(&self) -> String {
-        let port = self.authority.port_u16().unwrap_or(80);
-        format!("{}:{port}", self.authority.host())
+    fn socket_target(&self) -> &str {
+        &self.target
     }
 }
 

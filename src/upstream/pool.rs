@@ -1,0 +1,132 @@
+//! Kept-alive connections to one upstream.
+//!
+//! A request leases an idle connection (or opens one), sends on it directly (no task
+//! between the request and the connection's sender), and gives it back once the
+//! response body has been read to its end. A connection the upstream closed meanwhile is
+//! noticed when leased and thrown away; a request that it never sent goes out again on a
+//! fresh connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+/// Idle connections kept per upstream; more are closed when their response ends.
+const MAX_IDLE: usize = 1024;
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect: {0}")]
+    Refused(#[from] std::io::Error),
+    #[error("connecting took longer than {0:?}")]
+    TimedOut(Duration),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// The idle connections of one upstream.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: Mutex<Vec<SendRequest<Body>>>,
+}
+
+/// A connection lent to one request.
+pub struct Lease {
+    sender: Option<SendRequest<Body>>,
+    pool: Arc<ConnPool>,
+    /// Whether it had served a request before (so it may have gone stale).
+    pub reused: bool,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map(|idle| idle.len()).unwrap_or(0);
+        f.debug_struct("ConnPool").field("idle", &idle).finish()
+    }
+}
+
+impl ConnPool {
+    /// An idle connection ready for a request, or a new one to `target` (`host:port`).
+    pub async fn lease(
+        self: &Arc<Self>,
+        target: &str,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        if let Some(sender) = self.take_ready() {
+            return Ok(Lease {
+                sender: Some(sender),
+                pool: Arc::clone(self),
+                reused: true,
+            });
+        }
+        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
+            .await
+            .map_err(|_| ConnectError::TimedOut(connect_timeout))??;
+        // Small requests should leave at once, not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(Lease {
+            sender: Some(sender),
+            pool: Arc::clone(self),
+            reused: false,
+        })
+    }
+
+    /// The most recently returned connection that can take a request now. Closed ones
+    /// are dropped; one whose last response is still being wound up stays for later.
+    fn take_ready(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = idle.len();
+        while index > 0 {
+            index -= 1;
+            if idle[index].is_ready() {
+                return Some(idle.swap_remove(index));
+            }
+            if idle[index].is_closed() {
+                idle.swap_remove(index);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+impl Lease {
+    pub fn sender(&mut self) -> Option<&mut SendRequest<Body>> {
+        self.sender.as_mut()
+    }
+
+    /// The connection is not to be used again (it was upgraded, or failed).
+    pub fn discard(mut self) {
+        self.sender = None;
+    }
+}
+
+impl Drop for Lease {
+    /// Back to the pool: the lease lives as long as the response body, so by now the
+    /// connection has carried the whole exchange.
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
+        }
+    }
+}
