@@ -7,7 +7,7 @@
 //! fresh connection.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -15,6 +15,8 @@ use hyper_util::rt::TokioIo;
 
 /// Idle connections kept per upstream; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
+/// An idle connection older than this is closed rather than used.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,8 @@ pub enum ConnectError {
 /// The idle connections of one upstream.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    /// With when each went idle.
+    idle: Mutex<Vec<(SendRequest<Body>, Instant)>>,
 }
 
 /// A connection lent to one request.
@@ -86,14 +89,15 @@ impl ConnPool {
     /// are dropped; one whose last response is still being wound up stays for later.
     fn take_ready(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
-            if idle[index].is_ready() {
-                return Some(idle.swap_remove(index));
-            }
-            if idle[index].is_closed() {
+            let (sender, since) = &idle[index];
+            if sender.is_closed() || now.duration_since(*since) > IDLE_TIMEOUT {
                 idle.swap_remove(index);
+            } else if sender.is_ready() {
+                return Some(idle.swap_remove(index).0);
             }
         }
         None
@@ -105,7 +109,7 @@ impl ConnPool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
     }
 }
