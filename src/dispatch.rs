@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{header, uri::PathAndQuery, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::http::{
+    header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri,
+};
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -82,6 +84,12 @@ impl Dispatcher {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        // Health checks come often and never change: answered here, not by the router.
+        if request.uri().path() == "/health"
+            && matches!(*request.method(), Method::GET | Method::HEAD)
+        {
+            return health(request.method() == Method::HEAD);
+        }
         let service = service_uuid(request.uri().path());
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
             // Service traffic gets plain text; admin clients get the JSON envelope.
@@ -181,6 +189,25 @@ fn strip_service_prefix(mut request: Request<Body>) -> Option<Request<Body>> {
     parts.path_and_query = path_and_query.ok();
     *request.uri_mut() = Uri::from_parts(parts).ok()?;
     Some(request)
+}
+
+/// The body of `GET /health`, as the admin API's envelope would write it.
+const HEALTH_BODY: &[u8] = br#"{"success":true,"message":"ok"}"#;
+
+fn health(head: bool) -> Response<Body> {
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(HEALTH_BODY)
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(HEALTH_BODY.len()));
+    response
 }
 
 /// A short plain-text answer from Herve itself on the data plane.
