@@ -1,9 +1,10 @@
 //! Reverse proxying to upstream HTTP servers, shared by the `proxy` and `process` types.
 //!
-//! One pooled, keep-alive HTTP client serves every upstream of every service. A
-//! [`Proxy`] holds the upstreams of one service, picks one per request
-//! ([`balance`]), forwards the request with its body streamed both ways
-//! ([`forward`]), and keeps each upstream's health up to date ([`Proxy::check_health`]).
+//! A [`Proxy`] holds the upstreams of one service, picks one per request
+//! ([`balance`]), forwards the request with its body streamed both ways over a
+//! kept-alive connection of that upstream's pool ([`forward`], [`pool`]), and keeps
+//! each upstream's health up to date ([`Proxy::check_health`]). Health probes and the
+//! `process` type's readiness checks, which are rare, use hyper-util's pooled client.
 
 pub mod balance;
 mod forward;
