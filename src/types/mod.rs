@@ -1,7 +1,7 @@
 //! The catalog of service types a Herve knows, and the built-in types.
 //!
 //! Each built-in type lives in its own file and implements
-//! [`ServiceType`](crate::contract::ServiceType) exactly as a user's type would.
+//! [`ServiceType`] exactly as a user's type would.
 
 pub mod auth;
 pub mod echo;

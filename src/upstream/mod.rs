@@ -2,7 +2,7 @@
 //!
 //! A [`Proxy`] holds the upstreams of one service, picks one per request
 //! ([`balance`]), forwards the request with its body streamed both ways over a
-//! kept-alive connection of that upstream's pool ([`forward`], `pool`), and keeps
+//! kept-alive connection of that upstream's pool (`forward`, `pool`), and keeps
 //! each upstream's health up to date ([`Proxy::check_health`]). Health probes and the
 //! `process` type's readiness checks, which are rare, use hyper-util's pooled client.
 
