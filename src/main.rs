@@ -11,7 +11,8 @@ fn main() -> anyhow::Result<()> {
         Err(ConfigError::Invalid(error)) => herve::config::exit_with(error),
         Err(error) => return Err(error.into()),
     };
-    init_logs(&config);
+    // Held until the end of main: dropping it flushes the lines still queued.
+    let _log_writer = init_logs(&config);
     raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -60,7 +61,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logs(config: &Config) {
+/// Log lines are formatted where they happen but written by a thread of their own, so
+/// that a request never waits for stdout. Lossless: under a flood the queue pushes back
+/// rather than drop access lines.
+fn init_logs(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::filter::LevelFilter;
     let level = match config.log_level {
         LogLevel::Off => LevelFilter::OFF,
@@ -70,13 +74,18 @@ fn init_logs(config: &Config) {
         LogLevel::Debug => LevelFilter::DEBUG,
         LogLevel::Trace => LevelFilter::TRACE,
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// Each connection is a file descriptor: lift the soft limit to the hard one so that
