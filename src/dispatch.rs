@@ -210,8 +210,9 @@ fn health(head: bool) -> Response<Body> {
     response
 }
 
-/// A short plain-text answer from Herve itself on the data plane.
-fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
+/// A short plain-text answer from Herve itself on the data plane (no service, no
+/// upstream, a refused path, …); shared by the built-in types.
+pub fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::field;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::dispatch::plain;
 
 /// Bytes read from a file per chunk of the answer.
 const CHUNK: usize = 64 * 1024;
@@ -437,16 +438,6 @@ async fn stream_file(file: std::fs::File, start: u64, length: u64) -> Option<Bod
         }
     });
     Some(Body::from_stream(stream))
-}
-
-fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::from(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=UTF-8"),
-    );
-    response
 }
 
 fn not_found() -> Response<Body> {

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use super::pool::Lease;
 use super::Proxy;
+use crate::dispatch::plain;
 
 /// Pooled connections found closed, one after the other, before a fresh one is opened.
 const MAX_STALE_TRIES: usize = 4;
@@ -66,14 +67,14 @@ impl Proxy {
         let retry = replayable.then(|| (parts.method.clone(), parts.headers.clone()));
 
         let Some(first) = self.pick(None) else {
-            return answer(
+            return plain(
                 StatusCode::BAD_GATEWAY,
                 "No healthy upstream is available.\n",
             );
         };
         let request = match self.outgoing(first, &parts.uri, parts.method, parts.headers, body) {
             Some(request) => request,
-            None => return answer(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
+            None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
         };
         let (used, result) = match self.send(first, request).await {
             Err(Failure::Refused) => {
@@ -96,18 +97,18 @@ impl Proxy {
             }
             Err(Failure::Refused) => {
                 self.mark_down(used);
-                answer(
+                plain(
                     StatusCode::BAD_GATEWAY,
                     "The upstream refused the connection.\n",
                 )
             }
-            Err(Failure::TimedOut) => answer(
+            Err(Failure::TimedOut) => plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 "The upstream did not answer in time.\n",
             ),
             Err(Failure::Other(error)) => {
                 tracing::debug!(upstream = %self.upstreams[used].url(), %error, "upstream request failed");
-                answer(StatusCode::BAD_GATEWAY, "The upstream failed to answer.\n")
+                plain(StatusCode::BAD_GATEWAY, "The upstream failed to answer.\n")
             }
         }
     }
@@ -202,7 +203,7 @@ fn answer_from(
         // The connection now carries the tunnel: it never goes back to the pool.
         lease.discard();
         let Some(client_upgrade) = client_upgrade else {
-            return answer(
+            return plain(
                 StatusCode::BAD_GATEWAY,
                 "The upstream switched protocols unasked.\n",
             );
@@ -360,15 +361,4 @@ fn prepare_headers(
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
-}
-
-/// A short plain-text answer from Herve about an upstream.
-fn answer(status: StatusCode, message: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::from(message));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=UTF-8"),
-    );
-    response
 }
