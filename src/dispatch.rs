@@ -88,7 +88,7 @@ impl Dispatcher {
         if request.uri().path() == "/health"
             && matches!(*request.method(), Method::GET | Method::HEAD)
         {
-            return health(request.method() == Method::HEAD);
+            return crate::api::health_response(request.method() == Method::HEAD);
         }
         let service = service_uuid(request.uri().path());
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
@@ -189,25 +189,6 @@ fn strip_service_prefix(mut request: Request<Body>) -> Option<Request<Body>> {
     parts.path_and_query = path_and_query.ok();
     *request.uri_mut() = Uri::from_parts(parts).ok()?;
     Some(request)
-}
-
-/// The body of `GET /health`, as the admin API's envelope would write it.
-const HEALTH_BODY: &[u8] = br#"{"success":true,"message":"ok"}"#;
-
-fn health(head: bool) -> Response<Body> {
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from(HEALTH_BODY)
-    };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(HEALTH_BODY.len()));
-    response
 }
 
 /// A short plain-text answer from Herve itself on the data plane (no service, no
