@@ -105,16 +105,14 @@ impl Throttle {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let times = failures.get(&client)?;
         let now = Instant::now();
-        let recent: Vec<&Instant> = times
-            .iter()
-            .filter(|t| now.duration_since(**t) < THROTTLE_WINDOW)
-            .collect();
-        if recent.len() < self.max_failures {
+        // Oldest first (pushed in order): the recent ones are a suffix.
+        let first_recent = times.partition_point(|t| now.duration_since(*t) >= THROTTLE_WINDOW);
+        if times.len() - first_recent < self.max_failures {
             return None;
         }
         // Refused until enough of the failures have aged out of the window.
-        let oldest_counted = recent[recent.len() - self.max_failures];
-        Some(THROTTLE_WINDOW.saturating_sub(now.duration_since(*oldest_counted)))
+        let oldest_counted = times[times.len() - self.max_failures];
+        Some(THROTTLE_WINDOW.saturating_sub(now.duration_since(oldest_counted)))
     }
 
     /// Records a failed authentication from `client`.

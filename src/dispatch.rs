@@ -65,15 +65,16 @@ impl Dispatcher {
             return self.route(client, request).await;
         }
         let started = Instant::now();
+        // Cloning the URI shares its bytes; copying the path out would allocate.
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let uri = request.uri().clone();
         let response = self.route(client, request).await;
         tracing::info!(
             target: "herve::access",
             client = %client.ip(),
             status = response.status().as_u16(),
             method = %method,
-            path = %path,
+            path = %uri.path(),
             latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         );
         response
