@@ -460,10 +460,31 @@ fn insert_row(
     let now = unix_now();
     tx.execute(
         "INSERT INTO model_instances (service, id, created_at, updated_at, data) VALUES (?1, ?2, ?3, ?3, ?4)",
-        params![service, id, now, Value::Object(values.clone()).to_string()],
+        params![service, id, now, data_text(&values)?],
     )
     .map_err(db)?;
     Ok((id, now, now, values))
+}
+
+/// Replaces the data of instance `id`.
+fn update_row(
+    tx: &rusqlite::Transaction<'_>,
+    service: &str,
+    id: i64,
+    values: &Map<String, Value>,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE model_instances SET data = ?1, updated_at = ?2 WHERE service = ?3 AND id = ?4",
+        params![data_text(values)?, now, service, id],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The stored form of an instance's values.
+fn data_text(values: &Map<String, Value>) -> Result<String, StoreError> {
+    serde_json::to_string(values).map_err(|e| StoreError::Database(e.to_string()))
 }
 
 fn read_row(
@@ -626,11 +647,7 @@ async fn replace(
             let existing = read_row(&tx, &service, id)?;
             let result = match existing {
                 Some((id, created_at, _, _)) => {
-                    tx.execute(
-                        "UPDATE model_instances SET data = ?1, updated_at = ?2 WHERE service = ?3 AND id = ?4",
-                        params![Value::Object(values.clone()).to_string(), now, service, id],
-                    )
-                    .map_err(db)?;
+                    update_row(&tx, &service, id, &values, now)?;
                     (false, (id, created_at, now, values))
                 }
                 None => (true, insert_row(&tx, &service, values)?),
@@ -645,9 +662,10 @@ async fn replace(
     } else {
         StatusCode::OK
     };
-    let mut response = json_ok(status, None, Some(model.instance(row.clone())));
+    let id = row.0;
+    let mut response = json_ok(status, None, Some(model.instance(row)));
     if created {
-        if let Ok(location) = format!("{}/{}", model.name(), row.0).parse() {
+        if let Ok(location) = format!("{}/{}", model.name(), id).parse() {
             response.headers_mut().insert(header::LOCATION, location);
         }
     }
@@ -668,17 +686,15 @@ async fn update(
     let row = model
         .database
         .with_conn(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db)?;
             let Some((id, created_at, _, mut values)) = read_row(&tx, &service, id)? else {
                 return Ok(None);
             };
             values.extend(changes);
             let now = unix_now();
-            tx.execute(
-                "UPDATE model_instances SET data = ?1, updated_at = ?2 WHERE service = ?3 AND id = ?4",
-                params![Value::Object(values.clone()).to_string(), now, service, id],
-            )
-            .map_err(db)?;
+            update_row(&tx, &service, id, &values, now)?;
             tx.commit().map_err(db)?;
             Ok(Some((id, created_at, now, values)))
         })
