@@ -532,6 +532,8 @@ impl Registry {
         };
         let epoch = slot.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         lock(&slot.shown).runtime = None;
+        // On resume (and restart) the store says `running` already: no write needed.
+        let stored_running = slot.status() == Status::Running;
         let (abandon, abandoned) = tokio::sync::watch::channel(false);
         *lock(&slot.abandon_start) = Some(abandon);
         let ctx = self
@@ -555,13 +557,16 @@ impl Registry {
                 return Err(error.into());
             }
         };
-        let stored = self.store.set_status(slot.uuid, Status::Running, "").await;
-        if let Err(error) = stored {
-            slot.epoch.fetch_add(1, Ordering::SeqCst);
-            if let Err(stop_error) = instance.stop().await {
-                tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
+        if !stored_running {
+            if let Err(error) = self.store.set_status(slot.uuid, Status::Running, "").await {
+                slot.epoch.fetch_add(1, Ordering::SeqCst);
+                if let Err(stop_error) = instance.stop().await {
+                    tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
+                }
+                // Nothing runs: say so rather than keep whatever the start reported.
+                slot.set_status(Status::Failed, &error.to_string());
+                return Err(error.into());
             }
-            return Err(error.into());
         }
         let routes = instance.routes();
         life.instance = Some(instance);
