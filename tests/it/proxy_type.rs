@@ -58,6 +58,21 @@ async fn round_robin_and_weighted_spread_the_load() {
     herve.stop().await;
 }
 
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let herve = TestHerve::start().await;
+    let a = Upstream::start("a").await;
+    let uuid = proxy(&herve, "pooled", &[("upstream", &a.url())]).await;
+    let seen = count_ids(&herve, &uuid, 50).await;
+    assert_eq!(seen.get("a"), Some(&50));
+    let opened = a.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened <= 2,
+        "{opened} upstream connections for 50 sequential requests"
+    );
+    herve.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_avoids_the_busy_upstream() {
     let herve = TestHerve::start().await;

@@ -25,6 +25,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted (to see keep-alive at work).
+    pub accepted: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -45,14 +47,17 @@ impl Upstream {
             .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let task = {
             let (name, healthy, hits) = (name.to_owned(), Arc::clone(&healthy), Arc::clone(&hits));
+            let counter = Arc::clone(&accepted);
             tokio::spawn(async move {
                 let mut connections = tokio::task::JoinSet::new();
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
+                    counter.fetch_add(1, Ordering::SeqCst);
                     let (name, healthy, hits) =
                         (name.clone(), Arc::clone(&healthy), Arc::clone(&hits));
                     connections.spawn(async move {
@@ -76,6 +81,7 @@ impl Upstream {
             addr,
             healthy,
             hits,
+            accepted,
             task: Some(task),
         }
     }
