@@ -53,7 +53,8 @@ async fn services_survive_a_graceful_restart() {
     let before = populate(&first.client()).await;
     first.signal(libc::SIGTERM);
     assert!(first.wait(Duration::from_secs(20)).success());
-    assert!(first.stdout().contains("Herve stopped"));
+    let out = first.stdout_when(Duration::from_secs(5), |out| out.contains("Herve stopped"));
+    assert!(out.contains("Herve stopped"), "{out}");
 
     let second = BinHerve::spawn(dir.path(), &[]);
     assert_restored(&second.client(), &before).await;
@@ -163,11 +164,8 @@ async fn without_credentials_a_secret_is_generated_kept_private_and_reused() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        first.stdout().contains(&secret),
-        "the secret is printed once"
-    );
+    let out = first.stdout_when(Duration::from_secs(5), |out| out.contains(&secret));
+    assert!(out.contains(&secret), "the secret is printed once: {out}");
 
     let client = first.client();
     assert_eq!(client.admin_get("/services").await.status, 401);
@@ -302,8 +300,9 @@ async fn one_access_log_line_per_request_in_text_and_json() {
         let client = herve.client();
         client.get("/health").await;
         client.get("/missing-path").await;
-        std::thread::sleep(Duration::from_millis(300));
-        let out = herve.stdout();
+        let out = herve.stdout_when(Duration::from_secs(5), |out| {
+            out.matches("herve::access").count() >= 2
+        });
         let lines: Vec<&str> = out
             .lines()
             .filter(|l| l.contains("herve::access"))

@@ -450,6 +450,13 @@ impl BinHerve {
         let sink = Arc::clone(&stdout);
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // The line is kept before the address is announced, so that a test that
+                // has been told the address also sees the line in `stdout()`.
+                {
+                    let mut sink = sink.lock().expect("lock");
+                    sink.push_str(&line);
+                    sink.push('\n');
+                }
                 if let Some(rest) = line.split("listens on http://").nth(1) {
                     let addr = rest
                         .split_whitespace()
@@ -458,9 +465,6 @@ impl BinHerve {
                         .to_owned();
                     let _ = addr_tx.send(addr);
                 }
-                let mut sink = sink.lock().expect("lock");
-                sink.push_str(&line);
-                sink.push('\n');
             }
         });
         let err = child.stderr.take().expect("stderr");
@@ -517,6 +521,19 @@ impl BinHerve {
 
     pub fn stdout(&self) -> String {
         self.stdout.lock().expect("lock").clone()
+    }
+
+    /// Standard output once `ready` holds for it, or as it is after `within`: log lines
+    /// reach the pipe from Herve's writer thread, a moment after the event they record.
+    pub fn stdout_when(&self, within: Duration, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.stdout();
+            if ready(&out) || Instant::now() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
