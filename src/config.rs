@@ -112,6 +112,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
+    /// Threads serving connections (the data plane); 0 means one per CPU core.
+    #[arg(long, env = "HERVE_WORKERS", value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub workers: u32,
+
     /// Seconds in-flight requests get to finish when Herve is asked to stop.
     #[arg(
         long,
@@ -151,6 +156,7 @@ impl Default for Config {
             header_timeout_s: 15,
             body_timeout_s: 30,
             max_connections: 20_000,
+            workers: 0,
             shutdown_timeout_s: 30,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
@@ -187,6 +193,14 @@ impl Config {
 
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs(self.body_timeout_s)
+    }
+
+    /// How many data-plane workers to run.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            workers => workers as usize,
+        }
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -21,7 +21,7 @@ use axum::http::{
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -33,6 +33,8 @@ use axum::response::IntoResponse;
 pub struct Dispatcher {
     routes: Arc<RouteTable>,
     admin: Router,
+    /// Where admin requests run (see [`Dispatcher::admin`]).
+    control_plane: tokio::runtime::Handle,
     max_body_bytes: u64,
     body_timeout: Duration,
     access_log: bool,
@@ -42,6 +44,7 @@ impl Dispatcher {
     pub fn new(
         routes: Arc<RouteTable>,
         admin: Router,
+        control_plane: tokio::runtime::Handle,
         max_body_bytes: u64,
         body_timeout: Duration,
         access_log: bool,
@@ -49,6 +52,7 @@ impl Dispatcher {
         Dispatcher {
             routes,
             admin,
+            control_plane,
             max_body_bytes,
             body_timeout,
             access_log,
@@ -93,6 +97,7 @@ impl Dispatcher {
         }
         let service = service_uuid(request.uri().path());
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
+            linger(request.into_body());
             // Service traffic gets plain text; admin clients get the JSON envelope.
             return match service {
                 Some(_) => plain(
@@ -106,40 +111,48 @@ impl Dispatcher {
                 .into_response(),
             };
         }
-        let request = request.map(|body| self.guard(body));
-        let target = match service {
-            Some(uuid) => match self.routes.get(&uuid) {
-                Some(router) => (router, true),
-                None => {
-                    return plain(
-                        StatusCode::NOT_FOUND,
-                        "No running service answers at this path.\n",
-                    )
-                }
-            },
-            None => (self.admin.clone(), false),
-        };
-        let (router, strip) = target;
-        let request = if strip {
-            match strip_service_prefix(request) {
-                Some(mut request) => {
-                    // Services may want the client's address (proxies forward it).
-                    request.extensions_mut().insert(ConnectInfo(client));
-                    request
-                }
-                None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
+        let mut request = request.map(|body| self.guard(body));
+        let Some(uuid) = service else {
+            if request.uri().path().starts_with("/services") {
+                // The admin API throttles clients that keep failing to authenticate.
+                request.extensions_mut().insert(ConnectInfo(client));
             }
-        } else if request.uri().path().starts_with("/services") {
-            // The admin API throttles clients that keep failing to authenticate.
-            let mut request = request;
-            request.extensions_mut().insert(ConnectInfo(client));
-            request
-        } else {
-            request
+            return self.admin(request).await;
         };
+        let Some(router) = self.routes.get(&uuid) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "No running service answers at this path.\n",
+            );
+        };
+        let Some(mut request) = strip_service_prefix(request) else {
+            return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
+        };
+        // Services may want the client's address (proxies forward it).
+        request.extensions_mut().insert(ConnectInfo(client));
         match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
+        }
+    }
+
+    /// Runs an admin request on the control plane's runtime rather than on the worker
+    /// that read it: what a lifecycle change starts (supervisors, health checks) must
+    /// not be tied to one data-plane thread, and a change runs to its end even if the
+    /// client goes away.
+    async fn admin(&self, request: Request<Body>) -> Response<Body> {
+        let call = self.admin.clone().oneshot(request);
+        match self.control_plane.spawn(call).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(error) => {
+                tracing::error!(%error, "an admin request failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The request could not be completed.",
+                )
+                .into_response()
+            }
         }
     }
 
@@ -156,6 +169,27 @@ impl Dispatcher {
         let max = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         Body::new(Limited::new(StallGuard::new(body, self.body_timeout), max))
     }
+}
+
+/// How long the rest of a refused body is read and thrown away.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// Reads and discards what remains of a body Herve refused, for a while, as nginx's
+/// lingering close does: a client that sends its whole body before reading (most do,
+/// without `Expect: 100-continue`) would otherwise meet a reset connection instead of
+/// the 413. Bounded in time; the bytes go nowhere.
+fn linger<B>(body: B)
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+{
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

@@ -40,7 +40,7 @@ use auth::{AdminAuth, AuthSetupError};
 use dispatch::Dispatcher;
 use registry::Registry;
 use routing::RouteTable;
-use server::ServerLimits;
+use server::{ServerLimits, Workers};
 use store::sqlite::SqliteStore;
 use store::{Store, StoreError};
 use types::TypeCatalog;
@@ -65,6 +65,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("could not start the data-plane workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Sets up a Herve: its configuration and the service types it knows.
@@ -136,20 +138,31 @@ impl HerveBuilder {
         registry.resume().await;
 
         let admin = api::router(Arc::clone(&registry), Arc::clone(&auth));
+        // Admin requests run here, on the runtime that calls `bind`, whichever worker
+        // reads them; so do the tasks that lifecycle changes start.
         let dispatcher = Arc::new(Dispatcher::new(
             routes,
             admin,
+            tokio::runtime::Handle::current(),
             config.max_body_bytes,
             config.body_timeout(),
             config.access_log,
         ));
+        let limits = ServerLimits {
+            max_connections: config.max_connections,
+            max_header_bytes: config.max_header_bytes,
+            header_timeout: config.header_timeout(),
+            shutdown_timeout: config.shutdown_timeout(),
+        };
+        let workers = Workers::start(config.worker_count(), dispatcher, &limits)
+            .map_err(StartError::Workers)?;
         Ok(Herve {
             listener,
             local_addr,
-            dispatcher,
+            workers,
+            limits,
             registry,
             auth,
-            config,
         })
     }
 }
@@ -158,10 +171,10 @@ impl HerveBuilder {
 pub struct Herve {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
-    dispatcher: Arc<Dispatcher>,
+    workers: Workers,
+    limits: ServerLimits,
     registry: Arc<Registry>,
     auth: Arc<AdminAuth>,
-    config: Config,
 }
 
 impl Herve {
@@ -183,13 +196,14 @@ impl Herve {
     /// Serves until `shutdown` completes, lets in-flight requests finish, then stops
     /// every running service (they start again with the next Herve on this data).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let limits = ServerLimits {
-            max_connections: self.config.max_connections,
-            max_header_bytes: self.config.max_header_bytes,
-            header_timeout: self.config.header_timeout(),
-            shutdown_timeout: self.config.shutdown_timeout(),
-        };
-        server::serve(self.listener, self.dispatcher, limits, shutdown).await;
+        server::serve(
+            self.listener,
+            self.workers,
+            self.limits.max_connections,
+            self.limits.shutdown_timeout,
+            shutdown,
+        )
+        .await;
         self.registry.shutdown().await;
     }
 }

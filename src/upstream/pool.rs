@@ -5,6 +5,10 @@
 //! response body has been read to its end. A connection the upstream closed meanwhile is
 //! noticed when leased and thrown away; a request that it never sent goes out again on a
 //! fresh connection.
+//!
+//! Each data-plane worker keeps its own idle connections: a connection's task runs on
+//! the worker that opened it, and a request sent on it from that same thread never
+//! waits on another core.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +21,8 @@ use hyper_util::rt::TokioIo;
 const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than used.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Separate idle lists; workers beyond this many share them (still correct, less local).
+const SHARDS: usize = 16;
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +38,11 @@ pub enum ConnectError {
 /// The idle connections of one upstream.
 #[derive(Default)]
 pub struct ConnPool {
-    /// With when each went idle.
-    idle: Mutex<Vec<(SendRequest<Body>, Instant)>>,
+    /// Per worker, with when each went idle.
+    shards: [Mutex<Vec<Idle>>; SHARDS],
 }
+
+type Idle = (SendRequest<Body>, Instant);
 
 /// A connection lent to one request.
 pub struct Lease {
@@ -46,7 +54,11 @@ pub struct Lease {
 
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().map(|idle| idle.len()).unwrap_or(0);
+        let idle: usize = self
+            .shards
+            .iter()
+            .map(|shard| shard.lock().map(|idle| idle.len()).unwrap_or(0))
+            .sum();
         f.debug_struct("ConnPool").field("idle", &idle).finish()
     }
 }
@@ -88,7 +100,7 @@ impl ConnPool {
     /// The most recently returned connection that can take a request now. Closed ones
     /// are dropped; one whose last response is still being wound up stays for later.
     fn take_ready(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.shard();
         let now = Instant::now();
         let mut index = idle.len();
         while index > 0 {
@@ -107,10 +119,20 @@ impl ConnPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.shard();
         if idle.len() < MAX_IDLE {
             idle.push((sender, Instant::now()));
         }
+    }
+}
+
+impl ConnPool {
+    /// The idle list of the worker running this thread.
+    fn shard(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        let index = crate::server::current_worker().map_or(0, |worker| (worker + 1) % SHARDS);
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use hyper::Method;
 use serde_json::Value;
 
 use crate::support::*;
@@ -196,6 +197,8 @@ fn bad_settings_stop_start_up_naming_the_variable() {
         ("HERVE_LOG", "loud"),
         ("HERVE_ACCESS_LOG", "maybe"),
         ("HERVE_HOST", "not-an-ip"),
+        ("HERVE_WORKERS", "many"),
+        ("HERVE_WORKERS", "5000"),
     ] {
         let output = herve_command(dir.path())
             .env(key, value)
@@ -212,6 +215,50 @@ fn bad_settings_stop_start_up_naming_the_variable() {
         .expect("run herve");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("AUTH_ADMIN_SECRET"));
+}
+
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_are_served_by_as_many_workers_as_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let herve = BinHerve::spawn(dir.path(), &[("HERVE_WORKERS", "3")]);
+    let workers = |names: Vec<String>| {
+        let mut workers: Vec<String> = names
+            .into_iter()
+            .filter(|name| name.starts_with("herve-worker-"))
+            .collect();
+        workers.sort();
+        workers
+    };
+    assert_eq!(
+        workers(thread_names(herve.child.id())),
+        ["herve-worker-0", "herve-worker-1", "herve-worker-2"]
+    );
+    // Connections spread over the workers; every one is served, admin and data alike.
+    let echo = herve.client().running("e", "echo").await;
+    let clients: Vec<HttpClient> = (0..6).map(|_| herve.client()).collect();
+    for (n, client) in clients.iter().enumerate() {
+        let body = format!("hello {n}");
+        let reply = client
+            .send(
+                Method::POST,
+                &format!("/{echo}/echo"),
+                Auth::None,
+                &[],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(reply.text(), body);
+        assert_eq!(client.admin_get("/services").await.status, 200);
+    }
 }
 
 #[test]
@@ -235,6 +282,7 @@ fn help_lists_every_setting() {
         "HERVE_HEADER_TIMEOUT_S",
         "HERVE_BODY_TIMEOUT_S",
         "HERVE_MAX_CONNECTIONS",
+        "HERVE_WORKERS",
         "HERVE_SHUTDOWN_TIMEOUT_S",
         "HERVE_LOG",
         "HERVE_LOG_FORMAT",

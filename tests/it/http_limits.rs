@@ -70,6 +70,47 @@ async fn bodies_over_the_limit_are_413_declared_or_streamed() {
 }
 
 #[tokio::test]
+async fn a_client_that_sends_its_whole_refused_body_first_still_reads_the_413() {
+    let herve = TestHerve::start_with(|c| c.max_body_bytes = 1024).await;
+    let echo = herve.running("e", "echo").await;
+    let addr = herve.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        let body = vec![b'x'; 8 * 1024 * 1024];
+        let head = format!(
+            "POST /{echo}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // Far more than the socket buffers hold: without Herve reading on after its
+        // answer, this write fails (reset) and the answer is lost.
+        stream.write_all(head.as_bytes()).expect("head");
+        stream
+            .write_all(&body)
+            .expect("Herve reads the refused body to its end");
+        let mut reader = stream.try_clone().expect("clone");
+        reader.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        answer
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        raw_status(&answer),
+        Some(413),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    herve.stop().await;
+}
+
+#[tokio::test]
 async fn bodies_up_to_the_default_limit_pass_whole() {
     let herve = TestHerve::start().await;
     let echo = herve.running("e", "echo").await;

@@ -1,0 +1,237 @@
+//! The data-plane workers: one thread per core, each running a single-threaded runtime
+//! that serves the connections it is given from start to end.
+//!
+//! Why not one work-stealing runtime for everything: a proxied request wakes the
+//! client's connection task, then the upstream connection's task, then the client's
+//! again. Spread over threads, each of those wakeups crosses cores; on one thread they
+//! are a queue push. Each worker keeps its own upstream connections too (see
+//! [`current_worker`]), so a request never leaves the thread that read it. The admin
+//! API and the services' own background work (supervisors, health checks) stay on the
+//! main runtime, where the dispatcher sends admin requests.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+
+use super::{ServerLimits, MAX_HEADERS};
+use crate::dispatch::Dispatcher;
+
+/// How long a stopping worker waits for its blocking tasks (file opens, hashing).
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the data-plane worker running this thread, if it is one. Per-thread
+/// resources (such as pooled upstream connections) are kept apart by it.
+pub fn current_worker() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// A connection on its way to a worker, with its place in the connection limit.
+struct Assigned {
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The running workers.
+pub struct Workers {
+    lanes: Vec<Lane>,
+    threads: Vec<JoinHandle<()>>,
+    finish: watch::Sender<bool>,
+}
+
+/// The way to one worker, and how many connections it serves now.
+struct Lane {
+    sender: mpsc::UnboundedSender<Assigned>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one) serving requests with `dispatcher`.
+    pub fn start(
+        count: usize,
+        dispatcher: Arc<Dispatcher>,
+        limits: &ServerLimits,
+    ) -> std::io::Result<Workers> {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_headers(MAX_HEADERS)
+            .max_header_size(limits.max_header_bytes as usize)
+            .keep_alive(true);
+        let (finish, finishing) = watch::channel(false);
+        let mut workers = Workers {
+            lanes: Vec::new(),
+            threads: Vec::new(),
+            finish,
+        };
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            let worker = Worker {
+                index,
+                receiver,
+                open: Arc::clone(&open),
+                dispatcher: Arc::clone(&dispatcher),
+                http: http.clone(),
+                finishing: finishing.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("herve-worker-{index}"))
+                .spawn(move || worker.run(runtime))?;
+            workers.lanes.push(Lane { sender, open });
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// Hands a connection to the worker that serves the fewest.
+    pub fn assign(&self, stream: TcpStream, client: SocketAddr, permit: OwnedSemaphorePermit) {
+        // The stream leaves this runtime's reactor to join the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%client, %error, "could not hand the connection over");
+                return;
+            }
+        };
+        let mut assigned = Assigned {
+            stream,
+            client,
+            permit,
+        };
+        let mut lanes: Vec<&Lane> = self.lanes.iter().collect();
+        lanes.sort_by_key(|lane| lane.open.load(Ordering::Relaxed));
+        for lane in lanes {
+            lane.open.fetch_add(1, Ordering::Relaxed);
+            match lane.sender.send(assigned) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    // That worker is gone (it can only be if it panicked): try another.
+                    lane.open.fetch_sub(1, Ordering::Relaxed);
+                    assigned = back;
+                }
+            }
+        }
+        tracing::error!(%client, "no data-plane worker is running; connection dropped");
+    }
+
+    /// Tells every connection to finish the request in flight, then close.
+    pub fn finish_connections(&self) {
+        self.finish.send_replace(true);
+    }
+
+    /// Stops the workers; connections still open are closed.
+    pub async fn stop(mut self) {
+        self.lanes.clear();
+        let threads = std::mem::take(&mut self.threads);
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+/// One worker thread's share of the state.
+struct Worker {
+    index: usize,
+    receiver: mpsc::UnboundedReceiver<Assigned>,
+    open: Arc<AtomicUsize>,
+    dispatcher: Arc<Dispatcher>,
+    http: http1::Builder,
+    finishing: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(mut self, runtime: tokio::runtime::Runtime) {
+        WORKER.with(|worker| worker.set(Some(self.index)));
+        runtime.block_on(async {
+            while let Some(assigned) = self.receiver.recv().await {
+                self.serve(assigned);
+            }
+        });
+        // The sender is gone: Herve is stopping, and what still runs here is cut.
+        runtime.shutdown_timeout(BLOCKING_GRACE);
+    }
+
+    fn serve(&self, assigned: Assigned) {
+        let Assigned {
+            stream,
+            client,
+            permit,
+        } = assigned;
+        let open = OpenConnection {
+            open: Arc::clone(&self.open),
+            _permit: permit,
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%client, %error, "could not take the connection over");
+                return;
+            }
+        };
+        let service = {
+            let dispatcher = Arc::clone(&self.dispatcher);
+            hyper::service::service_fn(move |request| {
+                let dispatcher = Arc::clone(&dispatcher);
+                async move { Ok::<_, Infallible>(dispatcher.handle(client, request).await) }
+            })
+        };
+        let connection = self
+            .http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut finishing = self.finishing.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = finish_requested(&mut finishing) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%client, %error, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+}
+
+/// Completes once connections are asked to finish (or the server is gone).
+async fn finish_requested(finishing: &mut watch::Receiver<bool>) {
+    // `wait_for` hands out a read guard that is not `Send`; drop it inside.
+    let _ = finishing.wait_for(|finishing| *finishing).await.map(|_| ());
+}
+
+/// A connection being served: counted in its worker's load and in the server's limit
+/// until it ends, however it ends.
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
