@@ -174,10 +174,11 @@ impl Dispatcher {
 /// How long the rest of a refused body is read and thrown away.
 const LINGER: Duration = Duration::from_secs(10);
 
-/// Reads and discards what remains of a body Herve refused, for a while, as nginx's
+/// Reads and discards what remains of a body that was answered without being read to
+/// its end (refused as too large, or ignored by its handler), for a while, as nginx's
 /// lingering close does: a client that sends its whole body before reading (most do,
 /// without `Expect: 100-continue`) would otherwise meet a reset connection instead of
-/// the 413. Bounded in time; the bytes go nowhere.
+/// the answer. Bounded in time; the bytes go nowhere.
 fn linger<B>(body: B)
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
@@ -185,7 +186,11 @@ where
     if body.is_end_stream() {
         return;
     }
-    tokio::spawn(async move {
+    // Bodies may be dropped where no runtime runs; then there is nobody to read for.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
         let mut body = body;
         let drain = async { while let Some(Ok(_)) = body.frame().await {} };
         let _ = tokio::time::timeout(LINGER, drain).await;
@@ -239,19 +244,31 @@ pub fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
 }
 
 /// Fails a body that sends nothing for `timeout`, so a client that stalls mid-body
-/// cannot hold a request (and whatever it holds) forever.
-struct StallGuard<B> {
-    inner: B,
+/// cannot hold a request (and whatever it holds) forever. Dropped unfinished (and not
+/// for stalling), it leaves the rest of the body to [`linger`].
+struct StallGuard<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> {
+    /// Taken when dropped, to be read to its end.
+    inner: Option<B>,
     timeout: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
 }
 
-impl<B> StallGuard<B> {
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> StallGuard<B> {
     fn new(inner: B, timeout: Duration) -> Self {
         StallGuard {
-            inner,
+            inner: Some(inner),
             timeout,
             deadline: None,
+            stalled: false,
+        }
+    }
+}
+
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> Drop for StallGuard<B> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take().filter(|_| !self.stalled) {
+            linger(inner);
         }
     }
 }
@@ -263,7 +280,7 @@ pub struct BodyStalled(Duration);
 
 impl<B> HttpBody for StallGuard<B>
 where
-    B: HttpBody<Data = Bytes> + Unpin,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Data = Bytes;
@@ -274,7 +291,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 // Progress: the next frame gets a fresh allowance.
                 if let Some(deadline) = this.deadline.as_mut() {
@@ -290,7 +310,10 @@ where
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(timeout))))),
+                    Poll::Ready(()) => {
+                        this.stalled = true;
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(timeout)))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -298,10 +321,12 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
     }
 }

@@ -73,26 +73,53 @@ async fn bodies_over_the_limit_are_413_declared_or_streamed() {
 async fn a_client_that_sends_its_whole_refused_body_first_still_reads_the_413() {
     let herve = TestHerve::start_with(|c| c.max_body_bytes = 1024).await;
     let echo = herve.running("e", "echo").await;
-    let addr = herve.addr;
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        let body = vec![b'x'; 8 * 1024 * 1024];
-        let head = format!(
-            "POST /{echo}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-            body.len()
+    // Declared: refused before routing. Chunked: refused when the handler reads past
+    // the limit.
+    for chunked in [false, true] {
+        let answer = send_all_then_read(herve.addr, &echo, chunked).await;
+        assert_eq!(
+            raw_status(&answer),
+            Some(413),
+            "chunked: {chunked}: {}",
+            String::from_utf8_lossy(&answer)
         );
+    }
+    assert_eq!(herve.get("/health").await.status, 200);
+    herve.stop().await;
+}
+
+/// Sends 8 MiB to an echo service, declared or chunked, before reading the answer head.
+async fn send_all_then_read(addr: std::net::SocketAddr, echo: &str, chunked: bool) -> Vec<u8> {
+    let path = format!("/{echo}/echo");
+    tokio::task::spawn_blocking(move || {
+        let size = 8 * 1024 * 1024;
+        let (head, body) = if chunked {
+            let mut body = Vec::with_capacity(size + 4096);
+            for _ in 0..size / 0x10000 {
+                body.extend_from_slice(b"10000\r\n");
+                body.extend_from_slice(&[b'x'; 0x10000]);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            let head =
+                format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+            (head, body)
+        } else {
+            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            (head, vec![b'x'; size])
+        };
+        let mut stream = TcpStream::connect(addr).expect("connect");
         // Far more than the socket buffers hold: without Herve reading on after its
         // answer, this write fails (reset) and the answer is lost.
         stream.write_all(head.as_bytes()).expect("head");
         stream
             .write_all(&body)
             .expect("Herve reads the refused body to its end");
-        let mut reader = stream.try_clone().expect("clone");
-        reader.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
         let mut answer = Vec::new();
         let mut buf = [0u8; 4096];
         while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-            match std::io::Read::read(&mut reader, &mut buf) {
+            match std::io::Read::read(&mut stream, &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => answer.extend_from_slice(&buf[..n]),
             }
@@ -100,14 +127,7 @@ async fn a_client_that_sends_its_whole_refused_body_first_still_reads_the_413() 
         answer
     })
     .await
-    .expect("join");
-    assert_eq!(
-        raw_status(&answer),
-        Some(413),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    herve.stop().await;
+    .expect("join")
 }
 
 #[tokio::test]
