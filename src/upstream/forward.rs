@@ -314,6 +314,14 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Removes the hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than a removal
+    // (a hash lookup) per hop-by-hop name.
+    if !headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -350,15 +358,60 @@ fn prepare_headers(
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     if let Some(client) = client {
-        let ip = client.ip().to_string();
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
+            Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.ip())).ok(),
+            None => ip_header_value(client.ip()),
         };
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Some(value) = value {
             headers.insert(X_FORWARDED_FOR.clone(), value);
         }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
+}
+
+/// An address as a header value, formatted on the stack: one allocation, not two.
+fn ip_header_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    // The longest IPv6 text form is 45 bytes.
+    let mut buffer = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    write!(cursor, "{ip}").ok()?;
+    let written = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buffer[..written]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_become_header_values_as_written() {
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().expect("ip");
+            let value = ip_header_value(parsed).expect("value");
+            assert_eq!(value.to_str().expect("ascii"), parsed.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::ACCEPT));
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
 }
