@@ -230,6 +230,9 @@ impl Proxy {
         let mut disagreements = vec![0u32; self.upstreams.len()];
         loop {
             ticker.tick().await;
+            for upstream in self.upstreams.iter() {
+                upstream.connections.close_expired();
+            }
             let probes = self.upstreams.iter().map(|upstream| self.probe(upstream));
             let results = futures_util::future::join_all(probes).await;
             for ((upstream, result), streak) in

@@ -115,6 +115,22 @@ impl ConnPool {
         None
     }
 
+    /// Closes the idle connections that are past their time or closed already, so that
+    /// a burst does not leave them open until the next request comes.
+    pub fn close_expired(&self) {
+        self.close_idle_at(Instant::now());
+    }
+
+    /// Closes what would be expired at `now`.
+    fn close_idle_at(&self, now: Instant) {
+        for shard in &self.shards {
+            let mut idle = shard.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|(sender, since)| {
+                !sender.is_closed() && now.saturating_duration_since(*since) <= IDLE_TIMEOUT
+            });
+        }
+    }
+
     fn give_back(&self, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
@@ -154,5 +170,63 @@ impl Drop for Lease {
         if let Some(sender) = self.sender.take() {
             self.pool.give_back(sender);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn expired_idle_connections_are_closed_without_waiting_for_a_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let target = listener.local_addr().expect("addr").to_string();
+        // An upstream that answers one request, then reports when Herve hangs up.
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buffer = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = stream.read(&mut buffer).await.expect("read");
+                assert!(read > 0, "closed before the request");
+                seen.extend_from_slice(&buffer[..read]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .expect("write");
+            // Returns once Herve closes the connection.
+            while stream.read(&mut buffer).await.expect("read") > 0 {}
+        });
+
+        let pool = Arc::new(ConnPool::default());
+        let mut lease = pool
+            .lease(&target, Duration::from_secs(5))
+            .await
+            .expect("lease");
+        let request = http::Request::get("/")
+            .body(Body::empty())
+            .expect("request");
+        let sender = lease.sender().expect("sender");
+        let response = sender.send_request(request).await.expect("response");
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body");
+        assert_eq!(&body.to_bytes()[..], b"ok");
+        drop(lease);
+
+        // Still fresh: kept.
+        pool.close_expired();
+        assert!(format!("{pool:?}").contains("idle: 1"), "{pool:?}");
+        // As if a minute had passed with no request.
+        pool.close_idle_at(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));
+        assert!(format!("{pool:?}").contains("idle: 0"), "{pool:?}");
+        tokio::time::timeout(Duration::from_secs(5), upstream)
+            .await
+            .expect("the upstream saw the connection closed")
+            .expect("upstream task");
     }
 }

@@ -238,10 +238,15 @@ async fn connections_are_served_by_as_many_workers_as_configured() {
         workers.sort();
         workers
     };
-    assert_eq!(
-        workers(thread_names(herve.child.id())),
-        ["herve-worker-0", "herve-worker-1", "herve-worker-2"]
-    );
+    // A thread names itself once it runs: give them a moment.
+    let expected = ["herve-worker-0", "herve-worker-1", "herve-worker-2"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = workers(thread_names(herve.child.id()));
+    while seen != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        seen = workers(thread_names(herve.child.id()));
+    }
+    assert_eq!(seen, expected);
     // Connections spread over the workers; every one is served, admin and data alike.
     let echo = herve.client().running("e", "echo").await;
     let clients: Vec<HttpClient> = (0..6).map(|_| herve.client()).collect();
