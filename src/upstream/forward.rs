@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 
-use super::pool::Lease;
+use super::pool::{ConnectError, Lease};
 use super::Proxy;
 use crate::dispatch::plain;
 
@@ -54,7 +54,7 @@ impl Proxy {
         prepare_headers(&mut parts.headers, client, &self.prefix, upgrade);
 
         // Without a body, an idempotent request can be sent again to another upstream
-        // if the first one refused the connection.
+        // if the first one could not be connected to.
         let replayable = self
             .upstreams
             .iter()
@@ -77,16 +77,16 @@ impl Proxy {
             None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
         };
         let (used, result) = match self.send(first, request).await {
-            Err(Failure::Refused) => {
+            Err(failure @ (Failure::Refused | Failure::Unreachable)) => {
                 self.mark_down(first);
                 match (retry, self.pick(Some(first))) {
                     (Some((method, headers)), Some(second)) => {
                         match self.outgoing(second, &parts.uri, method, headers, Body::empty()) {
                             Some(request) => (second, self.send(second, request).await),
-                            None => (first, Err(Failure::Refused)),
+                            None => (first, Err(failure)),
                         }
                     }
-                    _ => (first, Err(Failure::Refused)),
+                    _ => (first, Err(failure)),
                 }
             }
             other => (first, other),
@@ -100,6 +100,13 @@ impl Proxy {
                 plain(
                     StatusCode::BAD_GATEWAY,
                     "The upstream refused the connection.\n",
+                )
+            }
+            Err(Failure::Unreachable) => {
+                self.mark_down(used);
+                plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The upstream could not be reached in time.\n",
                 )
             }
             Err(Failure::TimedOut) => plain(
@@ -150,18 +157,24 @@ impl Proxy {
         // client goes away first.
         let in_flight = InFlight::enter(self, index);
         let upstream = &self.upstreams[index];
+        // One deadline for connecting and answering: a connection that cannot be made
+        // in time (a host that drops packets) is told apart from a slow answer, so the
+        // upstream leaves the rotation as one that refuses does.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let exchange = async {
             let mut request = request;
             // A pooled connection may have been closed by the upstream since; a request
             // it never sent goes out again on the next one (at worst a fresh one).
             for _ in 0..=MAX_STALE_TRIES {
-                let mut lease = match upstream
+                let connecting = upstream
                     .connections
-                    .lease(&upstream.target, super::CONNECT_TIMEOUT)
-                    .await
-                {
-                    Ok(lease) => lease,
-                    Err(_) => return Err(Failure::Refused),
+                    .lease(&upstream.target, super::CONNECT_TIMEOUT);
+                let mut lease = match tokio::time::timeout_at(deadline, connecting).await {
+                    Ok(Ok(lease)) => lease,
+                    Ok(Err(ConnectError::TimedOut(_))) | Err(_) => {
+                        return Err(Failure::Unreachable)
+                    }
+                    Ok(Err(_)) => return Err(Failure::Refused),
                 };
                 let Some(sender) = lease.sender() else {
                     return Err(Failure::Refused);
@@ -183,7 +196,8 @@ impl Proxy {
                 "every pooled connection had gone stale".to_owned(),
             ))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        // The connect deadline above is polled first, so it wins a tie with this one.
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok((response, lease))) => Ok((response, in_flight, lease)),
             Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::TimedOut),
@@ -263,6 +277,8 @@ impl Drop for InFlight {
 enum Failure {
     /// No connection could be made: the upstream is down.
     Refused,
+    /// The connection could not be made in time: the upstream is unreachable.
+    Unreachable,
     TimedOut,
     Other(String),
 }

@@ -228,11 +228,21 @@ impl Proxy {
         // Results in a row that disagree with each upstream's state: one bad probe on
         // a busy machine must not take an upstream out.
         let mut disagreements = vec![0u32; self.upstreams.len()];
+        // Tells what changed since it was last told; requests mark upstreams down too,
+        // so this runs before the probes (which may take a while) as well as after.
+        let mut tell = |proxy: &Proxy| {
+            let now: Vec<bool> = proxy.upstreams.iter().map(Upstream::is_healthy).collect();
+            if told.as_ref() != Some(&now) {
+                on_change(proxy);
+                told = Some(now);
+            }
+        };
         loop {
             ticker.tick().await;
             for upstream in self.upstreams.iter() {
                 upstream.connections.close_expired();
             }
+            tell(&self);
             let probes = self.upstreams.iter().map(|upstream| self.probe(upstream));
             let results = futures_util::future::join_all(probes).await;
             for ((upstream, result), streak) in
@@ -258,12 +268,7 @@ impl Proxy {
                     tracing::warn!(upstream = %upstream.url(), "upstream out of the rotation: its health check failed");
                 }
             }
-            // Compare with what was last told: requests mark upstreams down too.
-            let now: Vec<bool> = self.upstreams.iter().map(Upstream::is_healthy).collect();
-            if told.as_ref() != Some(&now) {
-                on_change(&self);
-                told = Some(now);
-            }
+            tell(&self);
         }
     }
 
@@ -278,7 +283,7 @@ impl Proxy {
                 }
                 let connect = tokio::net::TcpStream::connect(upstream.socket_target());
                 Some(matches!(
-                    tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+                    tokio::time::timeout(PROBE_TIMEOUT.min(self.timeout), connect).await,
                     Ok(Ok(_))
                 ))
             }

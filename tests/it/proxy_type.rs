@@ -252,6 +252,98 @@ async fn a_request_with_a_body_is_never_sent_twice() {
     herve.stop().await;
 }
 
+/// An address that never completes a connection, like a host that drops packets: its
+/// accept queue is full and nobody accepts, so the kernel drops new SYNs.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    fn new() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        listener.bind(&any.into()).expect("bind");
+        listener.listen(0).expect("listen");
+        let addr = listener
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet");
+        let mut queued = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(stream) => queued.push(stream),
+                Err(_) => break,
+            }
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        Blackhole {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_times_out_leaves_the_rotation_and_is_retried() {
+    let herve = TestHerve::start().await;
+    let hole = Blackhole::new();
+    let b = Upstream::start("b").await;
+    let uuid = proxy(
+        &herve,
+        "hole",
+        &[
+            ("upstream", &hole.url()),
+            ("upstream", &b.url()),
+            ("timeout_ms", "300"),
+            ("health_interval_ms", "200"),
+        ],
+    )
+    .await;
+    // The attempt on the hole times out connecting and goes again to b; after it, the
+    // hole is out of the rotation and costs nothing more.
+    let started = Instant::now();
+    let seen = count_ids(&herve, &uuid, 10).await;
+    assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The service's runtime state follows at the next health tick.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let shown = herve.admin_get(&format!("/services/{uuid}")).await.json();
+        if shown["data"]["runtime"]["upstreams"][0]["healthy"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still shown healthy: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Alone, it is a 504 after timeout_ms, not after the 5 s connect timeout.
+    let alone = proxy(
+        &herve,
+        "alone",
+        &[("upstream", &hole.url()), ("timeout_ms", "300")],
+    )
+    .await;
+    let started = Instant::now();
+    let reply = herve.get(&format!("/{alone}/id")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.text(), "The upstream could not be reached in time.\n");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    herve.stop().await;
+}
+
 #[tokio::test]
 async fn no_upstream_is_502_and_a_slow_one_504() {
     let herve = TestHerve::start().await;
