@@ -180,6 +180,7 @@ impl RunningService for RunningProxy {
 
     async fn stop(&self) -> Result<(), ServiceError> {
         self.checker.abort();
+        self.proxy.close();
         Ok(())
     }
 }

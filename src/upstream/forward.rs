@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use super::pool::{ConnectError, Lease};
 use super::Proxy;
@@ -92,9 +93,12 @@ impl Proxy {
             other => (first, other),
         };
         match result {
-            Ok((response, in_flight, lease)) => {
-                answer_from(response, in_flight, lease, client_upgrade)
-            }
+            Ok((response, in_flight, lease)) => answer_from(
+                response,
+                in_flight,
+                lease,
+                client_upgrade.map(|upgrade| (upgrade, self.closed.subscribe())),
+            ),
             Err(Failure::Refused) => {
                 self.mark_down(used);
                 plain(
@@ -210,13 +214,13 @@ fn answer_from(
     mut response: Response<hyper::body::Incoming>,
     in_flight: InFlight,
     lease: Lease,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<(hyper::upgrade::OnUpgrade, watch::Receiver<bool>)>,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         drop(in_flight);
         // The connection now carries the tunnel: it never goes back to the pool.
         lease.discard();
-        let Some(client_upgrade) = client_upgrade else {
+        let Some((client_upgrade, mut closed)) = client_upgrade else {
             return plain(
                 StatusCode::BAD_GATEWAY,
                 "The upstream switched protocols unasked.\n",
@@ -228,10 +232,13 @@ fn answer_from(
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
-                    if let Err(error) =
-                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
-                        tracing::debug!(%error, "upgraded connection ended");
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                    tokio::select! {
+                        copied = copy => if let Err(error) = copied {
+                            tracing::debug!(%error, "upgraded connection ended");
+                        },
+                        // Stopped (or gone): both ends are dropped, so closed.
+                        _ = closed.wait_for(|closed| *closed) => {}
                     }
                 }
                 Err(error) => tracing::debug!(%error, "protocol switch failed"),

@@ -154,6 +154,8 @@ pub struct Proxy {
     health_check: HealthCheck,
     /// The value of `X-Forwarded-Prefix`: `/<uuid>`.
     prefix: http::HeaderValue,
+    /// Set when the service stops; ends its upgraded connections (also when dropped).
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -174,7 +176,14 @@ impl Proxy {
             health_check,
             prefix: http::HeaderValue::try_from(prefix)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("/")),
+            closed: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ends the connections upgraded through this proxy (WebSocket and the like): they
+    /// belong to the service, and a stopped service leaves nothing running.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Routes that send every request of the service to its upstreams.

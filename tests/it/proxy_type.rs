@@ -463,11 +463,12 @@ async fn websocket_style_upgrades_pass_through() {
     let a = Upstream::start("a").await;
     let uuid = proxy(&herve, "ws", &[("upstream", &a.url())]).await;
     let addr = herve.addr;
-    tokio::task::spawn_blocking(move || {
+    let path = format!("/{uuid}/socket");
+    let tunnel = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         stream
-            .write_all(format!("GET /{uuid}/socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").as_bytes())
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").as_bytes())
             .expect("write");
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -483,9 +484,21 @@ async fn websocket_style_upgrades_pass_through() {
             stream.read_exact(&mut back).expect("read echo");
             assert_eq!(back, message);
         }
+        stream
     })
     .await
     .expect("join");
+
+    // Stopping the service ends its tunnels too: nothing of it keeps running.
+    assert_eq!(herve.stop_service(&uuid).await.status, 200);
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut stream = tunnel;
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte), Ok(0))
+    })
+    .await
+    .expect("join");
+    assert!(closed, "the tunnel outlived its service");
     herve.stop().await;
 }
 

@@ -317,6 +317,7 @@ impl RunningService for RunningProcess {
     /// Answers once the program and everything in its process group are gone.
     async fn stop(&self) -> Result<(), ServiceError> {
         let _ = self.stop.send(true);
+        self.proxy.close();
         if let Some(task) = self.supervisor.lock().await.take() {
             task.await
                 .map_err(|e| ServiceError::failed(format!("The supervisor failed: {e}")))?;
