@@ -84,6 +84,21 @@ impl Dispatcher {
         response
     }
 
+    /// Writes the access line of a request that never reached [`Dispatcher::handle`]:
+    /// one hyper refused while reading it (it answered `status` itself and closed).
+    pub fn log_refused(&self, client: SocketAddr, status: StatusCode) {
+        if self.access_log {
+            tracing::info!(
+                target: "herve::access",
+                client = %client.ip(),
+                status = status.as_u16(),
+                method = "-",
+                path = "-",
+                latency_us = 0u64,
+            );
+        }
+    }
+
     async fn route<B>(&self, client: SocketAddr, request: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
+use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
@@ -188,6 +189,7 @@ impl Worker {
                 return;
             }
         };
+        let dispatcher = Arc::clone(&self.dispatcher);
         let service = {
             let dispatcher = Arc::clone(&self.dispatcher);
             hyper::service::service_fn(move |request| {
@@ -210,6 +212,13 @@ impl Worker {
                 }
             };
             if let Err(error) = result {
+                // hyper answers a request it cannot parse itself (400, or 431 for a head
+                // too large); it gets an access line like any other answer.
+                if error.is_parse_too_large() {
+                    dispatcher.log_refused(client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                } else if error.is_parse() {
+                    dispatcher.log_refused(client, StatusCode::BAD_REQUEST);
+                }
                 tracing::debug!(%client, %error, "connection ended with an error");
             }
             drop(open);

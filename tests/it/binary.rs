@@ -353,14 +353,36 @@ async fn one_access_log_line_per_request_in_text_and_json() {
         let client = herve.client();
         client.get("/health").await;
         client.get("/missing-path").await;
+        let addr = herve.addr;
+        tokio::task::spawn_blocking(move || {
+            // Refused by the HTTP parser, before any request exists: logged all the same.
+            raw_exchange(
+                addr,
+                b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                Duration::from_secs(5),
+            );
+            let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+            raw_exchange(addr, huge.as_bytes(), Duration::from_secs(5));
+        })
+        .await
+        .expect("join");
         let out = herve.stdout_when(Duration::from_secs(5), |out| {
-            out.matches("herve::access").count() >= 2
+            out.matches("herve::access").count() >= 4
         });
         let lines: Vec<&str> = out
             .lines()
             .filter(|l| l.contains("herve::access"))
             .collect();
-        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines.len(), 4, "{out}");
+        // Each refused connection logs as it ends, in either order.
+        for status in ["400", "431"] {
+            assert!(
+                lines[2..]
+                    .iter()
+                    .any(|line| line.contains("127.0.0.1") && line.contains(status)),
+                "no {status} line: {out}"
+            );
+        }
         for (line, (status, path)) in lines
             .iter()
             .zip([("200", "/health"), ("404", "/missing-path")])
