@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use worker::{current_worker, Workers};
@@ -43,6 +45,21 @@ pub async fn serve(
 ) {
     let max_connections = max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
+    // Accepted connections are registered only with the worker that serves them, not
+    // with this runtime first: the socket is watched for readiness and accepted by hand.
+    let watched = listener.into_std().and_then(|listener| {
+        // SAFETY: the std listener owns its descriptor, which stays open and the same
+        // for as long as the AsyncFd owns the listener.
+        unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    });
+    let listener = match watched {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "could not watch the listening socket");
+            return;
+        }
+    };
 
     tokio::pin!(shutdown);
     loop {
@@ -75,13 +92,26 @@ pub async fn serve(
 
 /// Accepts one connection, riding out transient errors (such as running out of file
 /// descriptors) instead of ending the server.
-async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+async fn accept(listener: &AsyncFd<std::net::TcpListener>) -> (std::net::TcpStream, SocketAddr) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match listener.accept().await {
+        let accepted = match listener.readable().await {
+            Ok(mut ready) => match ready.try_io(|listener| listener.get_ref().accept()) {
+                Ok(accepted) => accepted,
+                // Not ready after all: wait for the next readiness.
+                Err(_would_block) => continue,
+            },
+            Err(error) => Err(error),
+        };
+        match accepted {
             Ok((stream, client)) => {
-                // Small responses should leave at once, not wait for Nagle.
+                // Small responses should leave at once, not wait for Nagle; the
+                // worker's runtime needs the socket non-blocking.
                 let _ = stream.set_nodelay(true);
+                if let Err(error) = stream.set_nonblocking(true) {
+                    tracing::debug!(%client, %error, "could not set up the connection");
+                    continue;
+                }
                 return (stream, client);
             }
             Err(error) => {

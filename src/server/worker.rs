@@ -102,15 +102,12 @@ impl Workers {
     }
 
     /// Hands a connection to the worker that serves the fewest.
-    pub fn assign(&self, stream: TcpStream, client: SocketAddr, permit: OwnedSemaphorePermit) {
-        // The stream leaves this runtime's reactor to join the worker's.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%client, %error, "could not hand the connection over");
-                return;
-            }
-        };
+    pub fn assign(
+        &self,
+        stream: std::net::TcpStream,
+        client: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
         let mut assigned = Assigned {
             stream,
             client,
