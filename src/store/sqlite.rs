@@ -48,8 +48,7 @@ impl SqliteStore {
         tables: &'static [&'static str],
         service: String,
     ) -> Result<(), StoreError> {
-        self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
+        self.in_transaction(move |tx| {
             for table in tables {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE service = ?1"),
@@ -57,7 +56,26 @@ impl SqliteStore {
                 )
                 .map_err(db)?;
             }
-            tx.commit().map_err(db)
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `work` in one transaction on the blocking pool: committed if it returns
+    /// `Ok`, rolled back otherwise. Immediate, so that a read-then-write inside it is
+    /// never overtaken by another writer of the same file.
+    pub async fn in_transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let value = work(&tx)?;
+            tx.commit().map_err(db)?;
+            Ok(value)
         })
         .await
     }

@@ -424,8 +424,7 @@ async fn login(
     );
     accounts
         .database
-        .with_conn(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
+        .in_transaction(move |tx| {
             // Expired tokens of this service go while we are here.
             tx.execute(
                 "DELETE FROM auth_tokens WHERE service = ?1 AND expires_at <= ?2",
@@ -437,7 +436,7 @@ async fn login(
                 params![hash, service, user, expires_at],
             )
             .map_err(db)?;
-            tx.commit().map_err(db)
+            Ok(())
         })
         .await
         .map_err(store_failed)?;

@@ -431,12 +431,7 @@ impl Model {
     async fn insert(&self, values: Map<String, Value>) -> Result<Row, StoreError> {
         let service = self.service.clone();
         self.database
-            .with_conn(move |conn| {
-                let tx = conn.transaction().map_err(db)?;
-                let row = insert_row(&tx, &service, values)?;
-                tx.commit().map_err(db)?;
-                Ok(row)
-            })
+            .in_transaction(move |tx| insert_row(tx, &service, values))
             .await
     }
 }
@@ -639,21 +634,15 @@ async fn replace(
     let service = model.service.clone();
     let (created, row) = model
         .database
-        .with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db)?;
+        .in_transaction(move |tx| {
             let now = unix_now();
-            let existing = read_row(&tx, &service, id)?;
-            let result = match existing {
+            Ok(match read_row(tx, &service, id)? {
                 Some((id, created_at, _, _)) => {
-                    update_row(&tx, &service, id, &values, now)?;
+                    update_row(tx, &service, id, &values, now)?;
                     (false, (id, created_at, now, values))
                 }
-                None => (true, insert_row(&tx, &service, values)?),
-            };
-            tx.commit().map_err(db)?;
-            Ok(result)
+                None => (true, insert_row(tx, &service, values)?),
+            })
         })
         .await
         .map_err(store_failed)?;
@@ -685,17 +674,13 @@ async fn update(
     // fields all land.
     let row = model
         .database
-        .with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db)?;
-            let Some((id, created_at, _, mut values)) = read_row(&tx, &service, id)? else {
+        .in_transaction(move |tx| {
+            let Some((id, created_at, _, mut values)) = read_row(tx, &service, id)? else {
                 return Ok(None);
             };
             values.extend(changes);
             let now = unix_now();
-            update_row(&tx, &service, id, &values, now)?;
-            tx.commit().map_err(db)?;
+            update_row(tx, &service, id, &values, now)?;
             Ok(Some((id, created_at, now, values)))
         })
         .await
