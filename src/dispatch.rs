@@ -73,13 +73,13 @@ impl Dispatcher {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let response = self.route(client, request).await;
-        tracing::info!(
-            target: "herve::access",
-            client = %client.ip(),
-            status = response.status().as_u16(),
-            method = %method,
-            path = %uri.path(),
-            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        access_line(
+            client,
+            response.status(),
+            method.as_str(),
+            uri.path(),
+            latency_us,
         );
         response
     }
@@ -88,14 +88,7 @@ impl Dispatcher {
     /// one hyper refused while reading it (it answered `status` itself and closed).
     pub fn log_refused(&self, client: SocketAddr, status: StatusCode) {
         if self.access_log {
-            tracing::info!(
-                target: "herve::access",
-                client = %client.ip(),
-                status = status.as_u16(),
-                method = "-",
-                path = "-",
-                latency_us = 0u64,
-            );
+            access_line(client, status, "-", "-", 0);
         }
     }
 
@@ -186,6 +179,19 @@ impl Dispatcher {
     }
 }
 
+/// The one format of access lines (target `herve::access`).
+fn access_line(client: SocketAddr, status: StatusCode, method: &str, path: &str, latency_us: u64) {
+    tracing::info!(
+        target: "herve::access",
+        client = %client.ip(),
+        status = status.as_u16(),
+        // Displayed, not debugged: `path=/x`, not `path="/x"`.
+        method = %method,
+        path = %path,
+        latency_us,
+    );
+}
+
 /// How long the rest of a refused body is read and thrown away.
 const LINGER: Duration = Duration::from_secs(10);
 
@@ -262,11 +268,10 @@ pub fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
 /// cannot hold a request (and whatever it holds) forever. Dropped unfinished (and not
 /// for stalling), it leaves the rest of the body to [`linger`].
 struct StallGuard<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> {
-    /// Taken when dropped, to be read to its end.
+    /// Taken when dropped, to be read to its end; gone at once if it stalled.
     inner: Option<B>,
     timeout: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    stalled: bool,
 }
 
 impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> StallGuard<B> {
@@ -275,14 +280,13 @@ impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> StallGuard<B> {
             inner: Some(inner),
             timeout,
             deadline: None,
-            stalled: false,
         }
     }
 }
 
 impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> Drop for StallGuard<B> {
     fn drop(&mut self) {
-        if let Some(inner) = self.inner.take().filter(|_| !self.stalled) {
+        if let Some(inner) = self.inner.take() {
             linger(inner);
         }
     }
@@ -326,7 +330,8 @@ where
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match deadline.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        this.stalled = true;
+                        // Not worth lingering for.
+                        this.inner = None;
                         Poll::Ready(Some(Err(Box::new(BodyStalled(timeout)))))
                     }
                     Poll::Pending => Poll::Pending,

@@ -196,14 +196,7 @@ impl Herve {
     /// Serves until `shutdown` completes, lets in-flight requests finish, then stops
     /// every running service (they start again with the next Herve on this data).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        server::serve(
-            self.listener,
-            self.workers,
-            self.limits.max_connections,
-            self.limits.shutdown_timeout,
-            shutdown,
-        )
-        .await;
+        server::serve(self.listener, self.workers, &self.limits, shutdown).await;
         self.registry.shutdown().await;
     }
 }

@@ -39,11 +39,10 @@ const MAX_HEADERS: usize = 100;
 pub async fn serve(
     listener: TcpListener,
     workers: Workers,
-    max_connections: u32,
-    shutdown_timeout: Duration,
+    limits: &ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let max_connections = max_connections.max(1);
+    let max_connections = limits.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     // Accepted connections are registered only with the worker that serves them, not
     // with this runtime first: the socket is watched for readiness and accepted by hand.
@@ -79,8 +78,11 @@ pub async fn serve(
 
     drop(listener);
     workers.finish_connections();
-    let drained =
-        tokio::time::timeout(shutdown_timeout, permits.acquire_many(max_connections)).await;
+    let drained = tokio::time::timeout(
+        limits.shutdown_timeout,
+        permits.acquire_many(max_connections),
+    )
+    .await;
     if drained.is_err() {
         tracing::warn!(
             open = max_connections as usize - permits.available_permits(),

@@ -108,25 +108,26 @@ impl Workers {
         client: SocketAddr,
         permit: OwnedSemaphorePermit,
     ) {
-        let mut assigned = Assigned {
+        // A worker is only gone if it panicked; the others go on serving.
+        let least_busy = self
+            .lanes
+            .iter()
+            .filter(|lane| !lane.sender.is_closed())
+            .min_by_key(|lane| lane.open.load(Ordering::Relaxed));
+        let Some(lane) = least_busy else {
+            tracing::error!(%client, "no data-plane worker is running; connection dropped");
+            return;
+        };
+        lane.open.fetch_add(1, Ordering::Relaxed);
+        let assigned = Assigned {
             stream,
             client,
             permit,
         };
-        let mut lanes: Vec<&Lane> = self.lanes.iter().collect();
-        lanes.sort_by_key(|lane| lane.open.load(Ordering::Relaxed));
-        for lane in lanes {
-            lane.open.fetch_add(1, Ordering::Relaxed);
-            match lane.sender.send(assigned) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(back)) => {
-                    // That worker is gone (it can only be if it panicked): try another.
-                    lane.open.fetch_sub(1, Ordering::Relaxed);
-                    assigned = back;
-                }
-            }
+        if lane.sender.send(assigned).is_err() {
+            lane.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(%client, "the data-plane worker stopped; connection dropped");
         }
-        tracing::error!(%client, "no data-plane worker is running; connection dropped");
     }
 
     /// Tells every connection to finish the request in flight, then close.

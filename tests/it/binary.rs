@@ -398,6 +398,12 @@ async fn one_access_log_line_per_request_in_text_and_json() {
             if format == "json" {
                 let parsed: Value = serde_json::from_str(line).expect("a JSON log line");
                 assert_eq!(parsed["fields"]["path"], path);
+            } else {
+                // Plain values, not quoted ones.
+                assert!(
+                    line.contains(&format!("status={status} method=GET path={path} ")),
+                    "{line}"
+                );
             }
         }
     }
