@@ -223,12 +223,13 @@ impl Proxy {
         }
     }
 
-    /// Checks every upstream forever, as the health check says, calling `on_change`
-    /// first and after every change of health; run it as a task and abort it when the
-    /// service stops.
+    /// Looks after the upstreams forever: closes pooled connections idle for too long
+    /// and checks health as the health check says, calling `on_change` first and after
+    /// every change of health. Run it as a task and abort it when the service stops.
     pub async fn check_health(self: Arc<Self>, on_change: impl Fn(&Proxy) + Send) {
         let interval = match &self.health_check {
-            HealthCheck::Off => return,
+            // Nothing to probe; idle connections still expire.
+            HealthCheck::Off => pool::IDLE_TIMEOUT / 2,
             HealthCheck::Passive { interval } | HealthCheck::Active { interval, .. } => *interval,
         };
         let mut ticker = tokio::time::interval(interval);

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 /// Idle connections kept per upstream; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than used.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Separate idle lists; workers beyond this many share them (still correct, less local).
 const SHARDS: usize = 16;
 

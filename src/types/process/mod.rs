@@ -263,9 +263,11 @@ impl ServiceType for ProcessType {
             HealthCheck::Off,
             &format!("/{}", ctx.uuid()),
         );
+        let upkeep = tokio::spawn(Arc::clone(&proxy).check_health(|_| {}));
         Ok(Box::new(RunningProcess {
             uuid: ctx.uuid(),
             proxy,
+            upkeep,
             stop: stop_tx,
             supervisor: tokio::sync::Mutex::new(Some(task)),
         }))
@@ -304,6 +306,8 @@ impl ServiceType for ProcessType {
 struct RunningProcess {
     uuid: uuid::Uuid,
     proxy: Arc<Proxy>,
+    /// Closes the program's idle pooled connections (see `Proxy::check_health`).
+    upkeep: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -317,6 +321,7 @@ impl RunningService for RunningProcess {
     /// Answers once the program and everything in its process group are gone.
     async fn stop(&self) -> Result<(), ServiceError> {
         let _ = self.stop.send(true);
+        self.upkeep.abort();
         self.proxy.close();
         if let Some(task) = self.supervisor.lock().await.take() {
             task.await
