@@ -14,13 +14,18 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use base64::Engine;
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::Blake2bMac512;
 use subtle::ConstantTimeEq;
+
+use crate::util::hashing::{Busy, HashPool, Lane};
+pub use crate::util::throttle::client_key;
+use crate::util::throttle::Throttle;
 
 /// The id used with a generated secret.
 pub const DEFAULT_ADMIN_ID: &str = "admin";
@@ -76,67 +81,15 @@ pub struct AdminAuth {
     /// Digest of the last secret a hash verified.
     verified: ArcSwapOption<Digest>,
     source: CredentialSource,
-    verification_slots: tokio::sync::Semaphore,
-    throttle: Throttle,
+    throttle: Throttle<IpAddr>,
+    /// Where configured hashes are checked (the admin's own lane).
+    hashing: Arc<HashPool>,
 }
 
-/// Failed authentications per client address; too many in a window and the address is
-/// refused (429) until the window has passed.
-pub struct Throttle {
-    failures: std::sync::Mutex<std::collections::HashMap<IpAddr, Vec<Instant>>>,
-    /// Failures from one address within [`THROTTLE_WINDOW`] before it is refused.
-    max_failures: usize,
-}
-
+/// How long failed admin authentications count against an address.
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
-/// Addresses remembered at once; beyond, the stalest are forgotten.
+/// Addresses remembered at once; beyond, the oldest are forgotten.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
-
-impl Throttle {
-    fn new(max_failures: usize) -> Self {
-        Throttle {
-            failures: std::sync::Mutex::new(std::collections::HashMap::new()),
-            max_failures: max_failures.max(1),
-        }
-    }
-
-    /// How long `client` is still refused, if it is.
-    pub fn blocked_for(&self, client: IpAddr) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let times = failures.get(&client)?;
-        let now = Instant::now();
-        // Oldest first (pushed in order): the recent ones are a suffix.
-        let first_recent = times.partition_point(|t| now.duration_since(*t) >= THROTTLE_WINDOW);
-        if times.len() - first_recent < self.max_failures {
-            return None;
-        }
-        // Refused until enough of the failures have aged out of the window.
-        let oldest_counted = times[times.len() - self.max_failures];
-        Some(THROTTLE_WINDOW.saturating_sub(now.duration_since(oldest_counted)))
-    }
-
-    /// Records a failed authentication from `client`.
-    pub fn failed(&self, client: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&client) {
-            failures.retain(|_, times| {
-                times
-                    .last()
-                    .is_some_and(|t| now.duration_since(*t) < THROTTLE_WINDOW)
-            });
-            if failures.len() >= MAX_TRACKED_CLIENTS {
-                return;
-            }
-        }
-        let times = failures.entry(client).or_default();
-        times.retain(|t| now.duration_since(*t) < THROTTLE_WINDOW);
-        times.push(now);
-    }
-}
-
-/// Hash verifications allowed at once (each takes a core for tens of milliseconds).
-const CONCURRENT_VERIFICATIONS: usize = 2;
 
 impl AdminAuth {
     /// Sets up the credentials from configuration, generating a secret in `data_dir`
@@ -146,6 +99,7 @@ impl AdminAuth {
         secret: Option<&str>,
         data_dir: &Path,
         max_failures: usize,
+        hashing: Arc<HashPool>,
     ) -> Result<AdminAuth, AuthSetupError> {
         let id = id.filter(|id| !id.is_empty());
         let secret = secret.filter(|secret| !secret.is_empty());
@@ -199,8 +153,8 @@ impl AdminAuth {
             key,
             verified: ArcSwapOption::empty(),
             source,
-            verification_slots: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
-            throttle: Throttle::new(max_failures),
+            throttle: Throttle::new(max_failures, THROTTLE_WINDOW, MAX_TRACKED_CLIENTS),
+            hashing,
         })
     }
 
@@ -209,15 +163,23 @@ impl AdminAuth {
         &self.id
     }
 
-    /// Permits for slow hash verifications; hold one while calling [`AdminAuth::check`]
-    /// for a request [`AdminAuth::check_fast`] could not decide.
-    pub fn verification_slots(&self) -> &tokio::sync::Semaphore {
-        &self.verification_slots
+    /// Failed authentications per client (see [`client_key`]).
+    pub fn throttle(&self) -> &Throttle<IpAddr> {
+        &self.throttle
     }
 
-    /// The per-client throttle of failed authentications.
-    pub fn throttle(&self) -> &Throttle {
-        &self.throttle
+    /// Whether the `Authorization` header value grants admin access; a configured hash
+    /// is checked on the hashing pool, ahead of the services' work ([`Busy`] when even
+    /// the admin's lane is full).
+    pub async fn check_async(self: &Arc<Self>, authorization: Option<&[u8]>) -> Result<bool, Busy> {
+        if let Some(decision) = self.check_fast(authorization) {
+            return Ok(decision);
+        }
+        let checker = Arc::clone(self);
+        let presented = authorization.map(<[u8]>::to_vec);
+        self.hashing
+            .run(Lane::Admin, move || checker.check(presented.as_deref()))
+            .await
     }
 
     /// Where the credentials came from.
@@ -283,7 +245,7 @@ impl AdminAuth {
             }
         };
         if ok {
-            self.verified.store(Some(std::sync::Arc::new(presented)));
+            self.verified.store(Some(Arc::new(presented)));
         }
         ok
     }
@@ -371,9 +333,13 @@ mod tests {
         format!("Basic {encoded}").into_bytes()
     }
 
+    fn pool() -> Arc<HashPool> {
+        Arc::new(HashPool::new(1, 4).expect("pool"))
+    }
+
     fn configured(secret: &str) -> AdminAuth {
         let dir = tempfile::tempdir().expect("tempdir");
-        AdminAuth::setup(Some("root"), Some(secret), dir.path(), 10).expect("setup")
+        AdminAuth::setup(Some("root"), Some(secret), dir.path(), 10, pool()).expect("setup")
     }
 
     #[test]
@@ -435,11 +401,17 @@ mod tests {
     fn malformed_hashes_stop_setup() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(matches!(
-            AdminAuth::setup(Some("a"), Some("$2b$nonsense"), dir.path(), 10),
+            AdminAuth::setup(Some("a"), Some("$2b$nonsense"), dir.path(), 10, pool()),
             Err(AuthSetupError::BadBcrypt)
         ));
         assert!(matches!(
-            AdminAuth::setup(Some("a"), Some("$argon2id$nonsense"), dir.path(), 10),
+            AdminAuth::setup(
+                Some("a"),
+                Some("$argon2id$nonsense"),
+                dir.path(),
+                10,
+                pool()
+            ),
             Err(AuthSetupError::BadArgon2(_))
         ));
     }
@@ -447,7 +419,7 @@ mod tests {
     #[test]
     fn generated_secret_is_private_and_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = AdminAuth::setup(None, None, dir.path(), 10).expect("setup");
+        let first = AdminAuth::setup(None, None, dir.path(), 10, pool()).expect("setup");
         let CredentialSource::Generated { secret, file } = first.source().clone() else {
             panic!("expected a generated secret, got {:?}", first.source());
         };
@@ -457,7 +429,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(first.check(Some(&basic("admin", &secret))));
 
-        let second = AdminAuth::setup(Some("admin"), None, dir.path(), 10).expect("setup");
+        let second = AdminAuth::setup(Some("admin"), None, dir.path(), 10, pool()).expect("setup");
         assert!(matches!(second.source(), CredentialSource::Stored { .. }));
         assert!(second.check(Some(&basic("admin", &secret))));
     }

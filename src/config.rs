@@ -107,10 +107,43 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_timeout_s: u64,
 
-    /// Most client connections open at once; more wait to be accepted.
+    /// Seconds a client has to send a whole request body, counted from when its head
+    /// has arrived (the head itself has HERVE_HEADER_TIMEOUT_S).
+    #[arg(long, env = "HERVE_REQUEST_TIMEOUT_S", value_name = "SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub request_timeout_s: u64,
+
+    /// Fewest bytes a second a request body must average once HERVE_MIN_BODY_RATE_GRACE_S
+    /// have passed (0: no minimum).
+    #[arg(
+        long,
+        env = "HERVE_MIN_BODY_RATE",
+        value_name = "BYTES",
+        default_value_t = 1024
+    )]
+    pub min_body_rate: u64,
+
+    /// Seconds a request body may take before HERVE_MIN_BODY_RATE applies.
+    #[arg(long, env = "HERVE_MIN_BODY_RATE_GRACE_S", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub min_body_rate_grace_s: u64,
+
+    /// Seconds a client may go without reading any of a response before it is
+    /// disconnected.
+    #[arg(long, env = "HERVE_SEND_TIMEOUT_S", value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub send_timeout_s: u64,
+
+    /// Most client connections open at once for service traffic. A few more are kept
+    /// in reserve for `/health` and the admin API.
     #[arg(long, env = "HERVE_MAX_CONNECTIONS", value_name = "N", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Most connections open at once from one client address (an IPv6 client: its /64).
+    #[arg(long, env = "HERVE_MAX_CONNECTIONS_PER_IP", value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
 
     /// Threads serving connections (the data plane); 0 means one per CPU core.
     #[arg(long, env = "HERVE_WORKERS", value_name = "N", default_value_t = 0,
@@ -155,7 +188,12 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             header_timeout_s: 15,
             body_timeout_s: 30,
+            request_timeout_s: 120,
+            min_body_rate: 1024,
+            min_body_rate_grace_s: 10,
+            send_timeout_s: 60,
             max_connections: 20_000,
+            max_connections_per_ip: 1024,
             workers: 0,
             shutdown_timeout_s: 30,
             log_level: LogLevel::Info,
@@ -191,8 +229,15 @@ impl Config {
         Duration::from_secs(self.header_timeout_s)
     }
 
-    pub fn body_timeout(&self) -> Duration {
-        Duration::from_secs(self.body_timeout_s)
+    /// What bounds request bodies.
+    pub fn body_limits(&self) -> crate::dispatch::BodyLimits {
+        crate::dispatch::BodyLimits {
+            max_bytes: self.max_body_bytes,
+            stall: Duration::from_secs(self.body_timeout_s),
+            deadline: Duration::from_secs(self.request_timeout_s),
+            min_rate: self.min_body_rate,
+            grace: Duration::from_secs(self.min_body_rate_grace_s),
+        }
     }
 
     /// How many data-plane workers to run.

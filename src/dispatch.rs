@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use axum::http::{
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -29,14 +30,22 @@ use crate::api::ApiError;
 use crate::routing::RouteTable;
 use axum::response::IntoResponse;
 
+/// Who sent a request, as the connection tells.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The connection came in while the data plane was full: it may only reach
+    /// `/health` and the admin API, and is closed after one answer.
+    pub reserve: bool,
+}
+
 /// Routes requests to the admin API or to a running service.
 pub struct Dispatcher {
     routes: Arc<RouteTable>,
     admin: Router,
     /// Where admin requests run (see [`Dispatcher::admin`]).
     control_plane: tokio::runtime::Handle,
-    max_body_bytes: u64,
-    body_timeout: Duration,
+    body_limits: BodyLimits,
     access_log: bool,
 }
 
@@ -45,37 +54,35 @@ impl Dispatcher {
         routes: Arc<RouteTable>,
         admin: Router,
         control_plane: tokio::runtime::Handle,
-        max_body_bytes: u64,
-        body_timeout: Duration,
+        body_limits: BodyLimits,
         access_log: bool,
     ) -> Self {
         Dispatcher {
             routes,
             admin,
             control_plane,
-            max_body_bytes,
-            body_timeout,
+            body_limits,
             access_log,
         }
     }
 
-    /// Answers one request from `client`.
-    pub async fn handle<B>(&self, client: SocketAddr, request: Request<B>) -> Response<Body>
+    /// Answers one request from `peer`.
+    pub async fn handle<B>(&self, peer: Peer, request: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
         if !self.access_log {
-            return self.route(client, request).await;
+            return self.route(peer, request).await;
         }
         let started = Instant::now();
         // Cloning the URI shares its bytes; copying the path out would allocate.
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let response = self.route(client, request).await;
+        let response = self.route(peer, request).await;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         access_line(
-            client,
+            peer.addr,
             response.status(),
             method.as_str(),
             uri.path(),
@@ -85,14 +92,30 @@ impl Dispatcher {
     }
 
     /// Writes the access line of a request that never reached [`Dispatcher::handle`]:
-    /// one hyper refused while reading it (it answered `status` itself and closed).
+    /// one hyper refused while reading it (it answered `status` itself and closed), or
+    /// a connection refused before it was served.
     pub fn log_refused(&self, client: SocketAddr, status: StatusCode) {
         if self.access_log {
             access_line(client, status, "-", "-", 0);
         }
     }
 
-    async fn route<B>(&self, client: SocketAddr, request: Request<B>) -> Response<Body>
+    async fn route<B>(&self, peer: Peer, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let mut response = self.route_unclosed(peer, request).await;
+        if peer.reserve {
+            // A reserved slot serves one answer: it must be free for the next admin.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    async fn route_unclosed<B>(&self, peer: Peer, request: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
@@ -104,28 +127,30 @@ impl Dispatcher {
             return crate::api::health_response(request.method() == Method::HEAD);
         }
         let service = service_uuid(request.uri().path());
-        if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
+        if peer.reserve && service.is_some() {
             linger(request.into_body());
-            // Service traffic gets plain text; admin clients get the JSON envelope.
-            return match service {
-                Some(_) => plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.\n",
-                ),
-                None => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.",
-                )
-                .into_response(),
-            };
+            let mut refused = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Herve is at its connection limit; try again shortly.\n",
+            );
+            refused
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return refused;
         }
-        let mut request = request.map(|body| self.guard(body));
+        if declared_length(&request).is_some_and(|length| length > self.body_limits.max_bytes) {
+            linger(request.into_body());
+            return too_large(service.is_some());
+        }
+        let (request, cut) = self.guard(request);
         let Some(uuid) = service else {
+            let mut request = request;
             if request.uri().path().starts_with("/services") {
                 // The admin API throttles clients that keep failing to authenticate.
-                request.extensions_mut().insert(ConnectInfo(client));
+                request.extensions_mut().insert(ConnectInfo(peer.addr));
             }
-            return self.admin(request).await;
+            let response = self.admin(request).await;
+            return answer_for_cut(response, cut.as_deref(), false);
         };
         let Some(router) = self.routes.get(&uuid) else {
             return plain(
@@ -137,11 +162,12 @@ impl Dispatcher {
             return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
         };
         // Services may want the client's address (proxies forward it).
-        request.extensions_mut().insert(ConnectInfo(client));
-        match router.oneshot(request).await {
+        request.extensions_mut().insert(ConnectInfo(peer.addr));
+        let response = match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
-        }
+        };
+        answer_for_cut(response, cut.as_deref(), true)
     }
 
     /// Runs an admin request on the control plane's runtime rather than on the worker
@@ -164,18 +190,73 @@ impl Dispatcher {
         }
     }
 
-    /// Bounds a request body in size and in how long it may stall.
-    fn guard<B>(&self, body: B) -> Body
+    /// Bounds a request body (see [`BodyGuard`]); with the flag that tells why it was
+    /// cut off, if it was.
+    fn guard<B>(&self, request: Request<B>) -> (Request<Body>, Option<Arc<AtomicU8>>)
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let (parts, body) = request.into_parts();
         if body.is_end_stream() {
             // Most requests (GET) have no body: nothing to guard.
-            return Body::new(body);
+            return (Request::from_parts(parts, Body::new(body)), None);
         }
-        let max = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        Body::new(Limited::new(StallGuard::new(body, self.body_timeout), max))
+        let cut = Arc::new(AtomicU8::new(Cut::No as u8));
+        let guarded = BodyGuard::new(body, self.body_limits, Arc::clone(&cut));
+        (Request::from_parts(parts, Body::new(guarded)), Some(cut))
+    }
+}
+
+/// The answer to a request whose body was cut off: whatever the handler made of its
+/// failed read (a 400, a 502 from an upstream that got half a body, …), the client is
+/// told what happened.
+fn answer_for_cut(
+    response: Response<Body>,
+    cut: Option<&AtomicU8>,
+    service: bool,
+) -> Response<Body> {
+    let Some(cut) = cut else {
+        return response;
+    };
+    match cut.load(Ordering::Relaxed) {
+        c if c == Cut::TooLarge as u8 => too_large(service),
+        c if c == Cut::TooSlow as u8 => {
+            let mut response = if service {
+                plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body came too slowly.\n",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body came too slowly.",
+                )
+                .into_response()
+            };
+            // What is left of the body will not be read.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => response,
+    }
+}
+
+/// 413: plain text for service traffic, the JSON envelope for admin clients.
+fn too_large(service: bool) -> Response<Body> {
+    if service {
+        plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The request body is too large.\n",
+        )
+    } else {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The request body is too large.",
+        )
+        .into_response()
     }
 }
 
@@ -264,27 +345,97 @@ pub fn plain(status: StatusCode, message: &'static str) -> Response<Body> {
     response
 }
 
-/// Fails a body that sends nothing for `timeout`, so a client that stalls mid-body
-/// cannot hold a request (and whatever it holds) forever. Dropped unfinished (and not
-/// for stalling), it leaves the rest of the body to [`linger`].
-struct StallGuard<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> {
-    /// Taken when dropped, to be read to its end; gone at once if it stalled.
-    inner: Option<B>,
-    timeout: Duration,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+/// What bounds a request body in size and in time, all of it client-controlled.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Most bytes (413 beyond).
+    pub max_bytes: u64,
+    /// Longest time without a byte.
+    pub stall: Duration,
+    /// Longest time for the whole body, from when its head has arrived.
+    pub deadline: Duration,
+    /// Fewest bytes a second, on average, once `grace` has passed (0: no minimum).
+    pub min_rate: u64,
+    pub grace: Duration,
 }
 
-impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> StallGuard<B> {
-    fn new(inner: B, timeout: Duration) -> Self {
-        StallGuard {
+/// Why a body was cut off; shared with the dispatcher, which answers for it whatever
+/// the handler made of the failed read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Cut {
+    No = 0,
+    TooLarge = 1,
+    TooSlow = 2,
+}
+
+/// The error a cut-off body gives its reader.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyCut {
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("the request body sent nothing for {0:?}")]
+    Stalled(Duration),
+    #[error("the request body was not complete within {0:?}")]
+    Deadline(Duration),
+    #[error("the request body came slower than {0} bytes a second")]
+    TooSlow(u64),
+}
+
+/// Bounds a body in size, in stalls, in total time and in rate (nginx's
+/// `client_max_body_size` and `client_body_timeout`, HAProxy's `timeout http-request`):
+/// a client trickling bytes cannot hold a connection, nor what a handler holds for it,
+/// for long. Dropped unfinished (and not for being slow), it leaves the rest of the
+/// body to [`linger`].
+struct BodyGuard<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> {
+    /// Taken when dropped, to be read to its end; gone at once if it was too slow.
+    inner: Option<B>,
+    limits: BodyLimits,
+    received: u64,
+    started: tokio::time::Instant,
+    /// The earlier of the next stall limit and the deadline; made at the first wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    cut: Arc<AtomicU8>,
+}
+
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> BodyGuard<B> {
+    fn new(inner: B, limits: BodyLimits, cut: Arc<AtomicU8>) -> Self {
+        BodyGuard {
             inner: Some(inner),
-            timeout,
-            deadline: None,
+            limits,
+            received: 0,
+            started: tokio::time::Instant::now(),
+            timer: None,
+            cut,
         }
+    }
+
+    fn next_wake(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        (now + self.limits.stall).min(self.started + self.limits.deadline)
+    }
+
+    /// Fails the body: `cut` says why, to the dispatcher.
+    fn fail(
+        &mut self,
+        cut: Cut,
+        error: BodyCut,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        match cut {
+            // A refused body is still read to its end, so its sender reads the 413.
+            Cut::TooLarge => {
+                if let Some(inner) = self.inner.take() {
+                    linger(inner);
+                }
+            }
+            // A slow one is not worth waiting for.
+            _ => self.inner = None,
+        }
+        self.cut.store(cut as u8, Ordering::Relaxed);
+        Poll::Ready(Some(Err(Box::new(error))))
     }
 }
 
-impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> Drop for StallGuard<B> {
+impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> Drop for BodyGuard<B> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             linger(inner);
@@ -292,12 +443,7 @@ impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> Drop for StallGuard<B> 
     }
 }
 
-/// The error of a body that stalled.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body sent nothing for {0:?}")]
-pub struct BodyStalled(Duration);
-
-impl<B> HttpBody for StallGuard<B>
+impl<B> HttpBody for BodyGuard<B>
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
@@ -314,25 +460,45 @@ where
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                // Progress: the next frame gets a fresh allowance.
-                if let Some(deadline) = this.deadline.as_mut() {
-                    deadline
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.timeout);
+            Poll::Ready(Some(Ok(frame))) => {
+                let now = tokio::time::Instant::now();
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                    if this.received > this.limits.max_bytes {
+                        return this.fail(Cut::TooLarge, BodyCut::TooLarge(this.limits.max_bytes));
+                    }
                 }
-                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
+                let elapsed = now.duration_since(this.started);
+                if this.limits.min_rate > 0
+                    && elapsed > this.limits.grace
+                    && u128::from(this.received) * 1000
+                        < u128::from(this.limits.min_rate) * elapsed.as_millis()
+                {
+                    return this.fail(Cut::TooSlow, BodyCut::TooSlow(this.limits.min_rate));
+                }
+                // Progress: the next frame gets a fresh stall allowance.
+                let wake = this.next_wake(now);
+                if let Some(timer) = this.timer.as_mut() {
+                    timer.as_mut().reset(wake);
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(other) => Poll::Ready(other.map(|result| result.map_err(Into::into))),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let deadline = this
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match deadline.as_mut().poll(cx) {
+                let wake = this.next_wake(tokio::time::Instant::now());
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        // Not worth lingering for.
-                        this.inner = None;
-                        Poll::Ready(Some(Err(Box::new(BodyStalled(timeout)))))
+                        let limits = this.limits;
+                        let error = if tokio::time::Instant::now() >= this.started + limits.deadline
+                        {
+                            BodyCut::Deadline(limits.deadline)
+                        } else {
+                            BodyCut::Stalled(limits.stall)
+                        };
+                        this.fail(Cut::TooSlow, error)
                     }
                     Poll::Pending => Poll::Pending,
                 }

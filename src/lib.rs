@@ -25,6 +25,7 @@ pub mod server;
 pub mod store;
 pub mod types;
 pub mod upstream;
+pub mod util;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use server::{ServerLimits, Workers};
 use store::sqlite::SqliteStore;
 use store::{Store, StoreError};
 use types::TypeCatalog;
+use util::hashing::HashPool;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "herve.db";
@@ -105,11 +107,13 @@ impl HerveBuilder {
                 source,
             })?;
 
+        let hashing = Arc::new(HashPool::for_this_machine().map_err(StartError::Workers)?);
         let auth = Arc::new(AdminAuth::setup(
             config.auth_admin_id.as_deref(),
             config.auth_admin_secret.as_deref(),
             &data_dir,
             config.auth_max_failures as usize,
+            Arc::clone(&hashing),
         )?);
 
         let addr = SocketAddr::new(config.host, config.port);
@@ -121,7 +125,7 @@ impl HerveBuilder {
             .map_err(|source| StartError::Bind { addr, source })?;
 
         let database = SqliteStore::open(&data_dir.join(DATABASE_FILE))?;
-        let mut types = TypeCatalog::builtin(&database);
+        let mut types = TypeCatalog::builtin(&database, &hashing);
         types.extend(self.extra_types);
         let store: Arc<dyn Store> = Arc::new(database);
         let routes = Arc::new(RouteTable::default());
@@ -144,14 +148,15 @@ impl HerveBuilder {
             routes,
             admin,
             tokio::runtime::Handle::current(),
-            config.max_body_bytes,
-            config.body_timeout(),
+            config.body_limits(),
             config.access_log,
         ));
         let limits = ServerLimits {
             max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
             max_header_bytes: config.max_header_bytes,
             header_timeout: config.header_timeout(),
+            send_timeout: std::time::Duration::from_secs(config.send_timeout_s),
             shutdown_timeout: config.shutdown_timeout(),
         };
         let workers = Workers::start(config.worker_count(), dispatcher, &limits)

@@ -239,39 +239,31 @@ async fn require_admin(
     let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
+        .map(|info| crate::auth::client_key(info.0.ip()));
     // A client that keeps guessing is refused for a while, whatever it sends; the
     // admin, from anywhere else, is not affected.
     if let Some(client) = client {
-        if let Some(wait) = auth.throttle().blocked_for(client) {
-            let mut refused = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+        if let Some(wait) = auth.throttle().blocked_for(&client) {
+            return Ok(too_many(
                 "Too many failed authentications from this address; try again later.",
-            )
-            .into_response();
-            refused
-                .headers_mut()
-                .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
-            return Ok(refused);
+                wait,
+            ));
         }
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|value| value.as_bytes().to_vec());
+    let presented = request.headers().get(header::AUTHORIZATION);
     let guessed = presented.is_some();
-    let granted = match auth.check_fast(presented.as_deref()) {
-        Some(decision) => decision,
-        // A hash to verify: tens of milliseconds of CPU, off the async threads, and
-        // only a few at a time so that a flood of wrong secrets cannot take every core.
-        None => {
-            let Ok(_slot) = auth.verification_slots().acquire().await else {
-                return Err(ApiError::unauthorized());
-            };
-            let checker = Arc::clone(&auth);
-            tokio::task::spawn_blocking(move || checker.check(presented.as_deref()))
-                .await
-                .unwrap_or(false)
+    // A configured hash costs tens of milliseconds of CPU: checked on the hashing
+    // pool, a few at a time, so that a flood of wrong secrets cannot take every core.
+    let granted = match auth
+        .check_async(presented.map(|value| value.as_bytes()))
+        .await
+    {
+        Ok(granted) => granted,
+        Err(_busy) => {
+            return Ok(too_many(
+                "Too many authentications are being checked; try again shortly.",
+                std::time::Duration::from_secs(1),
+            ))
         }
     };
     if !granted {
@@ -284,14 +276,28 @@ async fn require_admin(
     Ok(next.run(request).await)
 }
 
+/// A 429 with `Retry-After`.
+fn too_many(message: &'static str, wait: std::time::Duration) -> Response {
+    let mut refused = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    refused
+        .headers_mut()
+        .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+    refused
+}
+
 async fn unknown_path() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Nothing is served at this path.")
 }
 
 /// axum answers a wrong method with an empty 405 (and the right `Allow`); give it the
-/// same JSON envelope as every other admin error.
-async fn explain_method_not_allowed(response: Response) -> Response {
+/// same JSON envelope as every other admin error. axum also adds `Allow` to whatever
+/// answers a wrong method, a 401 from the credentials check included: a stranger
+/// learns nothing from a 401, not even the methods.
+async fn explain_method_not_allowed(mut response: Response) -> Response {
     if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        if response.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().remove(header::ALLOW);
+        }
         return response;
     }
     let (parts, _) = response.into_parts();

@@ -8,6 +8,8 @@
 //! request and close, and the server waits (up to a limit) for all the permits to come
 //! back.
 
+mod admission;
+mod timed_io;
 mod worker;
 
 use std::future::Future;
@@ -20,16 +22,26 @@ use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use admission::{Admission, Refusal};
 pub use worker::{current_worker, Workers};
 
 /// The limits of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub max_connections: u32,
+    pub max_connections_per_ip: u32,
     pub max_header_bytes: u32,
     pub header_timeout: Duration,
+    /// How long a response may wait for a client that reads nothing.
+    pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
+
+/// Refused connections being answered at once; past this they are just closed.
+const MAX_REFUSING: usize = 256;
+/// How long a refused connection is read from (so the client sees the answer, not a
+/// reset) before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Most headers in one request; more is a 431.
 const MAX_HEADERS: usize = 100;
@@ -42,8 +54,13 @@ pub async fn serve(
     limits: &ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let max_connections = limits.max_connections.max(1);
-    let permits = Arc::new(Semaphore::new(max_connections as usize));
+    let max_connections = limits.max_connections.max(1) as usize + admission::RESERVED;
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let admission = Admission::new(
+        limits.max_connections as usize,
+        limits.max_connections_per_ip as usize,
+    );
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // Accepted connections are registered only with the worker that serves them, not
     // with this runtime first: the socket is watched for readiness and accepted by hand.
     let watched = listener.into_std().and_then(|listener| {
@@ -73,23 +90,61 @@ pub async fn serve(
             accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        workers.assign(stream, client, permit);
+        match admission.admit(client.ip()) {
+            Ok(admitted) => workers.assign(stream, client, admitted, permit),
+            Err(refusal) => {
+                let status = match refusal {
+                    Refusal::TooManyFromAddress => hyper::StatusCode::TOO_MANY_REQUESTS,
+                    Refusal::Full => hyper::StatusCode::SERVICE_UNAVAILABLE,
+                };
+                workers.log_refused(client, status);
+                refuse(stream, refusal, &refusing);
+            }
+        }
     }
 
     drop(listener);
     workers.finish_connections();
     let drained = tokio::time::timeout(
         limits.shutdown_timeout,
-        permits.acquire_many(max_connections),
+        permits.acquire_many(u32::try_from(max_connections).unwrap_or(u32::MAX)),
     )
     .await;
     if drained.is_err() {
         tracing::warn!(
-            open = max_connections as usize - permits.available_permits(),
+            open = max_connections - permits.available_permits(),
             "connections still open after the shutdown timeout; closing them"
         );
     }
     workers.stop().await;
+}
+
+/// Answers a connection that is not let in with a 429 (or 503) and closes it. The
+/// answer is written at once; the socket is read a little longer, or closing it with
+/// the client's request unread would reset the connection and lose the answer.
+fn refuse(stream: std::net::TcpStream, refusal: Refusal, refusing: &Arc<Semaphore>) {
+    let Ok(slot) = Arc::clone(refusing).try_acquire_owned() else {
+        return;
+    };
+    let answer: &[u8] = match refusal {
+        Refusal::TooManyFromAddress => b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=UTF-8\r\ncontent-length: 40\r\nretry-after: 1\r\nconnection: close\r\n\r\nToo many connections from this address.\n",
+        Refusal::Full => b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=UTF-8\r\ncontent-length: 45\r\nretry-after: 1\r\nconnection: close\r\n\r\nHerve is at its connection limit; try again.\n",
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let Ok(mut stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            stream.write_all(answer).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(REFUSAL_LINGER, exchange).await;
+    });
 }
 
 /// Accepts one connection, riding out transient errors (such as running out of file

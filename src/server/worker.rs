@@ -23,11 +23,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::admission::{Admitted, Class};
+use super::timed_io::TimedStream;
 use super::{ServerLimits, MAX_HEADERS};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Peer};
 
-/// How long a stopping worker waits for its blocking tasks (file opens, hashing).
+/// How long a stopping worker waits for its blocking tasks (file opens).
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+/// Bytes a connection may buffer beyond a request head, each way.
+const BUFFER_BEYOND_HEAD: usize = 48 * 1024;
 
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -39,10 +43,11 @@ pub fn current_worker() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
-/// A connection on its way to a worker, with its place in the connection limit.
+/// A connection on its way to a worker, with its place in the connection limits.
 struct Assigned {
     stream: std::net::TcpStream,
     client: SocketAddr,
+    admitted: Admitted,
     permit: OwnedSemaphorePermit,
 }
 
@@ -51,6 +56,7 @@ pub struct Workers {
     lanes: Vec<Lane>,
     threads: Vec<JoinHandle<()>>,
     finish: watch::Sender<bool>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 /// The way to one worker, and how many connections it serves now.
@@ -71,12 +77,18 @@ impl Workers {
             .header_read_timeout(limits.header_timeout)
             .max_headers(MAX_HEADERS)
             .max_header_size(limits.max_header_bytes as usize)
+            // What one connection may buffer: a head, and a little of a body either
+            // way. Body chunks are copied into this buffer rather than queued, so a
+            // client that reads slowly holds tens of KiB, not a queue of chunks.
+            .max_buf_size(limits.max_header_bytes as usize + BUFFER_BEYOND_HEAD)
+            .writev(false)
             .keep_alive(true);
         let (finish, finishing) = watch::channel(false);
         let mut workers = Workers {
             lanes: Vec::new(),
             threads: Vec::new(),
             finish,
+            dispatcher: Arc::clone(&dispatcher),
         };
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -91,6 +103,7 @@ impl Workers {
                 dispatcher: Arc::clone(&dispatcher),
                 http: http.clone(),
                 finishing: finishing.clone(),
+                send_timeout: limits.send_timeout,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("herve-worker-{index}"))
@@ -106,6 +119,7 @@ impl Workers {
         &self,
         stream: std::net::TcpStream,
         client: SocketAddr,
+        admitted: Admitted,
         permit: OwnedSemaphorePermit,
     ) {
         // A worker is only gone if it panicked; the others go on serving.
@@ -122,12 +136,18 @@ impl Workers {
         let assigned = Assigned {
             stream,
             client,
+            admitted,
             permit,
         };
         if lane.sender.send(assigned).is_err() {
             lane.open.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(%client, "the data-plane worker stopped; connection dropped");
         }
+    }
+
+    /// Writes the access line of a connection refused before it was served.
+    pub fn log_refused(&self, client: SocketAddr, status: StatusCode) {
+        self.dispatcher.log_refused(client, status);
     }
 
     /// Tells every connection to finish the request in flight, then close.
@@ -156,6 +176,7 @@ struct Worker {
     dispatcher: Arc<Dispatcher>,
     http: http1::Builder,
     finishing: watch::Receiver<bool>,
+    send_timeout: Duration,
 }
 
 impl Worker {
@@ -174,10 +195,16 @@ impl Worker {
         let Assigned {
             stream,
             client,
+            admitted,
             permit,
         } = assigned;
+        let peer = Peer {
+            addr: client,
+            reserve: admitted.class == Class::Reserved,
+        };
         let open = OpenConnection {
             open: Arc::clone(&self.open),
+            _admitted: admitted,
             _permit: permit,
         };
         let stream = match TcpStream::from_std(stream) {
@@ -192,12 +219,15 @@ impl Worker {
             let dispatcher = Arc::clone(&self.dispatcher);
             hyper::service::service_fn(move |request| {
                 let dispatcher = Arc::clone(&dispatcher);
-                async move { Ok::<_, Infallible>(dispatcher.handle(client, request).await) }
+                async move { Ok::<_, Infallible>(dispatcher.handle(peer, request).await) }
             })
         };
         let connection = self
             .http
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(
+                TokioIo::new(TimedStream::new(stream, self.send_timeout)),
+                service,
+            )
             .with_upgrades();
         let mut finishing = self.finishing.clone();
         tokio::spawn(async move {
@@ -234,6 +264,7 @@ async fn finish_requested(finishing: &mut watch::Receiver<bool>) {
 /// until it ends, however it ends.
 struct OpenConnection {
     open: Arc<AtomicUsize>,
+    _admitted: Admitted,
     _permit: OwnedSemaphorePermit,
 }
 

@@ -4,9 +4,9 @@
 //! client once and kept only as a hash, so neither a copy of the database nor
 //! its backups let anyone log in.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -29,26 +29,33 @@ use crate::api::{json_ok, json_ok_with, ApiError};
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::store::sqlite::{db, SqliteStore};
 use crate::store::{unix_now, StoreError};
+use crate::util::hashing::{Busy, HashPool, Lane};
+use crate::util::throttle::{client_key, Throttle};
 
 /// Shortest and longest password accepted.
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 1024;
-/// Failed logins for one username within [`FAILURE_WINDOW`] before 429.
+/// Failed logins for one username from one client within [`FAILURE_WINDOW`] before
+/// that client is refused (429) for that username.
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Usernames whose recent failures are remembered at once.
-const MAX_TRACKED_USERNAMES: usize = 10_000;
-/// Hash verifications at once: each takes a core for tens of milliseconds.
-const CONCURRENT_HASHES: usize = 2;
+/// Failed logins for one username from anywhere within the window after which every
+/// login for it is slowed down (not refused: its owner must still get in).
+const SLOW_DOWN_AFTER: usize = 20;
+/// How much a login of a username under attack is slowed down.
+const SLOW_DOWN: Duration = Duration::from_secs(1);
+/// (client, username) pairs and usernames whose recent failures are remembered at once.
+const MAX_TRACKED: usize = 10_000;
 
 /// The `auth` service type.
 pub struct AuthType {
     database: SqliteStore,
+    hashing: Arc<HashPool>,
 }
 
 impl AuthType {
-    pub fn new(database: SqliteStore) -> Self {
-        AuthType { database }
+    pub fn new(database: SqliteStore, hashing: Arc<HashPool>) -> Self {
+        AuthType { database, hashing }
     }
 }
 
@@ -83,8 +90,9 @@ impl ServiceType for AuthType {
             service: ctx.uuid().to_string(),
             database: self.database.clone(),
             token_ttl: i64::try_from(ttl).unwrap_or(i64::MAX),
-            failures: Mutex::new(HashMap::new()),
-            hashing: tokio::sync::Semaphore::new(CONCURRENT_HASHES),
+            per_client: Throttle::new(MAX_FAILURES, FAILURE_WINDOW, MAX_TRACKED),
+            per_username: Throttle::new(SLOW_DOWN_AFTER, FAILURE_WINDOW, MAX_TRACKED),
+            hashing: Arc::clone(&self.hashing),
         });
         let router = Router::new()
             .route("/signup", post(signup))
@@ -107,9 +115,11 @@ struct Accounts {
     service: String,
     database: SqliteStore,
     token_ttl: i64,
-    /// Recent failed logins per username (in memory: a restart forgives them).
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
-    hashing: tokio::sync::Semaphore,
+    /// Recent failed logins per (client, username), in memory: a restart forgives them.
+    per_client: Throttle<(IpAddr, String)>,
+    /// Recent failed logins per username, from anywhere.
+    per_username: Throttle<String>,
+    hashing: Arc<HashPool>,
 }
 
 #[derive(Serialize)]
@@ -119,55 +129,12 @@ struct User {
 }
 
 impl Accounts {
-    /// Runs an argon2 computation off the async threads, a few at a time.
+    /// Runs an argon2 computation on the hashing pool.
     async fn hash_work<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _slot = self.hashing.acquire().await.map_err(|_| unavailable())?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| unavailable())
-    }
-
-    /// Counts a login attempt for `username` before its password is checked (so that
-    /// parallel guesses are counted too); `false` when too many failed recently.
-    fn admit_attempt(&self, username: &str) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        failures.retain(|_, times| {
-            times.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
-            !times.is_empty()
-        });
-        if failures
-            .get(username)
-            .is_some_and(|times| times.len() >= MAX_FAILURES)
-        {
-            return false;
-        }
-        if failures.len() >= MAX_TRACKED_USERNAMES && !failures.contains_key(username) {
-            // Under a flood of names, forget the oldest rather than grow.
-            let oldest = failures
-                .iter()
-                .min_by_key(|(_, times)| times.last().copied())
-                .map(|(name, _)| name.clone());
-            if let Some(oldest) = oldest {
-                failures.remove(&oldest);
-            }
-        }
-        failures.entry(username.to_owned()).or_default().push(now);
-        true
-    }
-
-    /// The attempt counted by [`Accounts::admit_attempt`] succeeded: it was no failure.
-    fn attempt_succeeded(&self, username: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(times) = failures.get_mut(username) {
-            times.pop();
-            if times.is_empty() {
-                failures.remove(username);
-            }
-        }
+    ) -> Result<T, Busy> {
+        self.hashing.run(Lane::Services, work).await
     }
 
     /// The user a bearer token belongs to, if it is valid and not expired.
@@ -227,11 +194,43 @@ fn token_hash(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "The service is shutting down.",
+/// The hashing pool's queue is full: come back in a moment.
+fn busy() -> Response {
+    with_retry_after(
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ups and logins are being checked; try again shortly.",
+        ),
+        Duration::from_secs(1),
     )
+}
+
+fn with_retry_after(error: ApiError, wait: Duration) -> Response {
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
+    response
+}
+
+/// The client's address as the throttles count it, when the data plane gave it.
+struct ClientKey(Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientKey {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientKey(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|info| client_key(info.0.ip())),
+        ))
+    }
 }
 
 fn store_failed(error: StoreError) -> ApiError {
@@ -299,7 +298,7 @@ async fn signup(
             format!("The field 'password' must be {MIN_PASSWORD} to {MAX_PASSWORD} characters."),
         ));
     }
-    let hash = accounts
+    let hashed = accounts
         .hash_work(move || {
             let mut salt = [0u8; 16];
             getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
@@ -309,14 +308,17 @@ async fn signup(
                 .map(|hash| hash.to_string())
                 .map_err(|e| e.to_string())
         })
-        .await?
-        .map_err(|why| {
-            tracing::error!(%why, "password hashing failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The password could not be stored.",
-            )
-        })?;
+        .await;
+    let Ok(hashed) = hashed else {
+        return Ok(busy());
+    };
+    let hash = hashed.map_err(|why| {
+        tracing::error!(%why, "password hashing failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The password could not be stored.",
+        )
+    })?;
     let service = accounts.service.clone();
     let now = unix_now();
     let user = username.clone();
@@ -350,6 +352,7 @@ async fn signup(
 
 async fn login(
     State(accounts): State<Arc<Accounts>>,
+    ClientKey(client): ClientKey,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -357,17 +360,24 @@ async fn login(
     if !valid_username(&username) {
         return Ok(unauthorized("Invalid username or password."));
     }
-    if !accounts.admit_attempt(&username) {
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed logins for this username; try again in a minute.",
-        )
-        .into_response();
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(FAILURE_WINDOW.as_secs()),
-        );
-        return Ok(response);
+    // Counted before the password is checked, so that parallel guesses count too. Per
+    // client: a stranger's failures never lock the owner of the name out.
+    let attempt = client.map(|client| (client, username.clone()));
+    if let Some(attempt) = &attempt {
+        if let Err(wait) = accounts.per_client.admit(attempt.clone()) {
+            return Ok(with_retry_after(
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed logins for this username from this address; try again later.",
+                ),
+                wait,
+            ));
+        }
+    }
+    // A name many clients fail on is under attack: every login for it is slowed
+    // down, but the right password still gets in.
+    if accounts.per_username.recent_failures(&username) >= SLOW_DOWN_AFTER {
+        tokio::time::sleep(SLOW_DOWN).await;
     }
     let service = accounts.service.clone();
     let user = username.clone();
@@ -402,11 +412,21 @@ async fn login(
                 false
             }
         })
-        .await?;
+        .await;
+    let Ok(verified) = verified else {
+        if let Some(attempt) = &attempt {
+            // Not checked at all: not a failure.
+            accounts.per_client.forgive(attempt);
+        }
+        return Ok(busy());
+    };
     if !verified {
+        accounts.per_username.failed(username);
         return Ok(unauthorized("Invalid username or password."));
     }
-    accounts.attempt_succeeded(&username);
+    if let Some(attempt) = &attempt {
+        accounts.per_client.forgive(attempt);
+    }
 
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|_| {

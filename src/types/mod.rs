@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::contract::ServiceType;
 use crate::store::sqlite::SqliteStore;
+use crate::util::hashing::HashPool;
 
 /// The service types a Herve can register, by name.
 #[derive(Clone, Default)]
@@ -26,11 +27,11 @@ pub struct TypeCatalog {
 
 impl TypeCatalog {
     /// A catalog with every built-in type; those that keep data keep it in `database`.
-    pub fn builtin(database: &SqliteStore) -> Self {
+    pub fn builtin(database: &SqliteStore, hashing: &Arc<HashPool>) -> Self {
         let mut catalog = TypeCatalog::default();
         let client = crate::upstream::new_client();
         catalog.add(models::ModelsType::new(database.clone()));
-        catalog.add(auth::AuthType::new(database.clone()));
+        catalog.add(auth::AuthType::new(database.clone(), Arc::clone(hashing)));
         catalog.add(static_files::StaticType);
         catalog.add(echo::Echo);
         catalog.add(ping::Ping);

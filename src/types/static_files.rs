@@ -18,8 +18,9 @@ use super::field;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::dispatch::plain;
 
-/// Bytes read from a file per chunk of the answer.
-const CHUNK: usize = 64 * 1024;
+/// Bytes read from a file per chunk of the answer: what a client that reads slowly
+/// holds, with the connection's own buffer.
+const CHUNK: usize = 32 * 1024;
 
 /// The `static` service type.
 pub struct StaticType;

@@ -21,6 +21,8 @@ use hyper_util::rt::TokioIo;
 const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than used.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes read from an upstream ahead of what its client has taken.
+const READ_AHEAD: usize = 64 * 1024;
 /// Separate idle lists; workers beyond this many share them (still correct, less local).
 const SHARDS: usize = 16;
 
@@ -83,6 +85,8 @@ impl ConnPool {
         // Small requests should leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
+            // A response read ahead of a slow client stays small.
+            .max_buf_size(READ_AHEAD)
             .handshake(TokioIo::new(stream))
             .await?;
         tokio::spawn(async move {
