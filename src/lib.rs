@@ -23,13 +23,14 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod sys;
 pub mod types;
 pub mod upstream;
 pub mod util;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -69,6 +70,57 @@ pub enum StartError {
     },
     #[error("could not start the data-plane workers: {0}")]
     Workers(std::io::Error),
+    #[error("another Herve is running on the data directory {path}; stop it first, or give this one another HERVE_DATA_DIR")]
+    DataDirInUse { path: PathBuf },
+}
+
+/// The file, inside the data directory, that a running Herve holds locked.
+const LOCK_FILE: &str = "herve.lock";
+
+/// Takes the data directory for this Herve alone: two Herves on one directory would
+/// kill each other's programs and fight over the database.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
+            path: data_dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
+}
+
+/// For a binary that owns its process (such as `herve`): makes Herve a child
+/// subreaper, so that what a program leaves behind when it dies is re-parented to
+/// Herve, killed and reaped, instead of escaping to init. A process that embeds Herve
+/// and has children of its own should not call it: Herve reaps every child it did not
+/// start. Call it from within the runtime.
+pub fn adopt_orphans() -> std::io::Result<()> {
+    sys::become_subreaper()?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut child_exited = signal(SignalKind::child())?;
+    tokio::spawn(async move {
+        loop {
+            // A signal may stand for several exits, and one may be missed: look
+            // every few seconds as well.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), child_exited.recv()).await;
+            let _ = tokio::task::spawn_blocking(types::process::reap_adopted_orphans).await;
+        }
+    });
+    Ok(())
 }
 
 /// Sets up a Herve: its configuration and the service types it knows.
@@ -98,14 +150,19 @@ impl HerveBuilder {
     pub async fn bind(self) -> Result<Herve, StartError> {
         let config = self.config;
         let data_dir = config.data_dir.clone();
+        let data_dir_error = |source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&data_dir)
-            .map_err(|source| StartError::DataDir {
-                path: data_dir.clone(),
-                source,
-            })?;
+            .map_err(data_dir_error)?;
+        // Also when it existed already: it holds the admin secret and the database.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(data_dir_error)?;
+        let lock = lock_data_dir(&data_dir)?;
 
         let hashing = Arc::new(HashPool::for_this_machine().map_err(StartError::Workers)?);
         let auth = Arc::new(AdminAuth::setup(
@@ -125,7 +182,7 @@ impl HerveBuilder {
             .map_err(|source| StartError::Bind { addr, source })?;
 
         let database = SqliteStore::open(&data_dir.join(DATABASE_FILE))?;
-        let mut types = TypeCatalog::builtin(&database, &hashing);
+        let mut types = TypeCatalog::builtin(&database, &hashing, &data_dir);
         types.extend(self.extra_types);
         let store: Arc<dyn Store> = Arc::new(database);
         let routes = Arc::new(RouteTable::default());
@@ -162,6 +219,7 @@ impl HerveBuilder {
         let workers = Workers::start(config.worker_count(), dispatcher, &limits)
             .map_err(StartError::Workers)?;
         Ok(Herve {
+            _lock: lock,
             listener,
             local_addr,
             workers,
@@ -174,6 +232,8 @@ impl HerveBuilder {
 
 /// A Herve that listens and is ready to serve.
 pub struct Herve {
+    /// Held while this Herve runs: no other may use its data directory meanwhile.
+    _lock: std::fs::File,
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     workers: Workers,

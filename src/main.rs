@@ -6,6 +6,11 @@ use herve::config::{Config, ConfigError, LogFormat, LogLevel};
 use herve::HerveBuilder;
 
 fn main() -> anyhow::Result<()> {
+    // First of all, before any secret is read: no process of the same user (a program
+    // Herve runs, say) may read this one's memory or environment through /proc.
+    if let Err(error) = herve::sys::make_non_dumpable() {
+        eprintln!("warning: could not make Herve non-dumpable: {error}");
+    }
     let config = match Config::load() {
         Ok(config) => config,
         Err(ConfigError::Invalid(error)) => herve::config::exit_with(error),
@@ -22,6 +27,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if let Err(error) = herve::adopt_orphans() {
+        tracing::warn!(%error, "Herve cannot adopt the orphans of its programs");
+    }
     let herve = HerveBuilder::new(config.clone())
         .bind()
         .await

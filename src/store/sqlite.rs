@@ -25,6 +25,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict_to_owner(path)?;
         let mut conn = Connection::open(path).map_err(db)?;
         // WAL keeps readers and the writer apart; synchronous=FULL makes every commit
         // durable before it returns, so an acknowledged change survives a power cut.
@@ -96,6 +97,31 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
+}
+
+/// The database and its journal files are for Herve's eyes only (mode 0600), also when
+/// they existed already; SQLite gives new journal files the database's mode.
+fn restrict_to_owner(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |error: std::io::Error| StoreError::Database(format!("{}: {error}", path.display()));
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io(error)),
+        }
+    }
+    Ok(())
 }
 
 /// A database error as a [`StoreError`].

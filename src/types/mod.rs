@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod static_files;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::contract::ServiceType;
@@ -27,7 +28,7 @@ pub struct TypeCatalog {
 
 impl TypeCatalog {
     /// A catalog with every built-in type; those that keep data keep it in `database`.
-    pub fn builtin(database: &SqliteStore, hashing: &Arc<HashPool>) -> Self {
+    pub fn builtin(database: &SqliteStore, hashing: &Arc<HashPool>, data_dir: &Path) -> Self {
         let mut catalog = TypeCatalog::default();
         let client = crate::upstream::new_client();
         catalog.add(models::ModelsType::new(database.clone()));
@@ -36,7 +37,7 @@ impl TypeCatalog {
         catalog.add(echo::Echo);
         catalog.add(ping::Ping);
         catalog.add(proxy::ProxyType::new(client.clone()));
-        catalog.add(process::ProcessType::new(client));
+        catalog.add(process::ProcessType::new(client, data_dir));
         catalog
     }
 

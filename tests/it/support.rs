@@ -538,7 +538,19 @@ impl BinHerve {
 }
 
 impl Drop for BinHerve {
+    /// Stops Herve as an operator would (SIGTERM), so that it stops its programs;
+    /// SIGKILL only if it does not exit in time.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,7 +1,9 @@
 //! `process`: runs a program, supervises it, and routes `/<uuid>/...` to it.
 
+mod containment;
 mod logs;
 mod orphans;
+mod sandbox;
 mod supervisor;
 
 use std::path::{Path, PathBuf};
@@ -17,19 +19,31 @@ use tokio::sync::{oneshot, watch};
 use super::field;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::upstream::{HealthCheck, Proxy, Strategy, Upstream, UpstreamClient};
-use supervisor::{RestartPolicy, Spec, Supervisor};
+pub use containment::reap_adopted_orphans;
+use containment::Containment;
+use supervisor::{RestartPolicy, RunAs, Spec, Supervisor};
 
 /// Environment variables Herve sets itself.
 const RESERVED_ENV: [&str; 3] = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NAME"];
+/// The account programs run as when Herve runs as root and the service names none:
+/// never root unless asked.
+const DEFAULT_USER: &str = "nobody";
 
 /// The `process` service type.
 pub struct ProcessType {
     client: UpstreamClient,
+    /// Herve's data directory: out of every program's reach.
+    herve_data: PathBuf,
+    containment: Containment,
 }
 
 impl ProcessType {
-    pub fn new(client: UpstreamClient) -> Self {
-        ProcessType { client }
+    pub fn new(client: UpstreamClient, herve_data: &Path) -> Self {
+        ProcessType {
+            client,
+            herve_data: herve_data.to_path_buf(),
+            containment: Containment::detect(herve_data),
+        }
     }
 }
 
@@ -48,6 +62,13 @@ pub struct ProcessConfig {
     pub stop_timeout_ms: u64,
     pub ready_timeout_ms: u64,
     pub timeout_ms: u64,
+    /// The account to run as (a name or a number); `None`: Herve's own, or
+    /// `nobody` when Herve runs as root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to run as; `None`: the account's primary group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl ProcessConfig {
@@ -117,6 +138,36 @@ impl ProcessConfig {
             Some(_) => Some(field::number(fields, "port", 0, 1..=65535)? as u16),
         };
         let restart = field::choice(fields, "restart", &["always", "on-failure", "never"])?;
+        let user = optional(fields, "user");
+        let group = optional(fields, "group");
+        if let Some(user) = &user {
+            let account = crate::sys::account(user).ok().flatten().ok_or_else(|| {
+                ServiceError::invalid_field(
+                    "user",
+                    format!("The field 'user' names no account of this system: '{user}'."),
+                )
+            })?;
+            if !crate::sys::is_root() && account.uid != crate::sys::euid() {
+                return Err(ServiceError::invalid_field(
+                    "user",
+                    "The field 'user' may name another account than Herve's only when Herve runs as root.",
+                ));
+            }
+        }
+        if let Some(group) = &group {
+            if crate::sys::group_id(group).ok().flatten().is_none() {
+                return Err(ServiceError::invalid_field(
+                    "group",
+                    format!("The field 'group' names no group of this system: '{group}'."),
+                ));
+            }
+            if !crate::sys::is_root() {
+                return Err(ServiceError::invalid_field(
+                    "group",
+                    "The field 'group' may be set only when Herve runs as root.",
+                ));
+            }
+        }
         Ok(ProcessConfig {
             command,
             cwd,
@@ -127,8 +178,117 @@ impl ProcessConfig {
             stop_timeout_ms: field::number(fields, "stop_timeout_ms", 10_000, 0..=600_000)?,
             ready_timeout_ms: field::number(fields, "ready_timeout_ms", 30_000, 100..=600_000)?,
             timeout_ms: field::number(fields, "timeout_ms", 30_000, 1..=3_600_000)?,
+            user,
+            group,
         })
     }
+}
+
+/// A trimmed, non-empty field.
+fn optional(fields: &Fields, key: &str) -> Option<String> {
+    fields
+        .get(key)
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned)
+}
+
+/// Who a program runs as, and its home.
+struct Identity {
+    /// `None`: as Herve itself.
+    run_as: Option<RunAs>,
+    name: String,
+}
+
+impl ProcessConfig {
+    /// The account this service's program runs as: the one named, else Herve's own,
+    /// but never root unless asked.
+    fn identity(&self) -> Result<Identity, ServiceError> {
+        let wanted = match (&self.user, crate::sys::is_root()) {
+            (Some(user), _) => user.clone(),
+            (None, true) => DEFAULT_USER.to_owned(),
+            (None, false) => {
+                let own = crate::sys::account_of(crate::sys::euid()).ok().flatten();
+                return Ok(Identity {
+                    run_as: None,
+                    name: own.map(|account| account.name).unwrap_or_default(),
+                });
+            }
+        };
+        let account = crate::sys::account(&wanted).ok().flatten().ok_or_else(|| {
+            ServiceError::failed(format!("The account '{wanted}' does not exist."))
+        })?;
+        let gid = match &self.group {
+            Some(group) => crate::sys::group_id(group).ok().flatten().ok_or_else(|| {
+                ServiceError::failed(format!("The group '{group}' does not exist."))
+            })?,
+            None => account.gid,
+        };
+        let same = account.uid == crate::sys::euid() && self.group.is_none();
+        Ok(Identity {
+            run_as: (!same).then_some(RunAs {
+                uid: account.uid,
+                gid,
+            }),
+            name: account.name,
+        })
+    }
+}
+
+/// The working directory of a program that names none: a directory of its own,
+/// outside Herve's data directory, that its account may use.
+fn work_dir(uuid: uuid::Uuid, run_as: Option<RunAs>) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = std::env::temp_dir().join(format!("herve-{uuid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    // Shared temporary directories invite tricks: it must be a real directory, ours
+    // or the account's.
+    let metadata = std::fs::symlink_metadata(&dir)?;
+    let owner_ok = metadata.uid() == crate::sys::euid()
+        || run_as.is_some_and(|run_as| metadata.uid() == run_as.uid);
+    if !metadata.is_dir() || !owner_ok {
+        return Err(std::io::Error::other(format!(
+            "{} exists and is not a directory of Herve's",
+            dir.display()
+        )));
+    }
+    if let Some(run_as) = run_as {
+        std::os::unix::fs::chown(&dir, Some(run_as.uid), Some(run_as.gid))?;
+    }
+    Ok(dir)
+}
+
+/// Herve's environment without its own settings and secrets (`HERVE_*`, `AUTH_*`),
+/// with the service's entries, identity and account.
+fn program_env(
+    config: &ProcessConfig,
+    ctx: &ServiceContext,
+    identity: &Identity,
+    home: &Path,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(key, _)| !key.starts_with("HERVE_") && !key.starts_with("AUTH_"))
+        .collect();
+    let mut set = |key: &str, value: String| {
+        env.retain(|(existing, _)| existing != key);
+        env.push((key.to_owned(), value));
+    };
+    if identity.run_as.is_some() {
+        set("HOME", home.display().to_string());
+        set("USER", identity.name.clone());
+        set("LOGNAME", identity.name.clone());
+    }
+    for (key, value) in config.env.iter().filter_map(|entry| entry.split_once('=')) {
+        set(key, value.to_owned());
+    }
+    set("HERVE_SERVICE_UUID", ctx.uuid().to_string());
+    set("HERVE_SERVICE_NAME", ctx.name().to_owned());
+    env
 }
 
 /// Where `program` would be found: as a path (relative to `cwd`), or on `PATH`.
@@ -202,20 +362,28 @@ impl ServiceType for ProcessType {
         let restart = RestartPolicy::parse(&config.restart).ok_or_else(|| {
             ServiceError::failed(format!("unknown restart policy '{}'", config.restart))
         })?;
-        let env = config
-            .env
-            .iter()
-            .filter_map(|entry| entry.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let identity = config.identity()?;
+        let own_dir = work_dir(ctx.uuid(), identity.run_as).map_err(|e| {
+            ServiceError::failed(format!("Cannot make the program's working directory: {e}"))
+        })?;
+        let cwd = config
+            .cwd
+            .as_ref()
+            .map_or_else(|| own_dir.clone(), PathBuf::from);
+        let env = program_env(&config, ctx, &identity, &own_dir);
+        // A program of another account is kept out by the directory's permissions;
+        // one of Herve's own account needs Landlock for that.
+        let hide = identity.run_as.is_none().then(|| self.herve_data.clone());
         let supervisor = Supervisor {
             spec: Spec {
                 argv: config.command.clone(),
-                cwd: config.cwd.clone(),
+                cwd,
                 env,
+                run_as: identity.run_as,
+                containment: self.containment.clone(),
+                hide,
                 port,
                 uuid: ctx.uuid(),
-                name: ctx.name().to_owned(),
                 health_path: config.health_path.clone(),
                 restart,
                 stop_timeout: Duration::from_millis(config.stop_timeout_ms),
@@ -265,6 +433,7 @@ impl ServiceType for ProcessType {
         );
         let upkeep = tokio::spawn(Arc::clone(&proxy).check_health(|_| {}));
         Ok(Box::new(RunningProcess {
+            containment: self.containment.clone(),
             uuid: ctx.uuid(),
             proxy,
             upkeep,
@@ -274,11 +443,19 @@ impl ServiceType for ProcessType {
     }
 
     async fn recover(&self, services: &[ServiceContext]) {
+        self.containment.recover().await;
         orphans::kill_leftovers_of(services.iter().map(ServiceContext::uuid).collect()).await;
     }
 
     async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
         orphans::kill_leftovers(ctx.uuid()).await;
+        self.containment.kill_cgroup(ctx.uuid()).await;
+        let own_dir = std::env::temp_dir().join(format!("herve-{}", ctx.uuid()));
+        if let Err(error) = tokio::fs::remove_dir_all(&own_dir).await {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %own_dir.display(), %error, "could not remove a program's working directory");
+            }
+        }
         match tokio::fs::remove_dir_all(ctx.data_dir()).await {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -304,6 +481,7 @@ impl ServiceType for ProcessType {
 }
 
 struct RunningProcess {
+    containment: Containment,
     uuid: uuid::Uuid,
     proxy: Arc<Proxy>,
     /// Closes the program's idle pooled connections (see `Proxy::check_health`).
@@ -327,8 +505,10 @@ impl RunningService for RunningProcess {
             task.await
                 .map_err(|e| ServiceError::failed(format!("The supervisor failed: {e}")))?;
         }
-        // The group is gone; this also catches descendants that left it (setsid).
+        // The group is gone; these also catch descendants that left it (setsid).
+        self.containment.kill_cgroup(self.uuid).await;
         orphans::kill_leftovers(self.uuid).await;
+        containment::kill_adopted_orphans();
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! The supervisor is one task per running `process` service. It owns the child: no
 //! one else signals or waits for it, so there is no race over who reaps it.
 
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +13,10 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 
+use super::containment::{self, Containment};
 use super::logs::LogWriter;
 use crate::contract::{Report, StatusReporter};
+use crate::sys;
 use crate::upstream::UpstreamClient;
 
 /// First pause before a restart; it doubles up to [`MAX_BACKOFF`].
@@ -53,14 +56,25 @@ impl RestartPolicy {
     }
 }
 
+/// The account a program runs as, when it is not Herve's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Everything needed to run the program.
 pub struct Spec {
     pub argv: Vec<String>,
-    pub cwd: Option<String>,
+    pub cwd: PathBuf,
+    /// The whole environment of the program.
     pub env: Vec<(String, String)>,
+    pub run_as: Option<RunAs>,
+    pub containment: Containment,
+    /// Herve's data directory, hidden from a program that runs as Herve's own user.
+    pub hide: Option<PathBuf>,
     pub port: u16,
     pub uuid: uuid::Uuid,
-    pub name: String,
     pub health_path: Option<String>,
     pub restart: RestartPolicy,
     pub stop_timeout: Duration,
@@ -141,7 +155,7 @@ impl Supervisor {
             let became_ready = tokio::select! {
                 ready_now = self.wait_ready() => ready_now,
                 status = child.wait() => {
-                    let (exit, status) = reap(pgid, status);
+                    let (exit, status) = reap(pgid, status, &self.spec).await;
                     facts.pid = None;
                     facts.last_exit = Some(status.clone());
                     self.report_facts(&facts);
@@ -192,7 +206,7 @@ impl Supervisor {
 
             // Until it exits or is stopped.
             let (exit, status) = tokio::select! {
-                status = child.wait() => reap(pgid, status),
+                status = child.wait() => reap(pgid, status, &self.spec).await,
                 _ = stopping(&mut stop) => {
                     self.terminate(&mut child, pgid).await;
                     return;
@@ -239,31 +253,59 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Its own process group: a stop signals the program and its children.
             .process_group(0)
-            // Herve's own credentials are not the program's business.
-            .env_remove("AUTH_ADMIN_ID")
-            .env_remove("AUTH_ADMIN_SECRET")
+            .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", &port)
-            .env("HERVE_SERVICE_UUID", spec.uuid.to_string())
-            .env("HERVE_SERVICE_NAME", &spec.name);
-        if let Some(cwd) = &spec.cwd {
-            command.current_dir(cwd);
-        }
+            .current_dir(&spec.cwd);
+        let cgroup = spec.containment.cgroup_procs(spec.uuid)?;
+        let mut sandbox = match &spec.hide {
+            Some(hidden) => super::sandbox::hiding(hidden).map_err(std::io::Error::other)?,
+            None => None,
+        };
+        let run_as = spec.run_as;
         let herve = std::process::id();
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        // SAFETY: only async-signal-safe calls (open, write, close, prctl, setgroups,
+        // setgid, setuid, getppid, the Landlock syscalls) between fork and exec, on
+        // memory prepared before the fork.
         unsafe {
             command.pre_exec(move || {
-                // If Herve dies (even by SIGKILL), the program gets SIGKILL too; what it
-                // started itself is found by its HERVE_SERVICE_UUID on the next start.
+                // Into the service's cgroup first, while still allowed to: no
+                // descendant of the program can leave it.
+                if let Some(procs) = &cgroup {
+                    join_cgroup(procs)?;
+                }
+                // Orphans of its descendants are re-parented to the program, so they
+                // stay in its process tree (the flag survives exec).
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+                if let Some(run_as) = run_as {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(run_as.gid) != 0
+                        || libc::setuid(run_as.uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // After the change of user, which clears it: if Herve dies (even by
+                // SIGKILL), the program gets SIGKILL too.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 // Herve may have died before the line above took effect.
                 if u32::try_from(libc::getppid()).ok() != Some(herve) {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
+                if let Some(ruleset) = sandbox.take() {
+                    ruleset
+                        .restrict_self()
+                        .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+                }
                 Ok(())
             });
         }
+        let mut leaders = containment::leaders();
         let mut child = command.spawn()?;
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            leaders.get_or_insert_with(Default::default).insert(pid);
+        }
+        drop(leaders);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(Arc::clone(&self.log).capture(stdout));
         }
@@ -303,24 +345,36 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM to the group, SIGKILL after the stop timeout, and waits until the
-    /// program is gone.
+    /// SIGTERM to the program and everything it started, SIGKILL after the stop
+    /// timeout, and waits until the program is gone.
     async fn terminate(&self, child: &mut Child, pgid: Option<i32>) {
         let Some(pgid) = pgid else {
             return;
         };
+        // Its descendants as they are now: once it exits, they are re-parented.
+        let started = containment::descendants(&[pgid]);
         kill_group(pgid, libc::SIGTERM);
+        for pid in &started {
+            sys::kill(*pid, libc::SIGTERM);
+        }
         let status = match tokio::time::timeout(self.spec.stop_timeout, child.wait()).await {
             Ok(status) => status.map(|s| s.to_string()),
             Err(_) => {
                 self.log
                     .line(b"[herve] still running after the stop timeout: SIGKILL");
                 kill_group(pgid, libc::SIGKILL);
+                containment::signal_tree(pgid, libc::SIGKILL);
                 child.wait().await.map(|s| s.to_string())
             }
         };
-        // Whatever of the group ignored SIGTERM.
+        containment::forget_leader(pgid);
+        // Whatever ignored SIGTERM, wherever it went.
         kill_group(pgid, libc::SIGKILL);
+        for pid in &started {
+            sys::kill(*pid, libc::SIGKILL);
+        }
+        self.spec.containment.kill_cgroup(self.spec.uuid).await;
+        containment::kill_adopted_orphans();
         let status = status.unwrap_or_else(|error| format!("unknown ({error})"));
         self.log
             .line(format!("[herve] stopped ({status})").as_bytes());
@@ -370,12 +424,19 @@ pub fn expand_port(arg: &str, port: &str) -> String {
     out
 }
 
-/// After the leader exited: what is left of its group goes too. Returns the exit
-/// status, and as text.
-fn reap(pgid: Option<i32>, status: std::io::Result<ExitStatus>) -> (Option<ExitStatus>, String) {
+/// After the leader exited by itself: what is left of what it started goes too (a
+/// new start begins clean). Returns the exit status, and as text.
+async fn reap(
+    pgid: Option<i32>,
+    status: std::io::Result<ExitStatus>,
+    spec: &Spec,
+) -> (Option<ExitStatus>, String) {
     if let Some(pgid) = pgid {
+        containment::forget_leader(pgid);
         kill_group(pgid, libc::SIGKILL);
     }
+    spec.containment.kill_cgroup(spec.uuid).await;
+    containment::kill_adopted_orphans();
     match status {
         Ok(status) => (Some(status), status.to_string()),
         Err(error) => (None, format!("unknown ({error})")),
@@ -389,11 +450,28 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 
 fn kill_group(pgid: i32, signal: i32) {
     if pgid > 1 {
-        // SAFETY: kill(2) on a process group Herve created.
-        unsafe {
-            libc::kill(-pgid, signal);
+        sys::kill(-pgid, signal);
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`.
+/// Async-signal-safe: called between fork and exec.
+fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: open/write/close on a NUL-terminated path and a static buffer.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // "0" moves the writer itself.
+        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if written != 1 {
+            return Err(error);
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
