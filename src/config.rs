@@ -159,6 +159,13 @@ pub struct Config {
     )]
     pub shutdown_timeout_s: u64,
 
+    /// Addresses and networks of the proxies in front of Herve (comma-separated, e.g.
+    /// `10.0.0.0/8,::1`): their X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host
+    /// and Forwarded headers are kept and extended. From anyone else they are replaced.
+    #[arg(long, env = "HERVE_TRUSTED_PROXIES", value_name = "LIST", default_value = "",
+          value_parser = crate::upstream::TrustedProxies::parse)]
+    pub trusted_proxies: crate::upstream::TrustedProxies,
+
     /// Log verbosity.
     #[arg(long, env = "HERVE_LOG", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -199,6 +206,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             access_log: true,
+            trusted_proxies: crate::upstream::TrustedProxies::default(),
         }
     }
 }

@@ -328,6 +328,32 @@ impl Fields {
     }
 }
 
+/// Where the data plane mounted a service for one request: the path prefix it
+/// stripped before the service's router saw the path (`/<uuid>` for `/<uuid>/echo`).
+/// Every request a service gets carries it as an extension; a service that writes
+/// URLs of its own (a `Location`, links) puts it in front of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPrefix(http::HeaderValue);
+
+impl MountPrefix {
+    pub(crate) fn new(prefix: &str) -> Self {
+        MountPrefix(
+            http::HeaderValue::try_from(prefix)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+        )
+    }
+
+    /// The prefix, such as `/<uuid>`; empty when the service is mounted at `/`.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The prefix as a header value (`X-Forwarded-Prefix`), shared, not copied.
+    pub fn header_value(&self) -> &http::HeaderValue {
+        &self.0
+    }
+}
+
 /// Why a hook failed. Herve turns it into the API's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

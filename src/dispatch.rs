@@ -152,7 +152,7 @@ impl Dispatcher {
             let response = self.admin(request).await;
             return answer_for_cut(response, cut.as_deref(), false);
         };
-        let Some(router) = self.routes.get(&uuid) else {
+        let Some(route) = self.routes.get(&uuid) else {
             return plain(
                 StatusCode::NOT_FOUND,
                 "No running service answers at this path.\n",
@@ -161,9 +161,12 @@ impl Dispatcher {
         let Some(mut request) = strip_service_prefix(request) else {
             return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
         };
-        // Services may want the client's address (proxies forward it).
-        request.extensions_mut().insert(ConnectInfo(peer.addr));
-        let response = match router.oneshot(request).await {
+        // Services may want the client's address (proxies forward it) and where they
+        // are mounted.
+        let extensions = request.extensions_mut();
+        extensions.insert(ConnectInfo(peer.addr));
+        extensions.insert(route.prefix);
+        let response = match route.router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };

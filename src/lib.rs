@@ -182,7 +182,8 @@ impl HerveBuilder {
             .map_err(|source| StartError::Bind { addr, source })?;
 
         let database = SqliteStore::open(&data_dir.join(DATABASE_FILE))?;
-        let mut types = TypeCatalog::builtin(&database, &hashing, &data_dir);
+        let mut types =
+            TypeCatalog::builtin(&database, &hashing, &data_dir, &config.trusted_proxies);
         types.extend(self.extra_types);
         let store: Arc<dyn Store> = Arc::new(database);
         let routes = Arc::new(RouteTable::default());

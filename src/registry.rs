@@ -107,6 +107,8 @@ struct Slot {
     type_name: String,
     description: String,
     config: Value,
+    /// What is wrong with its stored record, if anything: it cannot start.
+    corrupt: Option<String>,
     /// `None` when the database names a type this Herve was not built with.
     service_type: Option<Arc<dyn ServiceType>>,
     shown: Mutex<Shown>,
@@ -208,6 +210,16 @@ impl Registry {
                 .as_ref()
                 .map(|t| t.description().to_owned())
                 .unwrap_or(record.description);
+            let (status, reason) = match &record.corrupt {
+                Some(problem) => {
+                    tracing::error!(uuid = %record.uuid, %problem, "a stored service is corrupt; it is shown as failed");
+                    (
+                        Status::Failed,
+                        format!("The stored record is corrupt: {problem}."),
+                    )
+                }
+                None => (record.status, record.detail),
+            };
             services.names.insert(record.name.clone());
             services.by_uuid.insert(
                 record.uuid,
@@ -218,10 +230,11 @@ impl Registry {
                     type_name: record.type_name,
                     description,
                     config: record.config,
+                    corrupt: record.corrupt,
                     service_type,
                     shown: Mutex::new(Shown {
-                        status: record.status,
-                        reason: record.detail,
+                        status,
+                        reason,
                         runtime: None,
                     }),
                     epoch: AtomicU64::new(0),
@@ -334,6 +347,7 @@ impl Registry {
             detail: String::new(),
             config,
             created_at: unix_now(),
+            corrupt: None,
         };
         record.seq = match self.store.insert(&record).await {
             Ok(seq) => seq,
@@ -353,6 +367,7 @@ impl Registry {
             type_name: record.type_name,
             description: record.description,
             config: record.config,
+            corrupt: None,
             service_type: Some(service_type),
             shown: Mutex::new(Shown {
                 status: Status::Registered,
@@ -523,6 +538,11 @@ impl Registry {
         }
         if self.closing.load(Ordering::SeqCst) {
             return Err(RegistryError::ShuttingDown);
+        }
+        if let Some(problem) = &slot.corrupt {
+            return Err(RegistryError::Hook(format!(
+                "The stored record is corrupt ({problem}); unregister the service and register it again."
+            )));
         }
         let Some(service_type) = &slot.service_type else {
             // Shown as failed, but the stored status keeps the intent, for a Herve

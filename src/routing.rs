@@ -13,6 +13,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use uuid::Uuid;
 
+use crate::contract::MountPrefix;
+
 /// The routes of every running service, by uuid.
 #[derive(Default)]
 pub struct RouteTable {
@@ -22,12 +24,20 @@ pub struct RouteTable {
     write: std::sync::Mutex<()>,
 }
 
-type Snapshot = HashMap<Uuid, Router, BuildHasherDefault<UuidHasher>>;
+type Snapshot = HashMap<Uuid, Route, BuildHasherDefault<UuidHasher>>;
+
+/// A running service as the data plane reaches it.
+#[derive(Clone)]
+pub struct Route {
+    pub router: Router,
+    /// The prefix of its paths (`/<uuid>`), stripped before the router sees them.
+    pub prefix: MountPrefix,
+}
 
 impl RouteTable {
-    /// The router of the running service `uuid`.
+    /// The route of the running service `uuid`.
     #[inline]
-    pub fn get(&self, uuid: &Uuid) -> Option<Router> {
+    pub fn get(&self, uuid: &Uuid) -> Option<Route> {
         self.current.load().get(uuid).cloned()
     }
 
@@ -37,8 +47,9 @@ impl RouteTable {
         // 2 MiB default would otherwise cut in first. A router that sets its own limit
         // keeps it: its layer runs after this one.
         let router = router.layer(DefaultBodyLimit::disable());
+        let prefix = MountPrefix::new(&format!("/{uuid}"));
         self.update(|routes| {
-            routes.insert(uuid, router);
+            routes.insert(uuid, Route { router, prefix });
         });
     }
 

@@ -74,6 +74,9 @@ pub struct ServiceRecord {
     pub config: Value,
     /// Unix seconds.
     pub created_at: i64,
+    /// What is wrong with the stored row, when it could not be read whole: such a
+    /// service is shown as failed and cannot start, and the others are unaffected.
+    pub corrupt: Option<String>,
 }
 
 /// A failure of the durable store. The API answers 500 and the change is not applied.

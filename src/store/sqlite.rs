@@ -226,16 +226,21 @@ impl Store for SqliteStore {
             for row in rows {
                 let (seq, uuid, name, type_name, description, status, config, created_at, detail) =
                     row.map_err(db)?;
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    uuid: uuid.clone(),
-                    reason,
+                let Ok(parsed_uuid) = Uuid::try_parse(&uuid) else {
+                    // Nothing can name it: it cannot even be shown.
+                    tracing::error!(seq, uuid = %uuid, "a stored service has an invalid uuid; it is ignored");
+                    continue;
                 };
-                let parsed_uuid =
-                    Uuid::try_parse(&uuid).map_err(|e| corrupt(format!("bad uuid: {e}")))?;
-                let status = Status::parse(&status)
-                    .ok_or_else(|| corrupt(format!("unknown status '{status}'")))?;
-                let config = serde_json::from_str(&config)
-                    .map_err(|e| corrupt(format!("bad config: {e}")))?;
+                let mut problems = Vec::new();
+                let status = Status::parse(&status).unwrap_or_else(|| {
+                    problems.push(format!("unknown status '{status}'"));
+                    Status::Failed
+                });
+                let config = serde_json::from_str(&config).unwrap_or_else(|error| {
+                    problems.push(format!("invalid configuration ({error})"));
+                    serde_json::Value::Null
+                });
+                let corrupt = (!problems.is_empty()).then(|| problems.join(", "));
                 records.push(ServiceRecord {
                     seq,
                     uuid: parsed_uuid,
@@ -246,6 +251,7 @@ impl Store for SqliteStore {
                     detail,
                     config,
                     created_at,
+                    corrupt,
                 });
             }
             Ok(records)

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::contract::ServiceType;
 use crate::store::sqlite::SqliteStore;
+use crate::upstream::TrustedProxies;
 use crate::util::hashing::HashPool;
 
 /// The service types a Herve can register, by name.
@@ -28,16 +29,21 @@ pub struct TypeCatalog {
 
 impl TypeCatalog {
     /// A catalog with every built-in type; those that keep data keep it in `database`.
-    pub fn builtin(database: &SqliteStore, hashing: &Arc<HashPool>, data_dir: &Path) -> Self {
+    pub fn builtin(
+        database: &SqliteStore,
+        hashing: &Arc<HashPool>,
+        data_dir: &Path,
+        trusted: &TrustedProxies,
+    ) -> Self {
         let mut catalog = TypeCatalog::default();
         let client = crate::upstream::new_client();
         catalog.add(models::ModelsType::new(database.clone()));
         catalog.add(auth::AuthType::new(database.clone(), Arc::clone(hashing)));
-        catalog.add(static_files::StaticType);
+        catalog.add(static_files::StaticType::new(data_dir));
         catalog.add(echo::Echo);
         catalog.add(ping::Ping);
-        catalog.add(proxy::ProxyType::new(client.clone()));
-        catalog.add(process::ProcessType::new(client, data_dir));
+        catalog.add(proxy::ProxyType::new(client.clone(), trusted.clone()));
+        catalog.add(process::ProcessType::new(client, data_dir, trusted.clone()));
         catalog
     }
 

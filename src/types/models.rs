@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 use super::field;
 use crate::api::form::{fields_from_body, media_type};
 use crate::api::{json_ok, json_ok_with, ApiError};
-use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::{
+    Fields, MountPrefix, RunningService, ServiceContext, ServiceError, ServiceType,
+};
 use crate::store::sqlite::{db, SqliteStore};
 use crate::store::{unix_now, StoreError};
 
@@ -28,8 +30,11 @@ const MAX_STRING: u32 = 1_000_000;
 /// Default and largest page of a listing.
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
-/// Most bytes of stored data one listing page reads.
-const PAGE_BUDGET: usize = 16 * 1024 * 1024;
+/// A listing is read and sent a batch at a time, so that a client that reads slowly
+/// holds one batch, not its whole page: at most this many rows...
+const BATCH_ROWS: u64 = 64;
+/// ...and, past the first row, at most this many bytes of stored data.
+const BATCH_BYTES: usize = 256 * 1024;
 /// Names the instances' own keys take.
 const RESERVED: [&str; 3] = ["id", "created_at", "updated_at"];
 
@@ -414,8 +419,10 @@ impl Model {
                 .map(Value::Number)
                 .ok_or_else(|| self.invalid(&spec.name, "must be a number"))?,
             Kind::Bool => match raw.trim() {
-                "true" | "1" => Value::Bool(true),
-                "false" | "0" => Value::Bool(false),
+                "1" => Value::Bool(true),
+                "0" => Value::Bool(false),
+                text if text.eq_ignore_ascii_case("true") => Value::Bool(true),
+                text if text.eq_ignore_ascii_case("false") => Value::Bool(false),
                 _ => return Err(self.invalid(&spec.name, "must be true or false")),
             },
         })
@@ -424,7 +431,7 @@ impl Model {
     fn parse_id(&self, text: &str) -> Result<i64, ApiError> {
         text.parse::<i64>()
             .ok()
-            .filter(|id| *id > 0)
+            .filter(|id| *id >= 0)
             .ok_or_else(|| self.not_found())
     }
 
@@ -442,10 +449,10 @@ fn insert_row(
     values: Map<String, Value>,
 ) -> Result<Row, StoreError> {
     // Ids come from a per-service counter, never from MAX(id): a deleted id is never
-    // given again.
+    // given again. The first is 0, as in the first Herve.
     let id: i64 = tx
         .query_row(
-            "INSERT INTO model_sequences (service, last_id) VALUES (?1, 1)
+            "INSERT INTO model_sequences (service, last_id) VALUES (?1, 0)
              ON CONFLICT (service) DO UPDATE SET last_id = last_id + 1
              RETURNING last_id",
             params![service],
@@ -547,49 +554,158 @@ async fn list(
     };
     let limit = number(page.limit, DEFAULT_LIMIT, MAX_LIMIT, "limit")?;
     let offset = number(page.offset, 0, i64::MAX as u64, "offset")?;
-    let service = model.service.clone();
-    let rows = model
-        .database
-        .with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT id, created_at, updated_at, data FROM model_instances
-                     WHERE service = ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
-                )
-                .map_err(db)?;
-            let raw = stmt
-                .query_map(
-                    params![
-                        service,
-                        i64::try_from(limit).unwrap_or(i64::MAX),
-                        i64::try_from(offset).unwrap_or(i64::MAX)
-                    ],
-                    |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get::<_, String>(3)?,
-                        ))
-                    },
-                )
-                .map_err(db)?;
-            // A page ends early rather than grow past the budget (never empty, though).
-            let (mut page, mut bytes) = (Vec::new(), 0usize);
-            for row in raw {
-                let row = row.map_err(db)?;
-                bytes += row.3.len();
-                if bytes > PAGE_BUDGET && !page.is_empty() {
-                    break;
-                }
-                page.push(decode_row(row)?);
-            }
-            Ok(page)
-        })
+    // The first batch is read before answering, so that a failure is a clean 500.
+    let first = model
+        .batch(After::Offset(offset), limit.min(BATCH_ROWS))
         .await
         .map_err(store_failed)?;
-    let instances: Vec<Instance<'_>> = rows.into_iter().map(|row| model.instance(row)).collect();
-    Ok(json_ok(StatusCode::OK, None, Some(instances)))
+    let listing = Listing {
+        model,
+        left: limit,
+        ready: Some(first),
+        last_id: None,
+        written: 0,
+        state: ListingState::Head,
+    };
+    let chunks = futures_util::stream::unfold(listing, |mut listing| async move {
+        let chunk = listing.next_chunk().await?;
+        Some((chunk, listing))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(chunks));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Where a batch of a listing starts.
+enum After {
+    /// The first batch: after `offset` rows.
+    Offset(u64),
+    /// The next: after the last id sent (the order is by id).
+    Id(i64),
+}
+
+impl Model {
+    /// Up to `rows` instances in id order, fewer if they hold more than
+    /// [`BATCH_BYTES`] (never none while any is left).
+    async fn batch(&self, after: After, rows: u64) -> Result<Vec<Row>, StoreError> {
+        let service = self.service.clone();
+        self.database
+            .with_conn(move |conn| {
+                let (sql, key) = match after {
+                    After::Offset(offset) => (
+                        "SELECT id, created_at, updated_at, data FROM model_instances
+                         WHERE service = ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
+                        i64::try_from(offset).unwrap_or(i64::MAX),
+                    ),
+                    After::Id(id) => (
+                        "SELECT id, created_at, updated_at, data FROM model_instances
+                         WHERE service = ?1 AND id > ?3 ORDER BY id LIMIT ?2",
+                        id,
+                    ),
+                };
+                let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+                let raw = stmt
+                    .query_map(
+                        params![service, i64::try_from(rows).unwrap_or(i64::MAX), key],
+                        |row| {
+                            Ok((
+                                row.get(0)?,
+                                row.get(1)?,
+                                row.get(2)?,
+                                row.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .map_err(db)?;
+                let (mut batch, mut bytes) = (Vec::new(), 0usize);
+                for row in raw {
+                    let row = row.map_err(db)?;
+                    bytes += row.3.len();
+                    if bytes > BATCH_BYTES && !batch.is_empty() {
+                        break;
+                    }
+                    batch.push(decode_row(row)?);
+                }
+                Ok(batch)
+            })
+            .await
+    }
+}
+
+/// A listing being sent: `{"success":true,"data":[`, the instances a batch at a
+/// time as the client takes them, then `]}`.
+struct Listing {
+    model: Arc<Model>,
+    /// Instances still to send.
+    left: u64,
+    /// A batch read ahead (the first one).
+    ready: Option<Vec<Row>>,
+    last_id: Option<i64>,
+    written: u64,
+    state: ListingState,
+}
+
+enum ListingState {
+    Head,
+    Rows,
+    Done,
+}
+
+impl Listing {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        match self.state {
+            ListingState::Done => return None,
+            ListingState::Head => {
+                out.extend_from_slice(br#"{"success":true,"data":["#);
+                self.state = ListingState::Rows;
+            }
+            ListingState::Rows => {}
+        }
+        let rows = match (self.ready.take(), self.last_id) {
+            (Some(rows), _) => rows,
+            (None, Some(last_id)) if self.left > 0 => {
+                match self
+                    .model
+                    .batch(After::Id(last_id), self.left.min(BATCH_ROWS))
+                    .await
+                {
+                    Ok(rows) => rows,
+                    // The answer has begun: all that can be done is to cut it short.
+                    Err(error) => {
+                        tracing::error!(%error, "models store failed during a listing");
+                        self.state = ListingState::Done;
+                        return Some(Err(std::io::Error::other(error)));
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        if rows.is_empty() || self.left == 0 {
+            out.extend_from_slice(b"]}");
+            self.state = ListingState::Done;
+            return Some(Ok(out.into()));
+        }
+        for row in rows
+            .into_iter()
+            .take(usize::try_from(self.left).unwrap_or(usize::MAX))
+        {
+            if self.written > 0 {
+                out.push(b',');
+            }
+            self.last_id = Some(row.0);
+            if let Err(error) = serde_json::to_writer(&mut out, &self.model.instance(row)) {
+                self.state = ListingState::Done;
+                return Some(Err(std::io::Error::other(error)));
+            }
+            self.written += 1;
+            self.left -= 1;
+        }
+        Some(Ok(out.into()))
+    }
 }
 
 async fn show(
@@ -625,6 +741,7 @@ async fn create(
 /// (201, with an id of Herve's: clients never choose ids).
 async fn replace(
     State(model): State<Arc<Model>>,
+    mount: Option<axum::Extension<MountPrefix>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -654,7 +771,9 @@ async fn replace(
     let id = row.0;
     let mut response = json_ok(status, None, Some(model.instance(row)));
     if created {
-        if let Ok(location) = format!("{}/{}", model.name(), id).parse() {
+        // Absolute: relative to the request, `user/12` would resolve under `/user/`.
+        let prefix = mount.as_ref().map_or("", |mount| mount.0.as_str());
+        if let Ok(location) = format!("{prefix}/{}/{id}", model.name()).parse() {
             response.headers_mut().insert(header::LOCATION, location);
         }
     }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::field;
 use crate::contract::{Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::upstream::{HealthCheck, Proxy, Strategy, Upstream, UpstreamClient};
+use crate::upstream::{HealthCheck, Proxy, Strategy, TrustedProxies, Upstream, UpstreamClient};
 
 /// The most upstreams one service may have.
 const MAX_UPSTREAMS: usize = 64;
@@ -18,11 +18,12 @@ const MAX_UPSTREAMS: usize = 64;
 /// The `proxy` service type.
 pub struct ProxyType {
     client: UpstreamClient,
+    trusted: TrustedProxies,
 }
 
 impl ProxyType {
-    pub fn new(client: UpstreamClient) -> Self {
-        ProxyType { client }
+    pub fn new(client: UpstreamClient, trusted: TrustedProxies) -> Self {
+        ProxyType { client, trusted }
     }
 }
 
@@ -148,7 +149,8 @@ impl ServiceType for ProxyType {
             strategy,
             Duration::from_millis(config.timeout_ms),
             health_check,
-            &format!("/{}", ctx.uuid()),
+            ctx.uuid(),
+            self.trusted.clone(),
         );
         let reporter = ctx.reporter().clone();
         let checker = tokio::spawn(Arc::clone(&proxy).check_health(move |proxy: &Proxy| {

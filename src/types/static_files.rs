@@ -23,7 +23,35 @@ use crate::dispatch::plain;
 const CHUNK: usize = 32 * 1024;
 
 /// The `static` service type.
-pub struct StaticType;
+pub struct StaticType {
+    /// Herve's data directory: never served.
+    herve_data: PathBuf,
+}
+
+impl StaticType {
+    pub fn new(herve_data: &Path) -> Self {
+        StaticType {
+            herve_data: herve_data.to_path_buf(),
+        }
+    }
+
+    /// Refuses a root that contains Herve's data directory (its secret, its database).
+    fn check_root(&self, root: &Path) -> Result<(), ServiceError> {
+        let (Ok(root), Ok(data)) = (
+            std::fs::canonicalize(root),
+            std::fs::canonicalize(&self.herve_data),
+        ) else {
+            return Ok(());
+        };
+        if data.starts_with(&root) {
+            return Err(ServiceError::invalid_field(
+                "root",
+                "The field 'root' must not contain Herve's data directory.",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What a static service keeps from its registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +107,7 @@ impl ServiceType for StaticType {
         fields: &Fields,
     ) -> Result<Value, ServiceError> {
         let config = StaticConfig::from_fields(fields)?;
+        self.check_root(Path::new(&config.root))?;
         field::to_config(&config)
     }
 
@@ -88,6 +117,8 @@ impl ServiceType for StaticType {
         config: &Value,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
         let config: StaticConfig = field::from_config(config)?;
+        self.check_root(Path::new(&config.root))
+            .map_err(|error| ServiceError::failed(error.to_string()))?;
         // Resolved once: every served path must stay inside this one.
         let root = tokio::fs::canonicalize(&config.root).await.map_err(|e| {
             ServiceError::failed(format!(

@@ -1,5 +1,6 @@
 //! Forwarding one request to an upstream and its answer back.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,22 +10,20 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use super::headers;
 use super::pool::{ConnectError, Lease};
 use super::Proxy;
+use crate::contract::MountPrefix;
 use crate::dispatch::plain;
 
 /// Pooled connections found closed, one after the other, before a fresh one is opened.
 const MAX_STALE_TRIES: usize = 4;
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -48,11 +47,29 @@ impl Proxy {
         } else {
             None
         };
+        // A proxy that reaches itself again (through Herve or another proxy) would
+        // multiply connections until something gives.
+        if headers::has_passed(&parts.headers, &self.hop) {
+            return plain(
+                StatusCode::LOOP_DETECTED,
+                "The request came back to the proxy that sent it: the proxy loops.\n",
+            );
+        }
+        let Some(path_and_query) = confined(&parts.uri) else {
+            return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
+        };
         let client = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0);
-        prepare_headers(&mut parts.headers, client, &self.prefix, upgrade);
+            .map(|info| info.0.ip());
+        prepare_headers(&mut parts.headers, upgrade);
+        let host = parts.headers.remove(header::HOST);
+        let prefix = parts
+            .extensions
+            .get::<MountPrefix>()
+            .map_or(&self.prefix, MountPrefix::header_value);
+        headers::set_forwarding(&mut parts.headers, client, host, prefix, &self.trusted);
+        headers::add_via(&mut parts.headers, &self.via);
 
         // Without a body, an idempotent request can be sent again to another upstream
         // if the first one could not be connected to.
@@ -73,7 +90,8 @@ impl Proxy {
                 "No healthy upstream is available.\n",
             );
         };
-        let request = match self.outgoing(first, &parts.uri, parts.method, parts.headers, body) {
+        let request = match self.outgoing(first, &path_and_query, parts.method, parts.headers, body)
+        {
             Some(request) => request,
             None => return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n"),
         };
@@ -82,7 +100,8 @@ impl Proxy {
                 self.mark_down(first);
                 match (retry, self.pick(Some(first))) {
                     (Some((method, headers)), Some(second)) => {
-                        match self.outgoing(second, &parts.uri, method, headers, Body::empty()) {
+                        match self.outgoing(second, &path_and_query, method, headers, Body::empty())
+                        {
                             Some(request) => (second, self.send(second, request).await),
                             None => (first, Err(failure)),
                         }
@@ -128,17 +147,18 @@ impl Proxy {
     fn outgoing(
         &self,
         index: usize,
-        uri: &Uri,
+        path_and_query: &PathAndQuery,
         method: Method,
         headers: HeaderMap,
         body: Body,
     ) -> Option<Request<Body>> {
         let upstream = &self.upstreams[index];
-        let path_and_query = match uri.path_and_query() {
-            Some(pq) if upstream.base.is_empty() => pq.clone(),
-            Some(pq) => format!("{}{}", upstream.base, pq).try_into().ok()?,
-            None if upstream.base.is_empty() => http::uri::PathAndQuery::from_static("/"),
-            None => upstream.base.as_str().try_into().ok()?,
+        let path_and_query = if upstream.base.is_empty() {
+            path_and_query.clone()
+        } else {
+            format!("{}{}", upstream.base, path_and_query)
+                .try_into()
+                .ok()?
         };
         // Origin form on the wire, the upstream's name in Host.
         let uri = Uri::from(path_and_query);
@@ -358,12 +378,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn prepare_headers(
-    headers: &mut HeaderMap,
-    client: Option<SocketAddr>,
-    prefix: &HeaderValue,
-    upgrade: bool,
-) {
+/// The request's path and query with its dot segments resolved (see
+/// [`headers::confined_path`]); the original when there were none.
+fn confined(uri: &Uri) -> Option<PathAndQuery> {
+    let Some(original) = uri.path_and_query() else {
+        return Some(PathAndQuery::from_static("/"));
+    };
+    match headers::confined_path(original.path())? {
+        Cow::Borrowed(_) => Some(original.clone()),
+        Cow::Owned(path) => {
+            let joined = match original.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            PathAndQuery::try_from(joined).ok()
+        }
+    }
+}
+
+/// Strips the hop-by-hop headers, keeping an upgrade the client asked for.
+fn prepare_headers(headers: &mut HeaderMap, upgrade: bool) {
     let upgrade_to = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -374,52 +408,11 @@ fn prepare_headers(
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    // Only Herve says what the client asked for: a client's own X-Forwarded-Host
-    // (sent without a Host) must not pass as Herve's.
-    headers.remove(&X_FORWARDED_HOST);
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-    if let Some(client) = client {
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", client.ip())).ok(),
-            None => ip_header_value(client.ip()),
-        };
-        if let Some(value) = value {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
-}
-
-/// An address as a header value, formatted on the stack: one allocation, not two.
-fn ip_header_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
-    use std::io::Write;
-    // The longest IPv6 text form is 45 bytes.
-    let mut buffer = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-    write!(cursor, "{ip}").ok()?;
-    let written = usize::try_from(cursor.position()).ok()?;
-    HeaderValue::from_bytes(&buffer[..written]).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_become_header_values_as_written() {
-        for ip in [
-            "127.0.0.1",
-            "::1",
-            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
-        ] {
-            let parsed: std::net::IpAddr = ip.parse().expect("ip");
-            let value = ip_header_value(parsed).expect("value");
-            assert_eq!(value.to_str().expect("ascii"), parsed.to_string());
-        }
-    }
 
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {

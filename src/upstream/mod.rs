@@ -8,6 +8,7 @@
 
 pub mod balance;
 mod forward;
+pub mod headers;
 mod pool;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use balance::Strategy;
 use balance::{Balancer, Health};
+pub use headers::TrustedProxies;
 
 /// The HTTP client every proxy shares: its pool keeps connections to each upstream
 /// alive between requests.
@@ -154,6 +156,10 @@ pub struct Proxy {
     health_check: HealthCheck,
     /// The value of `X-Forwarded-Prefix`: `/<uuid>`.
     prefix: http::HeaderValue,
+    /// This proxy's name in `Via` (`herve-<id>`), and the entry it adds.
+    hop: String,
+    via: http::HeaderValue,
+    trusted: TrustedProxies,
     /// Set when the service stops; ends its upgraded connections (also when dropped).
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -166,15 +172,24 @@ impl Proxy {
         strategy: Strategy,
         timeout: Duration,
         health_check: HealthCheck,
-        prefix: &str,
+        service: uuid::Uuid,
+        trusted: TrustedProxies,
     ) -> Arc<Proxy> {
+        let prefix = format!("/{service}");
+        // Enough of the uuid to tell proxies apart, not more than needed.
+        let hop = format!("herve-{}", &service.simple().to_string()[..12]);
+        let via = http::HeaderValue::try_from(format!("1.1 {hop}"))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 herve"));
         Arc::new(Proxy {
+            hop,
+            via,
+            trusted,
             client,
             balancer: Balancer::new(strategy, weights),
             upstreams,
             timeout,
             health_check,
-            prefix: http::HeaderValue::try_from(prefix)
+            prefix: http::HeaderValue::try_from(prefix.as_str())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("/")),
             closed: tokio::sync::watch::Sender::new(false),
         })

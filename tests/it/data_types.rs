@@ -56,7 +56,7 @@ async fn models_crud_follows_the_table() {
     .await;
     assert_eq!(created.status, 201, "{}", created.text());
     let ada = created.json()["data"].clone();
-    assert_eq!(ada["id"], 1);
+    assert_eq!(ada["id"], 0, "ids start at 0, as in the first Herve");
     // Keys in order: id, created_at, updated_at, then the schema's.
     let text = created.text();
     let order: Vec<usize> = [
@@ -83,7 +83,7 @@ async fn models_crud_follows_the_table() {
     )
     .await;
     assert_eq!(second.status, 201);
-    assert_eq!(second.json()["data"]["id"], 2);
+    assert_eq!(second.json()["data"]["id"], 1);
     assert_eq!(second.json()["data"]["active"], Value::Null);
 
     let listed = herve.get(&base).await.json();
@@ -93,13 +93,13 @@ async fn models_crud_follows_the_table() {
         .iter()
         .map(|i| i["id"].as_i64().expect("id"))
         .collect();
-    assert_eq!(ids, [1, 2]);
+    assert_eq!(ids, [0, 1]);
     let page = herve.get(&format!("{base}?limit=1&offset=1")).await.json();
-    assert_eq!(page["data"][0]["id"], 2);
+    assert_eq!(page["data"][0]["id"], 1);
     assert_eq!(page["data"].as_array().expect("page").len(), 1);
     assert_eq!(herve.get(&format!("{base}?limit=x")).await.status, 400);
 
-    let one = herve.get(&format!("{base}/1")).await;
+    let one = herve.get(&format!("{base}/0")).await;
     assert_eq!(one.json()["data"]["username"], "ada");
     assert_eq!(one.text(), created.text());
 
@@ -107,7 +107,7 @@ async fn models_crud_follows_the_table() {
     let replaced = form(
         &herve,
         Method::PUT,
-        &format!("{base}/1"),
+        &format!("{base}/0"),
         "username=ada2&password=pw2",
     )
     .await;
@@ -123,10 +123,15 @@ async fn models_crud_follows_the_table() {
     )
     .await;
     assert_eq!(put_new.status, 201);
-    assert_eq!(put_new.json()["data"]["id"], 3);
+    assert_eq!(put_new.json()["data"]["id"], 2);
+    // An absolute Location: relative, `user/2` would resolve under `/user/`.
+    assert_eq!(
+        put_new.header("location"),
+        Some(format!("{base}/2").as_str())
+    );
 
     // PATCH changes only what it is given.
-    let patched = form(&herve, Method::PATCH, &format!("{base}/2"), "age=8").await;
+    let patched = form(&herve, Method::PATCH, &format!("{base}/1"), "age=8").await;
     assert_eq!(patched.status, 200);
     assert_eq!(patched.json()["data"]["age"], 8);
     assert_eq!(patched.json()["data"]["username"], "bob");
@@ -140,7 +145,7 @@ async fn models_crud_follows_the_table() {
     let deleted = herve
         .send(
             Method::DELETE,
-            &format!("{base}/2"),
+            &format!("{base}/1"),
             Auth::None,
             &[],
             Bytes::new(),
@@ -150,7 +155,7 @@ async fn models_crud_follows_the_table() {
     herve
         .send(
             Method::DELETE,
-            &format!("{base}/2"),
+            &format!("{base}/1"),
             Auth::None,
             &[],
             Bytes::new(),
@@ -158,14 +163,14 @@ async fn models_crud_follows_the_table() {
         .await
         .expect(404, "user model: instance not found");
     herve
-        .get(&format!("{base}/2"))
+        .get(&format!("{base}/1"))
         .await
         .expect(404, "user model: instance not found");
     // Ids are never reused, not even the highest one after it is deleted.
     herve
         .send(
             Method::DELETE,
-            &format!("{base}/3"),
+            &format!("{base}/2"),
             Auth::None,
             &[],
             Bytes::new(),
@@ -173,10 +178,10 @@ async fn models_crud_follows_the_table() {
         .await
         .expect(200, "user model: instance has been deleted");
     let next = form(&herve, Method::POST, &base, "username=dee&password=pw").await;
-    assert_eq!(next.json()["data"]["id"], 4);
+    assert_eq!(next.json()["data"]["id"], 3);
 
     for method in [Method::PUT, Method::PATCH] {
-        for bad_id in ["abc", "0", "-1"] {
+        for bad_id in ["abc", "-1"] {
             let reply = form(
                 &herve,
                 method.clone(),
@@ -209,7 +214,7 @@ async fn models_crud_follows_the_table() {
     .await
     .expect(422, "user model: unable to process this content");
 
-    for bad_id in ["abc", "-1", "0", "1.5", "99999999999999999999999", "%00"] {
+    for bad_id in ["abc", "-1", "1.5", "99999999999999999999999", "%00"] {
         let reply = herve.get(&format!("{base}/{bad_id}")).await;
         assert!(
             matches!(reply.status.as_u16(), 404 | 400),
@@ -266,7 +271,7 @@ async fn models_refuse_bad_content_with_422() {
         201
     );
     // A required field cannot be emptied by a patch.
-    form(&herve, Method::PATCH, &format!("{base}/1"), "username=")
+    form(&herve, Method::PATCH, &format!("{base}/0"), "username=")
         .await
         .expect(422, generic);
     assert!(
@@ -647,7 +652,7 @@ async fn data_survives_a_restart_and_goes_with_unregister() {
     first.stop().await;
 
     let second = TestHerve::start_on(dir.path()).await;
-    let kept = second.get(&format!("/{models}/user/1")).await;
+    let kept = second.get(&format!("/{models}/user/0")).await;
     assert_eq!(kept.json()["data"]["username"], "kept");
     assert_eq!(
         me(&second, &accounts, &token).await.json()["data"]["username"],
@@ -661,7 +666,7 @@ async fn data_survives_a_restart_and_goes_with_unregister() {
         "username=new&password=pw",
     )
     .await;
-    assert_eq!(next.json()["data"]["id"], 2);
+    assert_eq!(next.json()["data"]["id"], 1);
 
     for uuid in [&models, &accounts] {
         second

@@ -400,7 +400,19 @@ async fn requests_arrive_whole_with_forwarding_headers_and_without_hop_headers()
     let headers = &seen["headers"];
     assert_eq!(headers["x-kept"], "kept");
     assert!(headers.get("x-private").is_none(), "{headers}");
-    assert_eq!(headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    // The client is no trusted proxy: what it claims is replaced by what Herve saw.
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(
+        headers["forwarded"],
+        format!("for=127.0.0.1;host=\"{}\";proto=http", herve.addr)
+    );
+    assert!(
+        headers["via"]
+            .as_str()
+            .is_some_and(|via| via.starts_with("1.1 herve-")),
+        "{headers}"
+    );
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], herve.addr.to_string());
     assert_eq!(headers["x-forwarded-prefix"], format!("/{uuid}"));

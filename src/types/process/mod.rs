@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::field;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::upstream::{HealthCheck, Proxy, Strategy, Upstream, UpstreamClient};
+use crate::upstream::{HealthCheck, Proxy, Strategy, TrustedProxies, Upstream, UpstreamClient};
 pub use containment::reap_adopted_orphans;
 use containment::Containment;
 use supervisor::{RestartPolicy, RunAs, Spec, Supervisor};
@@ -35,11 +35,13 @@ pub struct ProcessType {
     /// Herve's data directory: out of every program's reach.
     herve_data: PathBuf,
     containment: Containment,
+    trusted: TrustedProxies,
 }
 
 impl ProcessType {
-    pub fn new(client: UpstreamClient, herve_data: &Path) -> Self {
+    pub fn new(client: UpstreamClient, herve_data: &Path, trusted: TrustedProxies) -> Self {
         ProcessType {
+            trusted,
             client,
             herve_data: herve_data.to_path_buf(),
             containment: Containment::detect(herve_data),
@@ -429,7 +431,8 @@ impl ServiceType for ProcessType {
             Strategy::RoundRobin,
             Duration::from_millis(config.timeout_ms),
             HealthCheck::Off,
-            &format!("/{}", ctx.uuid()),
+            ctx.uuid(),
+            self.trusted.clone(),
         );
         let upkeep = tokio::spawn(Arc::clone(&proxy).check_health(|_| {}));
         Ok(Box::new(RunningProcess {
