@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use super::field;
 use crate::contract::{Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::upstream::{HealthCheck, Proxy, Strategy, TrustedProxies, Upstream, UpstreamClient};
+use crate::upstream::{
+    HealthCheck, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream, UpstreamClient,
+};
 
 /// The most upstreams one service may have.
 const MAX_UPSTREAMS: usize = 64;
@@ -142,16 +144,14 @@ impl ServiceType for ProxyType {
             Some(path) => HealthCheck::Active { path, interval },
             None => HealthCheck::Passive { interval },
         };
-        let proxy = Proxy::new(
-            self.client.clone(),
-            upstreams,
-            &config.weights,
+        let options = ProxyOptions {
             strategy,
-            Duration::from_millis(config.timeout_ms),
+            weights: config.weights,
+            timeout: Duration::from_millis(config.timeout_ms),
             health_check,
-            ctx.uuid(),
-            self.trusted.clone(),
-        );
+            trusted: self.trusted.clone(),
+        };
+        let proxy = Proxy::new(self.client.clone(), upstreams, options, ctx.uuid());
         let reporter = ctx.reporter().clone();
         let checker = tokio::spawn(Arc::clone(&proxy).check_health(move |proxy: &Proxy| {
             reporter.report(Report::Runtime(upstream_state(proxy)));

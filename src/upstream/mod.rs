@@ -164,17 +164,33 @@ pub struct Proxy {
     closed: tokio::sync::watch::Sender<bool>,
 }
 
+/// How a [`Proxy`] spreads, times and checks its requests.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub strategy: Strategy,
+    /// One per upstream (for `Weighted`).
+    pub weights: Vec<u32>,
+    /// How long an upstream has to start answering.
+    pub timeout: Duration,
+    pub health_check: HealthCheck,
+    pub trusted: TrustedProxies,
+}
+
 impl Proxy {
+    /// The proxy of service `service` to `upstreams`.
     pub fn new(
         client: UpstreamClient,
         upstreams: Vec<Upstream>,
-        weights: &[u32],
-        strategy: Strategy,
-        timeout: Duration,
-        health_check: HealthCheck,
+        options: ProxyOptions,
         service: uuid::Uuid,
-        trusted: TrustedProxies,
     ) -> Arc<Proxy> {
+        let ProxyOptions {
+            strategy,
+            weights,
+            timeout,
+            health_check,
+            trusted,
+        } = options;
         let prefix = format!("/{service}");
         // Enough of the uuid to tell proxies apart, not more than needed.
         let hop = format!("herve-{}", &service.simple().to_string()[..12]);
@@ -185,7 +201,7 @@ impl Proxy {
             via,
             trusted,
             client,
-            balancer: Balancer::new(strategy, weights),
+            balancer: Balancer::new(strategy, &weights),
             upstreams,
             timeout,
             health_check,

@@ -18,7 +18,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::field;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::upstream::{HealthCheck, Proxy, Strategy, TrustedProxies, Upstream, UpstreamClient};
+use crate::upstream::{
+    HealthCheck, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream, UpstreamClient,
+};
 pub use containment::reap_adopted_orphans;
 use containment::Containment;
 use supervisor::{RestartPolicy, RunAs, Spec, Supervisor};
@@ -424,15 +426,18 @@ impl ServiceType for ProcessType {
                 ))
             }
         }
+        let options = ProxyOptions {
+            strategy: Strategy::RoundRobin,
+            weights: vec![1],
+            timeout: Duration::from_millis(config.timeout_ms),
+            health_check: HealthCheck::Off,
+            trusted: self.trusted.clone(),
+        };
         let proxy = Proxy::new(
             self.client.clone(),
             vec![Upstream::local(port)],
-            &[1],
-            Strategy::RoundRobin,
-            Duration::from_millis(config.timeout_ms),
-            HealthCheck::Off,
+            options,
             ctx.uuid(),
-            self.trusted.clone(),
         );
         let upkeep = tokio::spawn(Arc::clone(&proxy).check_health(|_| {}));
         Ok(Box::new(RunningProcess {
