@@ -5,12 +5,16 @@ use herve::auth::CredentialSource;
 use herve::config::{Config, ConfigError, LogFormat, LogLevel};
 use herve::HerveBuilder;
 
+/// How often free memory is handed back to the system.
+const MEMORY_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> anyhow::Result<()> {
     // First of all, before any secret is read: no process of the same user (a program
     // Herve runs, say) may read this one's memory or environment through /proc.
     if let Err(error) = herve::sys::make_non_dumpable() {
         eprintln!("warning: could not make Herve non-dumpable: {error}");
     }
+    herve::sys::tune_allocator();
     let config = match Config::load() {
         Ok(config) => config,
         Err(ConfigError::Invalid(error)) => herve::config::exit_with(error),
@@ -30,6 +34,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(error) = herve::adopt_orphans() {
         tracing::warn!(%error, "Herve cannot adopt the orphans of its programs");
     }
+    // What a burst of clients (slow readers, a flood) made the allocator take is given
+    // back a few seconds after they leave, not kept for good.
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(MEMORY_UPKEEP);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(herve::sys::release_free_memory).await;
+        }
+    });
     let herve = HerveBuilder::new(config.clone())
         .bind()
         .await

@@ -183,12 +183,17 @@ pub fn reap_if_exited(pid: i32) -> bool {
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
 }
 
-/// Gives memory that the allocator holds but no longer uses back to the system.
-pub fn release_free_memory() {
+/// Sets glibc's allocator up for a server whose large buffers come and go: every
+/// allocation of 1 MiB or more (a password hash's 19 MiB, a large body) is mapped on
+/// its own and given back to the system when freed. By default glibc raises that
+/// threshold to the largest block freed so far, after which such blocks are carved
+/// from per-thread arenas that keep their pages: a login flood then left hundreds of
+/// MiB resident for good.
+pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    // SAFETY: mallopt only sets a parameter of the allocator.
     unsafe {
-        libc::malloc_trim(0);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }
 
@@ -205,4 +210,25 @@ pub fn landlock_abi() -> i64 {
         )
     };
     version.max(0)
+}
+
+/// Gives the memory that the allocator keeps free in its arenas back to the system
+/// (glibc keeps what a burst of connections freed, in every arena it touched).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns the allocator's own free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Lowers the scheduling priority of the calling thread (Linux keeps a nice value per
+/// thread): work on it yields the CPU to every thread of normal priority.
+pub fn lower_this_thread_priority(nice: i32) {
+    // SAFETY: gettid has no arguments; setpriority on our own thread id only changes
+    // its nice value.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+    }
 }

@@ -39,13 +39,17 @@ pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
         // credentials are checked, so nothing under /services answers a stranger.
         .layer(middleware::from_fn_with_state(auth, require_admin))
         .with_state(registry);
-    Router::new()
+    let api = Router::new()
         .route("/health", get(health))
         .merge(services)
         .fallback(unknown_path)
-        .layer(middleware::map_response(explain_method_not_allowed))
         // The dispatcher bounds bodies (HERVE_MAX_BODY_BYTES); no second, smaller limit.
-        .layer(DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::disable());
+    // Around the whole router, not pushed down to each route as `layer` is: axum adds
+    // `Allow` after a route's layers have run.
+    Router::new()
+        .fallback_service(api)
+        .layer(middleware::map_response(explain_method_not_allowed))
 }
 
 /// The body of `GET /health`: the envelope with the message `ok`.

@@ -32,6 +32,9 @@ pub enum Lane {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The nice value of the hashing threads.
+const HASHING_NICE: i32 = 10;
+
 /// Threads that run password hashes, a bounded number queued.
 pub struct HashPool {
     shared: Arc<Shared>,
@@ -64,7 +67,12 @@ impl HashPool {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("herve-hash-{index}"))
-                .spawn(move || shared.work())?;
+                .spawn(move || {
+                    // Hashes wait for the data plane, never the other way round: a
+                    // flood of logins slows logins down, not every other request.
+                    crate::sys::lower_this_thread_priority(HASHING_NICE);
+                    shared.work()
+                })?;
         }
         Ok(HashPool { shared })
     }
