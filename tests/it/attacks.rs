@@ -647,7 +647,7 @@ async fn snoop_report(client: &HttpClient, uuid: &str) -> serde_json::Value {
             .into_iter()
             .flatten()
             .filter_map(|line| line.as_str()?.strip_prefix("SNOOP "))
-            .last()
+            .next_back()
             .map(|json| serde_json::from_str(json).expect("report"));
         if let Some(report) = found {
             return report;
@@ -891,7 +891,7 @@ async fn escaped_pid(client: &HttpClient, uuid: &str) -> i32 {
             .flatten()
             .filter_map(|line| line.as_str()?.strip_prefix("ESCAPED "))
             .filter_map(|pid| pid.trim().parse().ok())
-            .last();
+            .next_back();
         if let Some(pid) = pid {
             return pid;
         }
