@@ -9,6 +9,10 @@
 3. --slow slowloris connections (a header byte a second) while wrk hits /health.
 4. --kills SIGKILLs of Herve at random moments during a stream of API changes; after
    each restart, every acknowledged change must be there and nothing half-applied.
+5. attacks, each with Herve's RSS before, during (peak) and after, and /health latency
+   during: a login flood (wrk -c64 -d30s on an auth service's /login, made-up names), slow
+   request bodies filling every data-plane connection (HERVE_MAX_CONNECTIONS=200), and
+   slow readers of a models listing and of a large static file.
 Every load is bounded in time and count. Exits non-zero if a check fails.
 """
 
@@ -216,7 +220,8 @@ def mixed_load(minutes, workdir):
 
 def idle_connections(count, workdir):
     log(f"2. {count} idle connections while /health is loaded")
-    herve = start_herve(os.path.join(workdir, "idle"), HERVE_MAX_CONNECTIONS=str(count + 1000))
+    herve = start_herve(os.path.join(workdir, "idle"), HERVE_MAX_CONNECTIONS=str(count + 1000),
+                        HERVE_MAX_CONNECTIONS_PER_IP=str(count + 1000))
     sockets = []
     try:
         for _ in range(count):
@@ -364,14 +369,180 @@ def kills(rounds, workdir):
     check(lost == 0, f"{rounds} kills: {len(listing['data'])} services at the end, {lost} acknowledged changes lost or half-applied")
 
 
+class Watch:
+    """Samples Herve's RSS and /health latency (on new connections) in the background."""
+
+    def __init__(self, pid):
+        self.pid, self.rss, self.health, self.failed = pid, [], [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.rss.append(rss_kib(self.pid))
+            started = time.time()
+            try:
+                status, _ = call("GET", "/health", timeout=5)
+                if status == 200:
+                    self.health.append((time.time() - started) * 1000)
+                else:
+                    self.failed += 1
+            except (OSError, http.client.HTTPException):
+                self.failed += 1
+            self.stop.wait(0.1)
+
+    def done(self):
+        self.stop.set()
+        self.thread.join()
+        ordered = sorted(self.health) or [0.0]
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return {"peak_mib": max(self.rss or [0]) / 1024, "p50": pick(0.5), "p99": pick(0.99),
+                "max": ordered[-1], "ok": len(self.health), "failed": self.failed}
+
+
+def settle_rss(pid, seconds=12):
+    """RSS once Herve has had time to give back what a burst took."""
+    time.sleep(seconds)
+    return rss_kib(pid) / 1024
+
+
+def attack_report(name, before, watched, after):
+    log(f"    {name}: RSS {before:.1f} -> peak {watched['peak_mib']:.1f} -> after {after:.1f} MiB; "
+        f"/health during: p50 {watched['p50']:.1f} ms, p99 {watched['p99']:.1f} ms, max {watched['max']:.1f} ms, "
+        f"{watched['ok']} ok, {watched['failed']} failed")
+
+
+def attacks(workdir):
+    log("5. attacks by clients without credentials")
+    # a. A login flood.
+    herve = start_herve(os.path.join(workdir, "flood"))
+    try:
+        status, body = call("POST", "/services/register", {"name": "accounts", "type": "auth"})
+        uuid = body["data"]["uuid"]
+        call("POST", f"/services/{uuid}/start")
+        script = os.path.join(workdir, "login.lua")
+        with open(script, "w") as out:
+            out.write('counter = 0\n'
+                      'request = function()\n'
+                      '  counter = counter + 1\n'
+                      '  local body = "username=flood" .. counter .. "&password=wrong-password"\n'
+                      f'  return wrk.format("POST", "/{uuid}/login", '
+                      '{["Content-Type"]="application/x-www-form-urlencoded"}, body)\n'
+                      'end\n')
+        before = rss_kib(herve.pid) / 1024
+        watch = Watch(herve.pid)
+        result = wrk(f"http://127.0.0.1:{PORT}/{uuid}/login", 30, 64, script)
+        watched = watch.done()
+        after = settle_rss(herve.pid)
+        attack_report(f"login flood ({result['rps']:.0f} answers/s, {result['non2xx']} non-2xx: 401 and 503)",
+                      before, watched, after)
+        check(watched["peak_mib"] < 100, f"login flood: peak RSS {watched['peak_mib']:.1f} MiB < 100 MiB")
+        check(watched["failed"] == 0, "login flood: /health always answered")
+    finally:
+        herve.terminate()
+        herve.wait(timeout=60)
+
+    # b. Slow bodies at the connection cap.
+    herve = start_herve(os.path.join(workdir, "bodies"), HERVE_MAX_CONNECTIONS="200",
+                        HERVE_MIN_BODY_RATE_GRACE_S="10")
+    try:
+        status, body = call("POST", "/services/register", {"name": "echo", "type": "echo"})
+        echo = body["data"]["uuid"]
+        call("POST", f"/services/{echo}/start")
+        before = rss_kib(herve.pid) / 1024
+        cut = [0]
+        stop = threading.Event()
+
+        def trickle():
+            try:
+                sock = socket.create_connection(("127.0.0.1", PORT))
+                sock.sendall(f"POST /{echo}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode())
+                sock.settimeout(0.2)
+                while not stop.is_set():
+                    sock.sendall(b"x")
+                    try:
+                        answer = sock.recv(100)
+                        if answer.startswith(b"HTTP/1.1 408") or not answer:
+                            cut[0] += 1
+                            return
+                    except socket.timeout:
+                        pass
+            except OSError:
+                cut[0] += 1
+
+        threads = [threading.Thread(target=trickle) for _ in range(200)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        watch = Watch(herve.pid)
+        admin_ok = call("GET", "/services")[0] == 200
+        time.sleep(14)
+        watched = watch.done()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        after = settle_rss(herve.pid)
+        attack_report(f"200 slow bodies at HERVE_MAX_CONNECTIONS=200 ({cut[0]} cut, 408)", before, watched, after)
+        check(admin_ok and watched["failed"] == 0, "slow bodies: /health and the admin API reachable while full")
+        check(cut[0] >= 190, f"slow bodies: {cut[0]} of 200 cut by the minimum rate")
+    finally:
+        herve.terminate()
+        herve.wait(timeout=60)
+
+    # c. Slow readers of a models listing and of a large file.
+    site = os.path.join(workdir, "site")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "big.bin"), "wb") as out:
+        out.write(os.urandom(1024 * 1024) * 50)
+    herve = start_herve(os.path.join(workdir, "readers"), HERVE_SEND_TIMEOUT_S="20",
+                        HERVE_MAX_CONNECTIONS_PER_IP="5000")
+    readers = []
+    try:
+        status, body = call("POST", "/services/register",
+                            {"name": "notes", "type": "models", "model": "note", "fields": "text:string:20000"})
+        notes = body["data"]["uuid"]
+        call("POST", f"/services/{notes}/start")
+        text = "n" * 16000
+        for _ in range(300):
+            call("POST", f"/{notes}/note", {"text": text})
+        status, body = call("POST", "/services/register", {"name": "files", "type": "static", "root": site})
+        files = body["data"]["uuid"]
+        call("POST", f"/services/{files}/start")
+        before = rss_kib(herve.pid) / 1024
+        watch = Watch(herve.pid)
+        for i in range(600):
+            path = [f"/{notes}/note?limit=300", f"/{files}/big.bin"][i % 2]
+            sock = socket.create_connection(("127.0.0.1", PORT))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.recv(512)
+            readers.append(sock)
+        time.sleep(5)
+        watched = watch.done()
+        for sock in readers:
+            sock.close()
+        readers = []
+        after = settle_rss(herve.pid)
+        attack_report("600 stalled readers (300 of a 5 MB models page, 300 of a 50 MB file)", before, watched, after)
+        check(watched["peak_mib"] - before < 150, f"slow readers: {watched['peak_mib'] - before:.1f} MiB held by 600 readers")
+        check(after - before < 10, f"slow readers: {after - before:.1f} MiB kept after they left")
+        check(watched["failed"] == 0, "slow readers: /health always answered")
+    finally:
+        for sock in readers:
+            sock.close()
+        herve.terminate()
+        herve.wait(timeout=60)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--slow", type=int, default=1_000)
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--phases", default="mixed,idle,slow,kills",
-                        help="which of mixed,idle,slow,kills to run")
+    parser.add_argument("--phases", default="mixed,idle,slow,kills,attacks",
+                        help="which of mixed,idle,slow,kills,attacks to run")
     args = parser.parse_args()
     phases = set(args.phases.split(","))
     with tempfile.TemporaryDirectory(prefix="herve-soak-") as workdir:
@@ -383,6 +554,8 @@ def main():
             slowloris(args.slow, workdir)
         if "kills" in phases:
             kills(args.kills, workdir)
+        if "attacks" in phases:
+            attacks(workdir)
     log("all checks passed" if not failures else f"{len(failures)} checks failed")
     sys.exit(1 if failures else 0)
 

@@ -362,6 +362,9 @@ pub struct BodyLimits {
     pub grace: Duration,
 }
 
+/// Frames smaller than this, past a body's first, are copied out of the read buffer.
+const SMALL_FRAME: usize = 1024;
+
 /// Why a body was cut off; shared with the dispatcher, which answers for it whatever
 /// the handler made of the failed read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +398,7 @@ struct BodyGuard<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> {
     inner: Option<B>,
     limits: BodyLimits,
     received: u64,
+    frames: u32,
     started: tokio::time::Instant,
     /// The earlier of the next stall limit and the deadline; made at the first wait.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -407,6 +411,7 @@ impl<B: HttpBody<Data = Bytes> + Send + Unpin + 'static> BodyGuard<B> {
             inner: Some(inner),
             limits,
             received: 0,
+            frames: 0,
             started: tokio::time::Instant::now(),
             timer: None,
             cut,
@@ -465,10 +470,19 @@ where
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let now = tokio::time::Instant::now();
+                this.frames += 1;
+                let mut frame = frame;
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                     if this.received > this.limits.max_bytes {
                         return this.fail(Cut::TooLarge, BodyCut::TooLarge(this.limits.max_bytes));
+                    }
+                    // A small frame is a slice of the connection's read buffer and
+                    // keeps all of it alive: a client trickling a byte at a time would
+                    // make a handler that collects the body hold KiBs per byte. Past the
+                    // first frame (most bodies have one), small ones are copied out.
+                    if this.frames > 1 && data.len() < SMALL_FRAME {
+                        frame = frame.map_data(|data| Bytes::copy_from_slice(&data));
                     }
                 }
                 let elapsed = now.duration_since(this.started);

@@ -34,7 +34,7 @@ const MAX_LIMIT: u64 = 1000;
 /// holds one batch, not its whole page: at most this many rows...
 const BATCH_ROWS: u64 = 64;
 /// ...and, past the first row, at most this many bytes of stored data.
-const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = 64 * 1024;
 /// Names the instances' own keys take.
 const RESERVED: [&str; 3] = ["id", "created_at", "updated_at"];
 
