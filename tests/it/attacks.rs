@@ -634,8 +634,9 @@ fn world_readable_script(dir: &std::path::Path, name: &str, source: &str) -> Str
     path.display().to_string()
 }
 
-/// The last `SNOOP` line of a service's logs.
-async fn snoop_report(client: &HttpClient, uuid: &str) -> serde_json::Value {
+/// What follows `prefix` on the last line of a service's logs that starts with it,
+/// once there is one.
+async fn log_line_after(client: &HttpClient, uuid: &str, prefix: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let logs = client
@@ -646,15 +647,20 @@ async fn snoop_report(client: &HttpClient, uuid: &str) -> serde_json::Value {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|line| line.as_str()?.strip_prefix("SNOOP "))
+            .filter_map(|line| line.as_str()?.strip_prefix(prefix))
             .next_back()
-            .map(|json| serde_json::from_str(json).expect("report"));
-        if let Some(report) = found {
-            return report;
+            .map(str::to_owned);
+        if let Some(rest) = found {
+            return rest;
         }
-        assert!(Instant::now() < deadline, "no report: {logs}");
+        assert!(Instant::now() < deadline, "no line '{prefix}': {logs}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The report of the `SNOOP` program.
+async fn snoop_report(client: &HttpClient, uuid: &str) -> serde_json::Value {
+    serde_json::from_str(&log_line_after(client, uuid, "SNOOP ").await).expect("report")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -879,25 +885,11 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_fo
 "#;
 
 async fn escaped_pid(client: &HttpClient, uuid: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = client
-            .admin_get(&format!("/services/{uuid}/logs"))
-            .await
-            .json();
-        let pid = logs["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|line| line.as_str()?.strip_prefix("ESCAPED "))
-            .filter_map(|pid| pid.trim().parse().ok())
-            .next_back();
-        if let Some(pid) = pid {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no pid: {logs}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    log_line_after(client, uuid, "ESCAPED ")
+        .await
+        .trim()
+        .parse()
+        .expect("pid")
 }
 
 /// Whether `pid` runs (and is no zombie).
@@ -1111,16 +1103,7 @@ async fn a_proxied_body_over_the_limit_is_413_and_never_complete_upstream() {
         .await;
     let addr = herve.addr;
     let answer = tokio::task::spawn_blocking(move || {
-        let mut request = format!(
-            "POST /{uuid}/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        )
-        .into_bytes();
-        for _ in 0..8 {
-            request.extend_from_slice(b"200\r\n");
-            request.extend_from_slice(&[b'z'; 0x200]);
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"0\r\n\r\n");
+        let request = chunked_request(&format!("/{uuid}/upload"), 8, 0x200);
         raw_exchange(addr, &request, WAIT)
     })
     .await

@@ -31,17 +31,7 @@ async fn bodies_over_the_limit_are_413_declared_or_streamed() {
     // Chunked: no Content-Length to refuse up front; the limit cuts the stream.
     let addr = herve.addr;
     let chunked = tokio::task::spawn_blocking(move || {
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        )
-        .into_bytes();
-        for _ in 0..4 {
-            request.extend_from_slice(b"200\r\n");
-            request.extend_from_slice(&[b'z'; 0x200]);
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"0\r\n\r\n");
-        raw_exchange(addr, &request, WAIT)
+        raw_exchange(addr, &chunked_request(&path, 4, 0x200), WAIT)
     })
     .await
     .expect("join");

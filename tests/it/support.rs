@@ -398,6 +398,22 @@ pub fn raw_answer(addr: SocketAddr, request: &[u8], wait: Duration) -> Vec<u8> {
     out
 }
 
+/// A `POST path` whose body is `chunks` chunks of `size` bytes, chunked, with
+/// `Connection: close`.
+pub fn chunked_request(path: &str, chunks: usize, size: usize) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..chunks {
+        request.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        request.extend(std::iter::repeat_n(b'z', size));
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    request
+}
+
 /// The status code of the first response in raw bytes.
 pub fn raw_status(response: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(response);
