@@ -12,17 +12,24 @@ use anyhow::Context;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use herve::{async_trait, Config, HerveBuilder};
+use herve::{async_trait, host, Config, HerveBuilder};
 
 /// `greeter`: answers `GET /hello` with a greeting chosen at registration.
 pub struct Greeter;
 
+/// What a greeter keeps from its registration: typed, stored as JSON by Herve.
+#[derive(Serialize, Deserialize)]
+pub struct GreeterConfig {
+    greeting: String,
+}
+
 #[async_trait]
 impl ServiceType for Greeter {
+    type Config = GreeterConfig;
+
     fn name(&self) -> &str {
         "greeter"
     }
@@ -36,7 +43,7 @@ impl ServiceType for Greeter {
         &self,
         _ctx: &ServiceContext,
         fields: &Fields,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<GreeterConfig, ServiceError> {
         let greeting = fields.require("greeting")?;
         if greeting.chars().count() > 40 {
             return Err(ServiceError::invalid_field(
@@ -44,18 +51,17 @@ impl ServiceType for Greeter {
                 "The field 'greeting' must be at most 40 characters.",
             ));
         }
-        Ok(json!({ "greeting": greeting }))
+        Ok(GreeterConfig {
+            greeting: greeting.to_owned(),
+        })
     }
 
     async fn start(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &GreeterConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let greeting = config["greeting"]
-            .as_str()
-            .ok_or_else(|| ServiceError::failed("the stored configuration has no greeting"))?
-            .to_owned();
+        let greeting = config.greeting.clone();
         let name = ctx.name().to_owned();
         let routes = Router::new().route(
             "/hello",
@@ -89,6 +95,6 @@ async fn main() -> anyhow::Result<()> {
         "Herve with the greeter type listens on http://{}",
         herve.local_addr()
     );
-    herve.serve(herve::shutdown_signal()).await;
+    herve.serve(host::shutdown_signal()).await;
     Ok(())
 }

@@ -23,11 +23,17 @@ pub enum LogFormat {
 /// How verbose the logs are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
+    /// Nothing.
     Off,
+    /// Errors only.
     Error,
+    /// Errors and warnings.
     Warn,
+    /// And what happens (services starting, stopping), and the access log.
     Info,
+    /// And details for debugging.
     Debug,
+    /// Everything.
     Trace,
 }
 
@@ -163,8 +169,8 @@ pub struct Config {
     /// `10.0.0.0/8,::1`): their X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host
     /// and Forwarded headers are kept and extended. From anyone else they are replaced.
     #[arg(long, env = "HERVE_TRUSTED_PROXIES", value_name = "LIST", default_value = "",
-          value_parser = crate::upstream::TrustedProxies::parse)]
-    pub trusted_proxies: crate::upstream::TrustedProxies,
+          value_parser = crate::TrustedProxies::parse)]
+    pub trusted_proxies: crate::TrustedProxies,
 
     /// Log verbosity.
     #[arg(long, env = "HERVE_LOG", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
@@ -206,7 +212,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             access_log: true,
-            trusted_proxies: crate::upstream::TrustedProxies::default(),
+            trusted_proxies: crate::TrustedProxies::default(),
         }
     }
 }
@@ -214,8 +220,10 @@ impl Default for Config {
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `.env` exists but could not be read.
     #[error("could not read .env: {0}")]
-    DotEnv(String),
+    DotEnv(#[source] dotenvy::Error),
+    /// A flag or a variable does not parse (or help was asked for).
     #[error(transparent)]
     Invalid(#[from] clap::Error),
 }
@@ -228,18 +236,19 @@ impl Config {
         match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(error) if error.not_found() => {}
-            Err(error) => return Err(ConfigError::DotEnv(error.to_string())),
+            Err(error) => return Err(ConfigError::DotEnv(error)),
         }
         Ok(Config::try_parse()?)
     }
 
+    /// How long a client has to send a request head.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_s)
     }
 
     /// What bounds request bodies.
-    pub fn body_limits(&self) -> crate::dispatch::BodyLimits {
-        crate::dispatch::BodyLimits {
+    pub(crate) fn body_limits(&self) -> crate::data_plane::BodyLimits {
+        crate::data_plane::BodyLimits {
             max_bytes: self.max_body_bytes,
             stall: Duration::from_secs(self.body_timeout_s),
             deadline: Duration::from_secs(self.request_timeout_s),
@@ -256,14 +265,32 @@ impl Config {
         }
     }
 
+    /// How long in-flight requests get to finish when Herve stops.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_s)
     }
+
+    /// How long a client may read nothing of a response.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_timeout_s)
+    }
 }
 
-/// Prints a configuration error that names the environment variable at fault (clap
-/// names only the flag), or the help and version texts, and exits.
-pub fn exit_with(error: clap::Error) -> ! {
+impl ConfigError {
+    /// Prints the error, naming the environment variable at fault (clap names only the
+    /// flag), or the help and version texts asked for, and exits.
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Invalid(error) => exit_with(error),
+            other => {
+                eprintln!("error: {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+fn exit_with(error: clap::Error) -> ! {
     use clap::error::{ContextKind, ContextValue};
     use clap::CommandFactory;
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {

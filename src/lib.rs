@@ -1,126 +1,112 @@
 //! Herve: one server that registers, runs, supervises and routes to services.
 //!
-//! A map of the crate, following a request:
+//! This crate is the composition root: it wires the layers together and exports a few
+//! names. The layers, with imports pointing one way (a layer uses only those listed
+//! before it, and the leaf modules `util`, `sys` and `runtime`):
 //!
-//! - [`server`] accepts connections and applies the HTTP limits;
-//! - [`dispatch`] sends `/<uuid>/...` to the running service's routes (through the
-//!   [`routing`] snapshot) and every other path to the admin [`api`];
-//! - [`api`] checks the admin credentials ([`auth`]) and calls the [`registry`], the
-//!   single source of truth, which persists every change through the [`store`] and
-//!   calls the service type's hooks;
-//! - [`contract`] is the interface every service type implements; [`types`] holds the
-//!   built-in ones.
+//! 1. [`contract`]: the interface every service type implements, and the toolkit a
+//!    type author builds with. Public.
+//! 2. `upstream`: forwarding to HTTP servers (balancing, health, pooled connections),
+//!    shared by the `proxy` and `process` types.
+//! 3. `types`: the built-in service types, written as a user's own would be.
+//! 4. `data_plane`: everything on the request path: accepting, workers, dispatch, the
+//!    route table, body rules, the access log.
+//! 5. `control_plane`: everything that changes state: the admin API, admin
+//!    authentication, the registry and the store.
 //!
 //! To run a Herve with a type of your own, see [`HerveBuilder::service_type`] and
-//! `examples/custom_service.rs`.
+//! `examples/`.
 
-pub mod api;
-pub mod auth;
-pub mod config;
+#![warn(missing_docs)]
+
+mod config;
 pub mod contract;
-pub mod dispatch;
-pub mod registry;
-pub mod routing;
-pub mod server;
-pub mod store;
-pub mod sys;
-pub mod types;
-pub mod upstream;
-pub mod util;
+mod control_plane;
+mod data_plane;
+pub mod host;
+mod runtime;
+mod sys;
+#[doc(hidden)]
+pub mod testing;
+mod types;
+mod upstream;
+mod util;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use async_trait::async_trait;
-pub use config::Config;
-pub use contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+pub use config::{Config, ConfigError, LogFormat, LogLevel};
+pub use control_plane::admin_auth::{AuthSetupError, CredentialSource};
+pub use upstream::TrustedProxies;
 
-use auth::{AdminAuth, AuthSetupError};
-use dispatch::Dispatcher;
-use registry::Registry;
-use routing::RouteTable;
-use server::{ServerLimits, Workers};
-use store::sqlite::SqliteStore;
-use store::{Store, StoreError};
-use types::TypeCatalog;
+use contract::ServiceType;
+use control_plane::admin_auth::AdminAuth;
+use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
+use control_plane::store::{SqliteStore, Store, StoreError};
+use data_plane::{Dispatcher, RouteTable, ServerLimits, Workers};
 use util::hashing::HashPool;
+use util::sqlite::DbError;
 
 /// The database file inside the data directory.
-pub const DATABASE_FILE: &str = "herve.db";
+const DATABASE_FILE: &str = "herve.db";
+/// The file, inside the data directory, that a running Herve holds locked.
+const LOCK_FILE: &str = "herve.lock";
 
 /// Why a Herve could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("could not create the data directory {path}: {source}")]
+    /// The data directory could not be made or used.
+    #[error("could not use the data directory {path}: {source}")]
     DataDir {
+        /// The path at fault.
         path: PathBuf,
+        /// What the system said.
+        #[source]
         source: std::io::Error,
     },
+    /// Another Herve holds the data directory.
+    #[error("another Herve is running on the data directory {path}; stop it first, or give this one another HERVE_DATA_DIR")]
+    DataDirInUse {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The registry's store could not be opened.
     #[error("could not open the store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The data of the built-in types could not be opened.
+    #[error("could not open the data of the built-in types: {0}")]
+    Types(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The admin credentials could not be set up.
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    /// The address could not be listened on.
     #[error("could not listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// What the system said.
+        #[source]
         source: std::io::Error,
     },
-    #[error("could not start the data-plane workers: {0}")]
-    Workers(std::io::Error),
-    #[error("another Herve is running on the data directory {path}; stop it first, or give this one another HERVE_DATA_DIR")]
-    DataDirInUse { path: PathBuf },
+    /// The threads of the data plane or of the hashing pool could not start.
+    #[error("could not start Herve's threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
-/// The file, inside the data directory, that a running Herve holds locked.
-const LOCK_FILE: &str = "herve.lock";
-
-/// Takes the data directory for this Herve alone: two Herves on one directory would
-/// kill each other's programs and fight over the database.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, StartError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| StartError::DataDir {
-            path: path.clone(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
-            path: data_dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> Self {
+        StartError::Store(Box::new(error))
     }
 }
 
-/// For a binary that owns its process (such as `herve`): makes Herve a child
-/// subreaper, so that what a program leaves behind when it dies is re-parented to
-/// Herve, killed and reaped, instead of escaping to init. A process that embeds Herve
-/// and has children of its own should not call it: Herve reaps every child it did not
-/// start. Call it from within the runtime.
-pub fn adopt_orphans() -> std::io::Result<()> {
-    sys::become_subreaper()?;
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut child_exited = signal(SignalKind::child())?;
-    tokio::spawn(async move {
-        loop {
-            // A signal may stand for several exits, and one may be missed: look
-            // every few seconds as well.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), child_exited.recv()).await;
-            let _ = tokio::task::spawn_blocking(types::process::reap_adopted_orphans).await;
-        }
-    });
-    Ok(())
+impl From<DbError> for StartError {
+    fn from(error: DbError) -> Self {
+        StartError::Types(Box::new(error))
+    }
 }
 
 /// Sets up a Herve: its configuration and the service types it knows.
@@ -147,24 +133,15 @@ impl HerveBuilder {
 
     /// Opens the data directory and the store, listens on the configured address and
     /// starts again the services that were running. Serve with [`Herve::serve`].
+    /// Call it on the runtime that is to run the control plane (admin requests and
+    /// the services' background work).
     pub async fn bind(self) -> Result<Herve, StartError> {
         let config = self.config;
         let data_dir = config.data_dir.clone();
-        let data_dir_error = |source| StartError::DataDir {
-            path: data_dir.clone(),
-            source,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&data_dir)
-            .map_err(data_dir_error)?;
-        // Also when it existed already: it holds the admin secret and the database.
-        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(data_dir_error)?;
+        prepare_data_dir(&data_dir)?;
         let lock = lock_data_dir(&data_dir)?;
 
-        let hashing = Arc::new(HashPool::for_this_machine().map_err(StartError::Workers)?);
+        let hashing = Arc::new(HashPool::for_this_machine().map_err(StartError::Threads)?);
         let auth = Arc::new(AdminAuth::setup(
             config.auth_admin_id.as_deref(),
             config.auth_admin_secret.as_deref(),
@@ -181,25 +158,33 @@ impl HerveBuilder {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
 
-        let database = SqliteStore::open(&data_dir.join(DATABASE_FILE))?;
-        let mut types =
-            TypeCatalog::builtin(&database, &hashing, &data_dir, &config.trusted_proxies);
+        let database = data_dir.join(DATABASE_FILE);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database)?);
+        let mut types = TypeCatalog::default();
+        let builtins = types::Builtins {
+            data_dir: data_dir.clone(),
+            database,
+            hashing: Arc::clone(&hashing),
+            trusted: config.trusted_proxies.clone(),
+        };
+        for builtin in types::builtin(&builtins)? {
+            types.add_shared(builtin);
+        }
         types.extend(self.extra_types);
-        let store: Arc<dyn Store> = Arc::new(database);
         let routes = Arc::new(RouteTable::default());
         let registry = Arc::new(
-            Registry::load(
+            Registry::load(RegistrySetup {
                 types,
                 store,
-                Arc::clone(&routes),
-                data_dir.join("services"),
-                config.max_services as usize,
-            )
+                routes: Arc::clone(&routes),
+                services_dir: data_dir.join("services"),
+                max_services: config.max_services as usize,
+            })
             .await?,
         );
         registry.resume().await;
 
-        let admin = api::router(Arc::clone(&registry), Arc::clone(&auth));
+        let admin = control_plane::api::router(Arc::clone(&registry), Arc::clone(&auth));
         // Admin requests run here, on the runtime that calls `bind`, whichever worker
         // reads them; so do the tasks that lifecycle changes start.
         let dispatcher = Arc::new(Dispatcher::new(
@@ -214,11 +199,11 @@ impl HerveBuilder {
             max_connections_per_ip: config.max_connections_per_ip,
             max_header_bytes: config.max_header_bytes,
             header_timeout: config.header_timeout(),
-            send_timeout: std::time::Duration::from_secs(config.send_timeout_s),
+            send_timeout: config.send_timeout(),
             shutdown_timeout: config.shutdown_timeout(),
         };
         let workers = Workers::start(config.worker_count(), dispatcher, &limits)
-            .map_err(StartError::Workers)?;
+            .map_err(StartError::Threads)?;
         Ok(Herve {
             _lock: lock,
             listener,
@@ -249,40 +234,55 @@ impl Herve {
         self.local_addr
     }
 
-    /// The admin credentials in use.
-    pub fn admin_auth(&self) -> &AdminAuth {
-        &self.auth
-    }
-
-    /// The registry.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// The admin id, and where the credentials came from.
+    pub fn admin_credentials(&self) -> (&str, &CredentialSource) {
+        (self.auth.id(), self.auth.source())
     }
 
     /// Serves until `shutdown` completes, lets in-flight requests finish, then stops
     /// every running service (they start again with the next Herve on this data).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        server::serve(self.listener, self.workers, &self.limits, shutdown).await;
+        data_plane::serve(self.listener, self.workers, &self.limits, shutdown).await;
         self.registry.shutdown().await;
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
+/// Makes the data directory, and makes it Herve's alone (0700), also when it existed:
+/// it holds the admin secret and the database.
+fn prepare_data_dir(data_dir: &Path) -> Result<(), StartError> {
+    let error = |source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(error)?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(error)
+}
+
+/// Takes the data directory for this Herve alone: two Herves on one directory would
+/// kill each other's programs and fight over the database.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::DataDirInUse {
+            path: data_dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
     }
 }

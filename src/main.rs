@@ -1,28 +1,19 @@
 //! The `herve` binary: configuration, logs, and the server until a signal stops it.
 
 use anyhow::Context;
-use herve::auth::CredentialSource;
-use herve::config::{Config, ConfigError, LogFormat, LogLevel};
-use herve::HerveBuilder;
-
-/// How often free memory is handed back to the system.
-const MEMORY_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+use herve::{host, Config, CredentialSource, HerveBuilder, LogFormat, LogLevel};
 
 fn main() -> anyhow::Result<()> {
     // First of all, before any secret is read: no process of the same user (a program
-    // Herve runs, say) may read this one's memory or environment through /proc.
-    if let Err(error) = herve::sys::make_non_dumpable() {
+    // Herve runs) may read this one's memory or environment through /proc.
+    if let Err(error) = host::make_non_dumpable() {
         eprintln!("warning: could not make Herve non-dumpable: {error}");
     }
-    herve::sys::tune_allocator();
-    let config = match Config::load() {
-        Ok(config) => config,
-        Err(ConfigError::Invalid(error)) => herve::config::exit_with(error),
-        Err(error) => return Err(error.into()),
-    };
+    host::tune_allocator();
+    let config = Config::load().unwrap_or_else(|error| error.exit());
     // Held until the end of main: dropping it flushes the lines still queued.
     let _log_writer = init_logs(&config);
-    raise_open_file_limit();
+    host::raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,46 +22,31 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    if let Err(error) = herve::adopt_orphans() {
+    if let Err(error) = host::adopt_orphans() {
         tracing::warn!(%error, "Herve cannot adopt the orphans of its programs");
     }
-    // What a burst of clients (slow readers, a flood) made the allocator take is given
-    // back a few seconds after they leave, not kept for good.
-    tokio::spawn(async {
-        let mut every = tokio::time::interval(MEMORY_UPKEEP);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let _ = tokio::task::spawn_blocking(herve::sys::release_free_memory).await;
-        }
-    });
+    host::spawn_memory_upkeep();
     let herve = HerveBuilder::new(config.clone())
         .bind()
         .await
         .context("Herve could not start")?;
     let addr = herve.local_addr();
-    let auth = herve.admin_auth();
-    match auth.source() {
-        CredentialSource::Configured => tracing::info!(
-            "admin API: HTTP Basic auth as '{}' with AUTH_ADMIN_SECRET",
-            auth.id()
-        ),
+    let (id, source) = herve.admin_credentials();
+    match source {
+        CredentialSource::Configured => {
+            tracing::info!("admin API: HTTP Basic auth as '{id}' with AUTH_ADMIN_SECRET")
+        }
         CredentialSource::Generated { secret, file } => {
             // Printed once, on stdout whatever the log settings: the user needs it.
             println!(
-                "Generated admin credentials (kept in {}):\n  id:     {}\n  secret: {}\n\
-                 Try: curl -u '{}:{}' http://127.0.0.1:{}/services",
+                "Generated admin credentials (kept in {}):\n  id:     {id}\n  secret: {secret}\n\
+                 Try: curl -u '{id}:{secret}' http://127.0.0.1:{}/services",
                 file.display(),
-                auth.id(),
-                secret,
-                auth.id(),
-                secret,
                 addr.port()
             );
         }
         CredentialSource::Stored { file } => tracing::info!(
-            "admin API: HTTP Basic auth as '{}' with the secret in {}",
-            auth.id(),
+            "admin API: HTTP Basic auth as '{id}' with the secret in {}",
             file.display()
         ),
     }
@@ -78,7 +54,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "Herve listens on http://{addr} (data in {})",
         config.data_dir.display()
     );
-    herve.serve(herve::shutdown_signal()).await;
+    herve.serve(host::shutdown_signal()).await;
     tracing::info!("Herve stopped");
     Ok(())
 }
@@ -108,21 +84,4 @@ fn init_logs(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
         LogFormat::Json => builder.json().init(),
     }
     guard
-}
-
-/// Each connection is a file descriptor: lift the soft limit to the hard one so that
-/// `HERVE_MAX_CONNECTIONS` is not cut short by a default of 1024.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

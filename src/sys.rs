@@ -8,7 +8,7 @@ use std::io;
 /// read its `/proc` files (its environment, its memory, its open files), nor attach
 /// a debugger. A program Herve runs as Herve's own user so cannot read Herve's secrets
 /// out of it.
-pub fn make_non_dumpable() -> io::Result<()> {
+pub(crate) fn make_non_dumpable() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only changes a flag of this process.
     let result = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if result == 0 {
@@ -20,7 +20,7 @@ pub fn make_non_dumpable() -> io::Result<()> {
 
 /// Makes this process a child subreaper: descendants whose parent dies are re-parented
 /// to it instead of to init, so they stay in sight.
-pub fn become_subreaper() -> io::Result<()> {
+pub(crate) fn become_subreaper() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only changes a flag of this process.
     let result = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if result == 0 {
@@ -30,8 +30,24 @@ pub fn become_subreaper() -> io::Result<()> {
     }
 }
 
+/// Lifts the soft limit of open files to the hard one.
+pub(crate) fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Whether this process is a child subreaper.
-pub fn is_subreaper() -> bool {
+pub(crate) fn is_subreaper() -> bool {
     let mut flag: libc::c_int = 0;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int to the pointer we pass.
     let result = unsafe {
@@ -47,20 +63,20 @@ pub fn is_subreaper() -> bool {
 }
 
 /// Whether this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// The effective user id of this process.
-pub fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() }
 }
 
 /// An account of the system, as the password database knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
+pub(crate) struct Account {
     pub name: String,
     pub uid: u32,
     /// Its primary group.
@@ -69,7 +85,7 @@ pub struct Account {
 }
 
 /// The account named `name` (or whose number is `name`).
-pub fn account(name: &str) -> io::Result<Option<Account>> {
+pub(crate) fn account(name: &str) -> io::Result<Option<Account>> {
     if let Ok(uid) = name.parse::<u32>() {
         return account_by(|pwd, buf, len, result| {
             // SAFETY: every pointer is to a live buffer of the stated length.
@@ -86,7 +102,7 @@ pub fn account(name: &str) -> io::Result<Option<Account>> {
 }
 
 /// The account of user id `uid`.
-pub fn account_of(uid: u32) -> io::Result<Option<Account>> {
+pub(crate) fn account_of(uid: u32) -> io::Result<Option<Account>> {
     account_by(|pwd, buf, len, result| {
         // SAFETY: every pointer is to a live buffer of the stated length.
         unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
@@ -130,7 +146,7 @@ fn account_by(
 }
 
 /// The id of the group named `name` (or whose number is `name`).
-pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+pub(crate) fn group_id(name: &str) -> io::Result<Option<u32>> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(Some(gid));
     }
@@ -165,7 +181,7 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
 
 /// Sends `signal` to process `pid` (or, negative, to a process group). A process that
 /// is gone already is not an error worth reporting.
-pub fn kill(pid: i32, signal: i32) {
+pub(crate) fn kill(pid: i32, signal: i32) {
     // 0 and -1 mean "my group" and "everyone"; 1 is init.
     if pid == 0 || pid == -1 || pid == 1 {
         return;
@@ -177,7 +193,7 @@ pub fn kill(pid: i32, signal: i32) {
 }
 
 /// Reaps child `pid` if it has exited; returns whether it did.
-pub fn reap_if_exited(pid: i32) -> bool {
+pub(crate) fn reap_if_exited(pid: i32) -> bool {
     let mut status = 0;
     // SAFETY: waitpid writes the status to the int we pass.
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == pid }
@@ -189,7 +205,7 @@ pub fn reap_if_exited(pid: i32) -> bool {
 /// threshold to the largest block freed so far, after which such blocks are carved
 /// from per-thread arenas that keep their pages: a login flood then left hundreds of
 /// MiB resident for good.
-pub fn tune_allocator() {
+pub(crate) fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets a parameter of the allocator.
     unsafe {
@@ -198,7 +214,7 @@ pub fn tune_allocator() {
 }
 
 /// The Landlock ABI version of the running kernel; 0 when it has no Landlock.
-pub fn landlock_abi() -> i64 {
+pub(crate) fn landlock_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
     // SAFETY: with a null attribute and the VERSION flag, the call only returns a number.
     let version = unsafe {
@@ -214,7 +230,7 @@ pub fn landlock_abi() -> i64 {
 
 /// Gives the memory that the allocator keeps free in its arenas back to the system
 /// (glibc keeps what a burst of connections freed, in every arena it touched).
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns the allocator's own free pages.
     unsafe {
@@ -224,7 +240,7 @@ pub fn release_free_memory() {
 
 /// Lowers the scheduling priority of the calling thread (Linux keeps a nice value per
 /// thread): work on it yields the CPU to every thread of normal priority.
-pub fn lower_this_thread_priority(nice: i32) {
+pub(crate) fn lower_this_thread_priority(nice: i32) {
     // SAFETY: gettid has no arguments; setpriority on our own thread id only changes
     // its nice value.
     unsafe {

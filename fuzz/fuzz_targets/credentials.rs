@@ -3,8 +3,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = herve::auth::parse_basic(data);
+    let _ = herve::testing::basic_credentials(data);
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = herve::upstream::Upstream::parse(text);
+        let _ = herve::testing::parse_upstream(text);
     }
 });

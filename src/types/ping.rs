@@ -2,15 +2,17 @@
 
 use async_trait::async_trait;
 use axum::{http::header, routing::get, Router};
-use serde_json::Value;
 
-use crate::contract::{RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::http::TEXT_PLAIN;
+use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 
 /// The `ping` service type.
-pub struct Ping;
+pub(crate) struct Ping;
 
 #[async_trait]
 impl ServiceType for Ping {
+    type Config = ();
+
     fn name(&self) -> &str {
         "ping"
     }
@@ -19,15 +21,19 @@ impl ServiceType for Ping {
         "A service returning pong to /ping"
     }
 
+    async fn register(&self, _ctx: &ServiceContext, _fields: &Fields) -> Result<(), ServiceError> {
+        Ok(())
+    }
+
     async fn start(
         &self,
         _ctx: &ServiceContext,
-        _config: &Value,
+        _config: &(),
     ) -> Result<Box<dyn RunningService>, ServiceError> {
         Ok(Box::new(Router::new().route("/ping", get(ping))))
     }
 }
 
 async fn ping() -> ([(header::HeaderName, &'static str); 1], &'static str) {
-    ([(header::CONTENT_TYPE, super::TEXT_PLAIN)], "pong\n")
+    ([(header::CONTENT_TYPE, TEXT_PLAIN)], "pong\n")
 }

@@ -8,33 +8,33 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::field;
 use crate::contract::{Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::upstream::{
-    HealthCheck, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream, UpstreamClient,
+    HealthCheck, Prober, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream,
 };
+use crate::util::AbortOnDrop;
 
 /// The most upstreams one service may have.
 const MAX_UPSTREAMS: usize = 64;
 
 /// The `proxy` service type.
-pub struct ProxyType {
-    client: UpstreamClient,
+pub(crate) struct ProxyType {
+    prober: Prober,
     trusted: TrustedProxies,
 }
 
 impl ProxyType {
-    pub fn new(client: UpstreamClient, trusted: TrustedProxies) -> Self {
-        ProxyType { client, trusted }
+    pub fn new(prober: Prober, trusted: TrustedProxies) -> Self {
+        ProxyType { prober, trusted }
     }
 }
 
 /// What a proxy service keeps from its registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProxyConfig {
+pub(crate) struct ProxyConfig {
     pub upstreams: Vec<String>,
     pub weights: Vec<u32>,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub health_path: Option<String>,
     pub health_interval_ms: u64,
     pub timeout_ms: u64,
@@ -42,7 +42,7 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     fn from_fields(fields: &Fields) -> Result<ProxyConfig, ServiceError> {
-        let upstreams = field::list(fields, "upstream");
+        let upstreams = fields.list("upstream");
         if upstreams.is_empty() {
             return Err(ServiceError::invalid_field(
                 "upstream",
@@ -63,7 +63,7 @@ impl ProxyConfig {
                 )
             })?;
         }
-        let weights = field::list(fields, "weight");
+        let weights = fields.list("weight");
         let weights: Vec<u32> = if weights.is_empty() {
             vec![1; upstreams.len()]
         } else {
@@ -89,24 +89,21 @@ impl ProxyConfig {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let strategy = field::choice(
-            fields,
-            "strategy",
-            &["round_robin", "weighted", "least_conn"],
-        )?;
         Ok(ProxyConfig {
             upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
             weights,
-            strategy: strategy.to_owned(),
-            health_path: field::url_path(fields, "health_path")?,
-            health_interval_ms: field::number(fields, "health_interval_ms", 5000, 100..=3_600_000)?,
-            timeout_ms: field::number(fields, "timeout_ms", 30_000, 1..=3_600_000)?,
+            strategy: fields.choice("strategy", &Strategy::CHOICES)?,
+            health_path: fields.url_path("health_path")?,
+            health_interval_ms: fields.number("health_interval_ms", 5000, 100..=3_600_000)?,
+            timeout_ms: fields.number("timeout_ms", 30_000, 1..=3_600_000)?,
         })
     }
 }
 
 #[async_trait]
 impl ServiceType for ProxyType {
+    type Config = ProxyConfig;
+
     fn name(&self) -> &str {
         "proxy"
     }
@@ -119,44 +116,45 @@ impl ServiceType for ProxyType {
         &self,
         _ctx: &ServiceContext,
         fields: &Fields,
-    ) -> Result<Value, ServiceError> {
-        let config = ProxyConfig::from_fields(fields)?;
-        field::to_config(&config)
+    ) -> Result<ProxyConfig, ServiceError> {
+        ProxyConfig::from_fields(fields)
     }
 
     async fn start(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &ProxyConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: ProxyConfig = field::from_config(config)?;
         let upstreams = config
             .upstreams
             .iter()
             .map(|url| Upstream::parse(url))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServiceError::failed)?;
-        let strategy = Strategy::parse(&config.strategy).ok_or_else(|| {
-            ServiceError::failed(format!("unknown strategy '{}'", config.strategy))
-        })?;
         let interval = Duration::from_millis(config.health_interval_ms);
-        let health_check = match config.health_path {
-            Some(path) => HealthCheck::Active { path, interval },
+        let health_check = match &config.health_path {
+            Some(path) => HealthCheck::Active {
+                path: path.clone(),
+                interval,
+            },
             None => HealthCheck::Passive { interval },
         };
         let options = ProxyOptions {
-            strategy,
-            weights: config.weights,
+            strategy: config.strategy,
+            weights: config.weights.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
             health_check,
             trusted: self.trusted.clone(),
         };
-        let proxy = Proxy::new(self.client.clone(), upstreams, options, ctx.uuid());
+        let proxy = Proxy::new(self.prober.clone(), upstreams, options, ctx.uuid());
         let reporter = ctx.reporter().clone();
-        let checker = tokio::spawn(Arc::clone(&proxy).check_health(move |proxy: &Proxy| {
+        let checker = AbortOnDrop::spawn(Arc::clone(&proxy).check_health(move |proxy: &Proxy| {
             reporter.report(Report::Runtime(upstream_state(proxy)));
         }));
-        Ok(Box::new(RunningProxy { proxy, checker }))
+        Ok(Box::new(RunningProxy {
+            proxy,
+            _checker: checker,
+        }))
     }
 }
 
@@ -171,7 +169,8 @@ fn upstream_state(proxy: &Proxy) -> Value {
 
 struct RunningProxy {
     proxy: Arc<Proxy>,
-    checker: tokio::task::JoinHandle<()>,
+    /// The health checks, which end with the instance.
+    _checker: AbortOnDrop,
 }
 
 #[async_trait]
@@ -181,7 +180,6 @@ impl RunningService for RunningProxy {
     }
 
     async fn stop(&self) -> Result<(), ServiceError> {
-        self.checker.abort();
         self.proxy.close();
         Ok(())
     }

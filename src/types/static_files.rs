@@ -11,19 +11,17 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::field;
+use crate::contract::http::plain;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::dispatch::plain;
 
 /// Bytes read from a file per chunk of the answer: what a client that reads slowly
 /// holds, with the connection's own buffer.
 const CHUNK: usize = 32 * 1024;
 
 /// The `static` service type.
-pub struct StaticType {
+pub(crate) struct StaticType {
     /// Herve's data directory: never served.
     herve_data: PathBuf,
 }
@@ -55,7 +53,7 @@ impl StaticType {
 
 /// What a static service keeps from its registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StaticConfig {
+pub(crate) struct StaticConfig {
     /// The directory served, as registered.
     pub root: String,
     pub index: String,
@@ -82,7 +80,7 @@ impl StaticConfig {
                 "The field 'index' must be a file name (no '/').",
             ));
         }
-        let spa = field::choice(fields, "spa", &["false", "true"])? == "true";
+        let spa = fields.flag("spa")?;
         Ok(StaticConfig {
             root: root.to_owned(),
             index: index.to_owned(),
@@ -93,6 +91,8 @@ impl StaticConfig {
 
 #[async_trait]
 impl ServiceType for StaticType {
+    type Config = StaticConfig;
+
     fn name(&self) -> &str {
         "static"
     }
@@ -105,18 +105,17 @@ impl ServiceType for StaticType {
         &self,
         _ctx: &ServiceContext,
         fields: &Fields,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<StaticConfig, ServiceError> {
         let config = StaticConfig::from_fields(fields)?;
         self.check_root(Path::new(&config.root))?;
-        field::to_config(&config)
+        Ok(config)
     }
 
     async fn start(
         &self,
         _ctx: &ServiceContext,
-        config: &Value,
+        config: &StaticConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: StaticConfig = field::from_config(config)?;
         self.check_root(Path::new(&config.root))
             .map_err(|error| ServiceError::failed(error.to_string()))?;
         // Resolved once: every served path must stay inside this one.
@@ -128,7 +127,7 @@ impl ServiceType for StaticType {
         })?;
         let site = std::sync::Arc::new(Site {
             root,
-            index: config.index,
+            index: config.index.clone(),
             spa: config.spa,
         });
         let router = Router::new().fallback(move |request: Request| {
@@ -234,7 +233,7 @@ impl Site {
 /// The path below the root that a URL path names: percent-decoded, plain names only.
 /// `None` for anything that could climb out (`..`, encoded or not), NUL bytes,
 /// backslashes, or text that does not decode.
-pub fn relative_path(url_path: &str) -> Option<PathBuf> {
+pub(crate) fn relative_path(url_path: &str) -> Option<PathBuf> {
     let decoded = percent_encoding::percent_decode_str(url_path)
         .decode_utf8()
         .ok()?;

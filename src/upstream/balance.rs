@@ -3,8 +3,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// How requests are spread over healthy upstreams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Strategy {
     /// In turn.
     RoundRobin,
     /// In turn, each upstream as often as its weight says.
@@ -14,27 +15,17 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub fn parse(text: &str) -> Option<Strategy> {
-        match text {
-            "round_robin" => Some(Strategy::RoundRobin),
-            "weighted" => Some(Strategy::Weighted),
-            "least_conn" => Some(Strategy::LeastConn),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::RoundRobin => "round_robin",
-            Strategy::Weighted => "weighted",
-            Strategy::LeastConn => "least_conn",
-        }
-    }
+    /// Every strategy by its registration name; the first is the default.
+    pub const CHOICES: [(&'static str, Strategy); 3] = [
+        ("round_robin", Strategy::RoundRobin),
+        ("weighted", Strategy::Weighted),
+        ("least_conn", Strategy::LeastConn),
+    ];
 }
 
 /// The live state of one upstream.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     healthy: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -73,7 +64,7 @@ impl Health {
 /// Picks upstreams by a strategy, skipping unhealthy ones. Lock-free: a counter and
 /// a precomputed schedule.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     strategy: Strategy,
     /// For `Weighted`: upstream indexes in smooth weighted round-robin order, so that
     /// weights 3:1 give a,a,b,a rather than a,a,a,b.
@@ -101,13 +92,8 @@ impl Balancer {
         self.strategy
     }
 
-    /// The upstream for the next request, other than `exclude`; `None` when no
-    /// healthy upstream is left.
-    pub fn pick(&self, health: &[Health], exclude: Option<usize>) -> Option<usize> {
-        self.pick_by(health.len(), |index| &health[index], exclude)
-    }
-
-    /// [`Balancer::pick`] over `len` upstreams whose health `health_of` gives.
+    /// The upstream for the next request among `len` upstreams whose health
+    /// `health_of` gives, other than `exclude`; `None` when no healthy upstream is left.
     pub fn pick_by<'h>(
         &self,
         len: usize,
@@ -168,6 +154,12 @@ mod tests {
 
     fn healthy(n: usize) -> Vec<Health> {
         (0..n).map(|_| Health::new()).collect()
+    }
+
+    impl Balancer {
+        fn pick(&self, health: &[Health], exclude: Option<usize>) -> Option<usize> {
+            self.pick_by(health.len(), |index| &health[index], exclude)
+        }
     }
 
     #[test]

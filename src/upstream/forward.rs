@@ -14,13 +14,13 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::headers;
 use super::pool::{ConnectError, Lease};
 use super::Proxy;
+use crate::contract::http::plain;
 use crate::contract::MountPrefix;
-use crate::dispatch::plain;
 
 /// Pooled connections found closed, one after the other, before a fresh one is opened.
 const MAX_STALE_TRIES: usize = 4;
@@ -116,7 +116,7 @@ impl Proxy {
                 response,
                 in_flight,
                 lease,
-                client_upgrade.map(|upgrade| (upgrade, self.closed.subscribe())),
+                client_upgrade.map(|upgrade| (upgrade, self.closed.clone())),
             ),
             Err(Failure::Refused) => {
                 self.mark_down(used);
@@ -234,13 +234,13 @@ fn answer_from(
     mut response: Response<hyper::body::Incoming>,
     in_flight: InFlight,
     lease: Lease,
-    client_upgrade: Option<(hyper::upgrade::OnUpgrade, watch::Receiver<bool>)>,
+    client_upgrade: Option<(hyper::upgrade::OnUpgrade, CancellationToken)>,
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         drop(in_flight);
         // The connection now carries the tunnel: it never goes back to the pool.
         lease.discard();
-        let Some((client_upgrade, mut closed)) = client_upgrade else {
+        let Some((client_upgrade, closed)) = client_upgrade else {
             return plain(
                 StatusCode::BAD_GATEWAY,
                 "The upstream switched protocols unasked.\n",
@@ -258,7 +258,7 @@ fn answer_from(
                             tracing::debug!(%error, "upgraded connection ended");
                         },
                         // Stopped (or gone): both ends are dropped, so closed.
-                        _ = closed.wait_for(|closed| *closed) => {}
+                        () = closed.cancelled() => {}
                     }
                 }
                 Err(error) => tracing::debug!(%error, "protocol switch failed"),

@@ -52,6 +52,7 @@ impl TrustedProxies {
         self.networks.iter().any(|network| network.contains(&ip))
     }
 
+    /// Whether no proxy is trusted.
     pub fn is_empty(&self) -> bool {
         self.networks.is_empty()
     }

@@ -2,32 +2,27 @@
 //!
 //! A [`Proxy`] holds the upstreams of one service, picks one per request
 //! ([`balance`]), forwards the request with its body streamed both ways over a
-//! kept-alive connection of that upstream's pool (`forward`, `pool`), and keeps
-//! each upstream's health up to date ([`Proxy::check_health`]). Health probes and the
-//! `process` type's readiness checks, which are rare, use hyper-util's pooled client.
+//! kept-alive connection of that upstream's pool (`forward`, `pool`; the pool closes
+//! its own idle connections), and keeps each upstream's health up to date
+//! ([`Proxy::check_health`], probing with the one [`Prober`]).
 
-pub mod balance;
+mod balance;
 mod forward;
-pub mod headers;
+mod headers;
 mod pool;
+mod probe;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use http::uri::{Authority, Scheme};
 use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
 
-pub use balance::Strategy;
+pub(crate) use balance::Strategy;
 use balance::{Balancer, Health};
 pub use headers::TrustedProxies;
-
-/// The HTTP client every proxy shares: its pool keeps connections to each upstream
-/// alive between requests.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+pub(crate) use probe::Prober;
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,24 +31,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probes in a row that must agree before an upstream changes state.
 const PROBES_TO_CHANGE: u32 = 2;
 
-/// A client with connection pooling tuned for proxying.
-pub fn new_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        // Herve sets Host itself: the upstream's, with the client's in X-Forwarded-Host.
-        .set_host(true)
-        .build(connector)
-}
-
 /// One upstream server: where it is and how it is doing.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     authority: Authority,
     /// Path prefix of the upstream (`/api` of `http://host:port/api`), without a
     /// trailing slash; empty for none.
@@ -63,7 +43,7 @@ pub struct Upstream {
     target: String,
     /// The value of the `Host` header it gets.
     host: http::HeaderValue,
-    connections: std::sync::Arc<pool::ConnPool>,
+    connections: Arc<pool::ConnPool>,
 }
 
 impl Upstream {
@@ -108,7 +88,7 @@ impl Upstream {
             health: Health::new(),
             target,
             host,
-            connections: std::sync::Arc::default(),
+            connections: pool::ConnPool::new(),
         }
     }
 
@@ -136,7 +116,7 @@ impl Upstream {
 
 /// How a proxy learns that an upstream is down and back.
 #[derive(Debug, Clone)]
-pub enum HealthCheck {
+pub(crate) enum HealthCheck {
     /// None: every upstream is always tried (one local program, supervised elsewhere).
     Off,
     /// An upstream that refuses connections leaves the rotation, and a TCP probe every
@@ -147,8 +127,8 @@ pub enum HealthCheck {
 }
 
 /// The upstreams of one service and how to reach them.
-pub struct Proxy {
-    client: UpstreamClient,
+pub(crate) struct Proxy {
+    prober: Prober,
     upstreams: Vec<Upstream>,
     balancer: Balancer,
     /// How long an upstream has to start answering.
@@ -160,13 +140,20 @@ pub struct Proxy {
     hop: String,
     via: http::HeaderValue,
     trusted: TrustedProxies,
-    /// Set when the service stops; ends its upgraded connections (also when dropped).
-    closed: tokio::sync::watch::Sender<bool>,
+    /// Cancelled when the service stops (or the proxy is dropped): ends its upgraded
+    /// connections.
+    closed: CancellationToken,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
 }
 
 /// How a [`Proxy`] spreads, times and checks its requests.
 #[derive(Debug, Clone)]
-pub struct ProxyOptions {
+pub(crate) struct ProxyOptions {
     pub strategy: Strategy,
     /// One per upstream (for `Weighted`).
     pub weights: Vec<u32>,
@@ -179,7 +166,7 @@ pub struct ProxyOptions {
 impl Proxy {
     /// The proxy of service `service` to `upstreams`.
     pub fn new(
-        client: UpstreamClient,
+        prober: Prober,
         upstreams: Vec<Upstream>,
         options: ProxyOptions,
         service: uuid::Uuid,
@@ -200,21 +187,21 @@ impl Proxy {
             hop,
             via,
             trusted,
-            client,
+            prober,
             balancer: Balancer::new(strategy, &weights),
             upstreams,
             timeout,
             health_check,
             prefix: http::HeaderValue::try_from(prefix.as_str())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("/")),
-            closed: tokio::sync::watch::Sender::new(false),
+            closed: CancellationToken::new(),
         })
     }
 
     /// Ends the connections upgraded through this proxy (WebSocket and the like): they
     /// belong to the service, and a stopped service leaves nothing running.
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.closed.cancel();
     }
 
     /// Routes that send every request of the service to its upstreams.
@@ -254,13 +241,12 @@ impl Proxy {
         }
     }
 
-    /// Looks after the upstreams forever: closes pooled connections idle for too long
-    /// and checks health as the health check says, calling `on_change` first and after
-    /// every change of health. Run it as a task and abort it when the service stops.
+    /// Checks health forever as the health check says, calling `on_change` first and
+    /// after every change of health. Run it as a task and abort it when the service
+    /// stops.
     pub async fn check_health(self: Arc<Self>, on_change: impl Fn(&Proxy) + Send) {
         let interval = match &self.health_check {
-            // Nothing to probe; idle connections still expire.
-            HealthCheck::Off => pool::IDLE_TIMEOUT / 2,
+            HealthCheck::Off => return,
             HealthCheck::Passive { interval } | HealthCheck::Active { interval, .. } => *interval,
         };
         let mut ticker = tokio::time::interval(interval);
@@ -280,9 +266,6 @@ impl Proxy {
         };
         loop {
             ticker.tick().await;
-            for upstream in self.upstreams.iter() {
-                upstream.connections.close_expired();
-            }
             tell(&self);
             let probes = self.upstreams.iter().map(|upstream| self.probe(upstream));
             let results = futures_util::future::join_all(probes).await;
@@ -322,26 +305,19 @@ impl Proxy {
                 if upstream.is_healthy() {
                     return None;
                 }
-                let connect = tokio::net::TcpStream::connect(upstream.socket_target());
-                Some(matches!(
-                    tokio::time::timeout(PROBE_TIMEOUT.min(self.timeout), connect).await,
-                    Ok(Ok(_))
-                ))
+                Some(
+                    self.prober
+                        .accepts(upstream.socket_target(), PROBE_TIMEOUT.min(self.timeout))
+                        .await,
+                )
             }
             HealthCheck::Active { path, .. } => {
-                let uri = format!("http://{}{}{}", upstream.authority, upstream.base, path);
-                let request = http::Request::get(uri).body(Body::empty()).ok()?;
-                let answer = tokio::time::timeout(
-                    PROBE_TIMEOUT.min(self.timeout),
-                    self.client.request(request),
-                );
-                Some(match answer.await {
-                    Ok(Ok(response)) => {
-                        let status = response.status();
-                        status.is_success() || status.is_redirection()
-                    }
-                    _ => false,
-                })
+                let url = format!("http://{}{}{}", upstream.authority, upstream.base, path);
+                Some(
+                    self.prober
+                        .answers(&url, PROBE_TIMEOUT.min(self.timeout))
+                        .await,
+                )
             }
         }
     }

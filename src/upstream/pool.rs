@@ -9,18 +9,25 @@
 //! Each data-plane worker keeps its own idle connections: a connection's task runs on
 //! the worker that opened it, and a request sent on it from that same thread never
 //! waits on another core.
+//!
+//! The pool closes its own idle connections once they are past [`IDLE_TIMEOUT`]: a
+//! sweeper task starts with the first connection and ends with the pool.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use crate::util::lock;
+
 /// Idle connections kept per upstream; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than used.
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the idle connections past their time are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Most bytes read from an upstream ahead of what its client has taken.
 const READ_AHEAD: usize = 64 * 1024;
 /// Separate idle lists; workers beyond this many share them (still correct, less local).
@@ -28,7 +35,7 @@ const SHARDS: usize = 16;
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("could not connect: {0}")]
     Refused(#[from] std::io::Error),
     #[error("connecting took longer than {0:?}")]
@@ -39,15 +46,25 @@ pub enum ConnectError {
 
 /// The idle connections of one upstream.
 #[derive(Default)]
-pub struct ConnPool {
+pub(crate) struct ConnPool {
     /// Per worker, with when each went idle.
     shards: [Mutex<Vec<Idle>>; SHARDS],
+    /// The task closing idle connections past their time; stopped with the pool.
+    sweeper: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for ConnPool {
+    fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.get() {
+            sweeper.abort();
+        }
+    }
 }
 
 type Idle = (SendRequest<Body>, Instant);
 
 /// A connection lent to one request.
-pub struct Lease {
+pub(crate) struct Lease {
     sender: Option<SendRequest<Body>>,
     pool: Arc<ConnPool>,
     /// Whether it had served a request before (so it may have gone stale).
@@ -56,22 +73,27 @@ pub struct Lease {
 
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle: usize = self
-            .shards
-            .iter()
-            .map(|shard| shard.lock().map(|idle| idle.len()).unwrap_or(0))
-            .sum();
+        let idle: usize = self.shards.iter().map(|shard| lock(shard).len()).sum();
         f.debug_struct("ConnPool").field("idle", &idle).finish()
     }
 }
 
 impl ConnPool {
+    /// An empty pool.
+    pub fn new() -> Arc<ConnPool> {
+        Arc::new(ConnPool::default())
+    }
+
     /// An idle connection ready for a request, or a new one to `target` (`host:port`).
     pub async fn lease(
         self: &Arc<Self>,
         target: &str,
         connect_timeout: Duration,
     ) -> Result<Lease, ConnectError> {
+        self.sweeper.get_or_init(|| {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(sweep(pool)).abort_handle()
+        });
         if let Some(sender) = self.take_ready() {
             return Ok(Lease {
                 sender: Some(sender),
@@ -119,16 +141,10 @@ impl ConnPool {
         None
     }
 
-    /// Closes the idle connections that are past their time or closed already, so that
-    /// a burst does not leave them open until the next request comes.
-    pub fn close_expired(&self) {
-        self.close_idle_at(Instant::now());
-    }
-
     /// Closes what would be expired at `now`.
     fn close_idle_at(&self, now: Instant) {
         for shard in &self.shards {
-            let mut idle = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = lock(shard);
             idle.retain(|(sender, since)| {
                 !sender.is_closed() && now.saturating_duration_since(*since) <= IDLE_TIMEOUT
             });
@@ -149,10 +165,23 @@ impl ConnPool {
 impl ConnPool {
     /// The idle list of the worker running this thread.
     fn shard(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        let index = crate::server::current_worker().map_or(0, |worker| (worker + 1) % SHARDS);
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let index = crate::runtime::current_worker().map_or(0, |worker| (worker + 1) % SHARDS);
+        lock(&self.shards[index])
+    }
+}
+
+/// Closes the idle connections that are past their time or closed already, so that a
+/// burst does not leave them open until the next request comes; ends with the pool.
+async fn sweep(pool: Weak<ConnPool>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.close_idle_at(Instant::now());
     }
 }
 
@@ -206,7 +235,7 @@ mod tests {
             while stream.read(&mut buffer).await.expect("read") > 0 {}
         });
 
-        let pool = Arc::new(ConnPool::default());
+        let pool = ConnPool::new();
         let mut lease = pool
             .lease(&target, Duration::from_secs(5))
             .await
@@ -223,7 +252,7 @@ mod tests {
         drop(lease);
 
         // Still fresh: kept.
-        pool.close_expired();
+        pool.close_idle_at(Instant::now());
         assert!(format!("{pool:?}").contains("idle: 1"), "{pool:?}");
         // As if a minute had passed with no request.
         pool.close_idle_at(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));

@@ -1,15 +1,41 @@
 //! Small mechanisms any layer may use: failure throttles, the CPU gate for password
-//! hashing, and lock recovery.
+//! hashing, a SQLite connection for async code, and lock recovery. (The stop signal is
+//! `tokio_util`'s `CancellationToken`, used as it is.)
 
-pub mod hashing;
-pub mod throttle;
+pub(crate) mod hashing;
+pub(crate) mod sqlite;
+pub(crate) mod throttle;
 
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks a mutex whose data stays consistent even if a holder panicked: every critical
 /// section guarded this way is a few plain assignments, never left half done.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A background task that belongs to its owner: aborted when the owner drops it.
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Spawns `task` on the current runtime, tied to the returned guard.
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        AbortOnDrop(tokio::spawn(task))
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

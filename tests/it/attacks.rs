@@ -665,7 +665,7 @@ async fn snoop_report(client: &HttpClient, uuid: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_cannot_read_herves_secrets() {
-    if !herve::sys::is_root() {
+    if !herve::testing::is_root() {
         eprintln!("skipped: needs root to run programs as another user");
         return;
     }
@@ -741,7 +741,7 @@ async fn a_program_cannot_read_herves_secrets() {
     let report = snoop_report(&client, &as_root).await;
     assert_eq!(report["uid"], 0);
     // Even root, as Herve's own user, is kept out of the data directory by Landlock.
-    if herve::sys::landlock_abi() > 0 {
+    if herve::testing::landlock_abi() > 0 {
         assert_eq!(report["secret"], false, "{report}");
         assert_eq!(report["listing"], false, "{report}");
     }
@@ -778,7 +778,7 @@ async fn a_program_cannot_read_herves_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_an_ordinary_user_herve_is_still_out_of_its_programs_reach() {
-    if !herve::sys::is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+    if !herve::testing::is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
         eprintln!("skipped: needs root and setpriv to run Herve as another user");
         return;
     }
@@ -832,7 +832,7 @@ async fn as_an_ordinary_user_herve_is_still_out_of_its_programs_reach() {
     assert_eq!(report["uid"], 65534);
     // Same user as Herve: only non-dumpability and Landlock keep it out.
     assert_eq!(report["environ"], false, "{report}");
-    if herve::sys::landlock_abi() > 0 {
+    if herve::testing::landlock_abi() > 0 {
         assert_eq!(report["secret"], false, "{report}");
         assert_eq!(report["database"], false, "{report}");
     }
@@ -1145,7 +1145,7 @@ async fn a_proxy_that_reaches_itself_answers_508() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_come_from_what_herve_saw_or_a_trusted_proxy() {
     let herve = TestHerve::start_with(|c| {
-        c.trusted_proxies = herve::upstream::TrustedProxies::parse("127.0.0.2").expect("list");
+        c.trusted_proxies = herve::TrustedProxies::parse("127.0.0.2").expect("list");
     })
     .await;
     let upstream = Upstream::start("headers").await;

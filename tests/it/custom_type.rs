@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use axum::routing::get;
 use axum::Router;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 
@@ -12,8 +12,15 @@ use crate::support::*;
 /// Greets with a configured word; counts its stops in a file of its own.
 struct Greeter;
 
+#[derive(Serialize, Deserialize)]
+struct GreeterConfig {
+    greeting: String,
+}
+
 #[async_trait]
 impl ServiceType for Greeter {
+    type Config = GreeterConfig;
+
     fn name(&self) -> &str {
         "greeter"
     }
@@ -22,7 +29,11 @@ impl ServiceType for Greeter {
         "A test greeter"
     }
 
-    async fn register(&self, ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError> {
+    async fn register(
+        &self,
+        ctx: &ServiceContext,
+        fields: &Fields,
+    ) -> Result<GreeterConfig, ServiceError> {
         let greeting = fields.require("greeting")?;
         if greeting.len() > 20 {
             return Err(ServiceError::invalid_field(
@@ -31,15 +42,17 @@ impl ServiceType for Greeter {
             ));
         }
         std::fs::create_dir_all(ctx.data_dir()).map_err(|e| ServiceError::failed(e.to_string()))?;
-        Ok(json!({ "greeting": greeting }))
+        Ok(GreeterConfig {
+            greeting: greeting.to_owned(),
+        })
     }
 
     async fn start(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &GreeterConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let greeting = config["greeting"].as_str().unwrap_or_default().to_owned();
+        let greeting = config.greeting.clone();
         let name = ctx.name().to_owned();
         Ok(Box::new(Router::new().route(
             "/hello",
@@ -47,7 +60,11 @@ impl ServiceType for Greeter {
         )))
     }
 
-    async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
+    async fn unregister(
+        &self,
+        ctx: &ServiceContext,
+        _config: &GreeterConfig,
+    ) -> Result<(), ServiceError> {
         std::fs::remove_dir_all(ctx.data_dir()).map_err(|e| ServiceError::failed(e.to_string()))
     }
 }
@@ -157,6 +174,8 @@ struct Broken;
 
 #[async_trait]
 impl ServiceType for Broken {
+    type Config = ();
+
     fn name(&self) -> &str {
         "broken"
     }
@@ -165,10 +184,14 @@ impl ServiceType for Broken {
         "Never starts"
     }
 
+    async fn register(&self, _ctx: &ServiceContext, _fields: &Fields) -> Result<(), ServiceError> {
+        Ok(())
+    }
+
     async fn start(
         &self,
         _ctx: &ServiceContext,
-        _config: &Value,
+        _config: &(),
     ) -> Result<Box<dyn RunningService>, ServiceError> {
         Err(ServiceError::failed("The port 1 is not available."))
     }

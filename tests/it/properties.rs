@@ -3,12 +3,10 @@
 
 use proptest::prelude::*;
 
-use herve::api::form::{parse_form, parse_json};
-use herve::auth::parse_basic;
-use herve::registry::validate_name;
-use herve::types::models::parse_schema;
-use herve::types::static_files::relative_path;
-use herve::upstream::Upstream;
+use herve::testing::{
+    basic_credentials as parse_basic, parse_form, parse_json, parse_schema, parse_upstream,
+    static_relative_path as relative_path, valid_service_name,
+};
 
 fn name_is_valid(name: &str) -> bool {
     let bytes = name.as_bytes();
@@ -46,19 +44,19 @@ proptest! {
 
     #[test]
     fn names_are_accepted_exactly_when_they_match_the_rule(name in "[A-Za-z0-9._\\- é/]{0,70}") {
-        prop_assert_eq!(validate_name(&name).is_ok(), name_is_valid(&name));
+        prop_assert_eq!(valid_service_name(&name), name_is_valid(&name));
     }
 
     #[test]
     fn schemas_parse_or_are_refused_and_accepted_ones_are_sound(spec in "[a-z_:0-9,]{0,60}|([a-z]{1,6}:(string|int|float|bool)(:[0-9]{1,4})?(:required)?,){1,5}") {
         if let Ok(fields) = parse_schema(&spec) {
             prop_assert!(!fields.is_empty());
-            let mut names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+            let mut names: Vec<&str> = fields.iter().map(String::as_str).collect();
             names.sort_unstable();
             names.dedup();
             prop_assert_eq!(names.len(), fields.len(), "duplicate field names accepted");
             for field in &fields {
-                prop_assert!(!["id", "created_at", "updated_at"].contains(&field.name.as_str()));
+                prop_assert!(!["id", "created_at", "updated_at"].contains(&field.as_str()));
             }
         }
     }
@@ -88,8 +86,8 @@ proptest! {
 
     #[test]
     fn upstream_urls_parse_or_are_refused(url in "(http|https|ftp)?(://)?[a-z0-9.:@\\[\\]/?#%]{0,40}") {
-        if let Ok(upstream) = Upstream::parse(&url) {
-            prop_assert!(upstream.url().starts_with("http://"));
+        if let Ok(kept) = parse_upstream(&url) {
+            prop_assert!(kept.starts_with("http://"));
         }
     }
 }

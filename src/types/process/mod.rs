@@ -13,15 +13,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
-use super::field;
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::upstream::{
-    HealthCheck, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream, UpstreamClient,
+    HealthCheck, Prober, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream,
 };
-pub use containment::reap_adopted_orphans;
+pub(crate) use containment::reap_adopted_orphans;
 use containment::Containment;
 use supervisor::{RestartPolicy, RunAs, Spec, Supervisor};
 
@@ -32,8 +31,8 @@ const RESERVED_ENV: [&str; 3] = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NA
 const DEFAULT_USER: &str = "nobody";
 
 /// The `process` service type.
-pub struct ProcessType {
-    client: UpstreamClient,
+pub(crate) struct ProcessType {
+    prober: Prober,
     /// Herve's data directory: out of every program's reach.
     herve_data: PathBuf,
     containment: Containment,
@@ -41,10 +40,10 @@ pub struct ProcessType {
 }
 
 impl ProcessType {
-    pub fn new(client: UpstreamClient, herve_data: &Path, trusted: TrustedProxies) -> Self {
+    pub fn new(prober: Prober, herve_data: &Path, trusted: TrustedProxies) -> Self {
         ProcessType {
             trusted,
-            client,
+            prober,
             herve_data: herve_data.to_path_buf(),
             containment: Containment::detect(herve_data),
         }
@@ -53,7 +52,7 @@ impl ProcessType {
 
 /// What a process service keeps from its registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProcessConfig {
+pub(crate) struct ProcessConfig {
     /// The program and its arguments.
     pub command: Vec<String>,
     pub cwd: Option<String>,
@@ -62,7 +61,7 @@ pub struct ProcessConfig {
     /// `None`: Herve picks a free port at each start.
     pub port: Option<u16>,
     pub health_path: Option<String>,
-    pub restart: String,
+    pub restart: RestartPolicy,
     pub stop_timeout_ms: u64,
     pub ready_timeout_ms: u64,
     pub timeout_ms: u64,
@@ -139,11 +138,11 @@ impl ProcessConfig {
 
         let port = match fields.get("port").map(str::trim) {
             None | Some("") => None,
-            Some(_) => Some(field::number(fields, "port", 0, 1..=65535)? as u16),
+            Some(_) => Some(fields.number("port", 0, 1..=65535)? as u16),
         };
-        let restart = field::choice(fields, "restart", &["always", "on-failure", "never"])?;
-        let user = optional(fields, "user");
-        let group = optional(fields, "group");
+        let restart = fields.choice("restart", &RestartPolicy::CHOICES)?;
+        let user = fields.optional("user").map(str::to_owned);
+        let group = fields.optional("group").map(str::to_owned);
         if let Some(user) = &user {
             let account = crate::sys::account(user).ok().flatten().ok_or_else(|| {
                 ServiceError::invalid_field(
@@ -177,24 +176,15 @@ impl ProcessConfig {
             cwd,
             env,
             port,
-            health_path: field::url_path(fields, "health_path")?,
-            restart: restart.to_owned(),
-            stop_timeout_ms: field::number(fields, "stop_timeout_ms", 10_000, 0..=600_000)?,
-            ready_timeout_ms: field::number(fields, "ready_timeout_ms", 30_000, 100..=600_000)?,
-            timeout_ms: field::number(fields, "timeout_ms", 30_000, 1..=3_600_000)?,
+            health_path: fields.url_path("health_path")?,
+            restart,
+            stop_timeout_ms: fields.number("stop_timeout_ms", 10_000, 0..=600_000)?,
+            ready_timeout_ms: fields.number("ready_timeout_ms", 30_000, 100..=600_000)?,
+            timeout_ms: fields.number("timeout_ms", 30_000, 1..=3_600_000)?,
             user,
             group,
         })
     }
-}
-
-/// A trimmed, non-empty field.
-fn optional(fields: &Fields, key: &str) -> Option<String> {
-    fields
-        .get(key)
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .map(str::to_owned)
 }
 
 /// Who a program runs as, and its home.
@@ -328,6 +318,8 @@ fn logs_dir(ctx: &ServiceContext) -> PathBuf {
 
 #[async_trait]
 impl ServiceType for ProcessType {
+    type Config = ProcessConfig;
+
     fn name(&self) -> &str {
         "process"
     }
@@ -340,17 +332,15 @@ impl ServiceType for ProcessType {
         &self,
         _ctx: &ServiceContext,
         fields: &Fields,
-    ) -> Result<Value, ServiceError> {
-        let config = ProcessConfig::from_fields(fields)?;
-        field::to_config(&config)
+    ) -> Result<ProcessConfig, ServiceError> {
+        ProcessConfig::from_fields(fields)
     }
 
     async fn start(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &ProcessConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let config: ProcessConfig = field::from_config(config)?;
         if config.command.is_empty() {
             return Err(ServiceError::failed("The stored command is empty."));
         }
@@ -363,9 +353,6 @@ impl ServiceType for ProcessType {
         };
         let log = logs::LogWriter::open(&logs_dir(ctx))
             .map_err(|e| ServiceError::failed(format!("Cannot write the service's logs: {e}")))?;
-        let restart = RestartPolicy::parse(&config.restart).ok_or_else(|| {
-            ServiceError::failed(format!("unknown restart policy '{}'", config.restart))
-        })?;
         let identity = config.identity()?;
         let own_dir = work_dir(ctx.uuid(), identity.run_as).map_err(|e| {
             ServiceError::failed(format!("Cannot make the program's working directory: {e}"))
@@ -374,7 +361,7 @@ impl ServiceType for ProcessType {
             .cwd
             .as_ref()
             .map_or_else(|| own_dir.clone(), PathBuf::from);
-        let env = program_env(&config, ctx, &identity, &own_dir);
+        let env = program_env(config, ctx, &identity, &own_dir);
         // A program of another account is kept out by the directory's permissions;
         // one of Herve's own account needs Landlock for that.
         let hide = identity.run_as.is_none().then(|| self.herve_data.clone());
@@ -389,22 +376,22 @@ impl ServiceType for ProcessType {
                 port,
                 uuid: ctx.uuid(),
                 health_path: config.health_path.clone(),
-                restart,
+                restart: config.restart,
                 stop_timeout: Duration::from_millis(config.stop_timeout_ms),
                 ready_timeout: Duration::from_millis(config.ready_timeout_ms),
             },
             log,
             reporter: ctx.reporter().clone(),
-            client: self.client.clone(),
+            prober: self.prober.clone(),
         };
         ctx.reporter().report(crate::contract::Report::Starting);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(supervisor.run(stop_rx, ready_tx));
+        let task = tokio::spawn(supervisor.run(stop.clone(), ready_tx));
         let ready = tokio::select! {
             ready = ready_rx => ready,
             () = ctx.abandoned() => {
-                let _ = stop_tx.send(true);
+                stop.cancel();
                 let _ = task.await;
                 orphans::kill_leftovers(ctx.uuid()).await;
                 return Err(ServiceError::failed(
@@ -434,18 +421,16 @@ impl ServiceType for ProcessType {
             trusted: self.trusted.clone(),
         };
         let proxy = Proxy::new(
-            self.client.clone(),
+            self.prober.clone(),
             vec![Upstream::local(port)],
             options,
             ctx.uuid(),
         );
-        let upkeep = tokio::spawn(Arc::clone(&proxy).check_health(|_| {}));
         Ok(Box::new(RunningProcess {
             containment: self.containment.clone(),
             uuid: ctx.uuid(),
             proxy,
-            upkeep,
-            stop: stop_tx,
+            stop,
             supervisor: tokio::sync::Mutex::new(Some(task)),
         }))
     }
@@ -455,7 +440,11 @@ impl ServiceType for ProcessType {
         orphans::kill_leftovers_of(services.iter().map(ServiceContext::uuid).collect()).await;
     }
 
-    async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
+    async fn unregister(
+        &self,
+        ctx: &ServiceContext,
+        _config: &ProcessConfig,
+    ) -> Result<(), ServiceError> {
         orphans::kill_leftovers(ctx.uuid()).await;
         self.containment.kill_cgroup(ctx.uuid()).await;
         let own_dir = std::env::temp_dir().join(format!("herve-{}", ctx.uuid()));
@@ -476,7 +465,7 @@ impl ServiceType for ProcessType {
     async fn logs(
         &self,
         ctx: &ServiceContext,
-        _config: &Value,
+        _config: &ProcessConfig,
         tail: usize,
     ) -> Result<Option<Vec<String>>, ServiceError> {
         let dir = logs_dir(ctx);
@@ -492,10 +481,16 @@ struct RunningProcess {
     containment: Containment,
     uuid: uuid::Uuid,
     proxy: Arc<Proxy>,
-    /// Closes the program's idle pooled connections (see `Proxy::check_health`).
-    upkeep: tokio::task::JoinHandle<()>,
-    stop: watch::Sender<bool>,
+    /// Cancelled to stop the supervisor (and with it the program).
+    stop: CancellationToken,
     supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for RunningProcess {
+    /// An instance dropped without a stop still stops its program.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 #[async_trait]
@@ -506,8 +501,7 @@ impl RunningService for RunningProcess {
 
     /// Answers once the program and everything in its process group are gone.
     async fn stop(&self) -> Result<(), ServiceError> {
-        let _ = self.stop.send(true);
-        self.upkeep.abort();
+        self.stop.cancel();
         self.proxy.close();
         if let Some(task) = self.supervisor.lock().await.take() {
             task.await

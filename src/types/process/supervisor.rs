@@ -8,16 +8,16 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use serde_json::json;
 use tokio::process::{Child, Command};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::containment::{self, Containment};
 use super::logs::LogWriter;
 use crate::contract::{Report, StatusReporter};
 use crate::sys;
-use crate::upstream::UpstreamClient;
+use crate::upstream::Prober;
 
 /// First pause before a restart; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -28,24 +28,25 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 const MAX_EARLY_EXITS: u32 = 5;
 /// How often readiness is probed while starting.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// When a program that exited is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RestartPolicy {
     Always,
     OnFailure,
     Never,
 }
 
 impl RestartPolicy {
-    pub fn parse(text: &str) -> Option<RestartPolicy> {
-        match text {
-            "always" => Some(RestartPolicy::Always),
-            "on-failure" => Some(RestartPolicy::OnFailure),
-            "never" => Some(RestartPolicy::Never),
-            _ => None,
-        }
-    }
+    /// Every policy by its registration name; the first is the default.
+    pub const CHOICES: [(&'static str, RestartPolicy); 3] = [
+        ("always", RestartPolicy::Always),
+        ("on-failure", RestartPolicy::OnFailure),
+        ("never", RestartPolicy::Never),
+    ];
 
     fn restarts_after(self, status: ExitStatus) -> bool {
         match self {
@@ -58,13 +59,13 @@ impl RestartPolicy {
 
 /// The account a program runs as, when it is not Herve's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunAs {
+pub(crate) struct RunAs {
     pub uid: u32,
     pub gid: u32,
 }
 
 /// Everything needed to run the program.
-pub struct Spec {
+pub(crate) struct Spec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     /// The whole environment of the program.
@@ -81,11 +82,11 @@ pub struct Spec {
     pub ready_timeout: Duration,
 }
 
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     pub spec: Spec,
     pub log: Arc<LogWriter>,
     pub reporter: StatusReporter,
-    pub client: UpstreamClient,
+    pub prober: Prober,
 }
 
 /// What the runtime facts of the service are.
@@ -100,11 +101,7 @@ impl Supervisor {
     /// Runs the program until a stop is asked (through `stop`) or Herve gives up on it.
     /// `ready` gets the outcome of the first start: `Ok` once the program is ready,
     /// or the reason it never was.
-    pub async fn run(
-        self,
-        mut stop: watch::Receiver<bool>,
-        ready: oneshot::Sender<Result<(), String>>,
-    ) {
+    pub async fn run(self, stop: CancellationToken, ready: oneshot::Sender<Result<(), String>>) {
         let mut ready = Some(ready);
         let mut facts = Facts::default();
         let mut backoff = FIRST_BACKOFF;
@@ -169,14 +166,14 @@ impl Supervisor {
                         return;
                     }
                     self.log.line(format!("[herve] exited before it was ready ({status}); restarting in {backoff:?}").as_bytes());
-                    if self.pause(&mut stop, backoff).await {
+                    if self.pause(&stop, backoff).await {
                         return;
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     facts.restarts += 1;
                     continue;
                 }
-                _ = stopping(&mut stop) => {
+                () = stop.cancelled() => {
                     self.terminate(&mut child, pgid).await;
                     return;
                 }
@@ -207,7 +204,7 @@ impl Supervisor {
             // Until it exits or is stopped.
             let (exit, status) = tokio::select! {
                 status = child.wait() => reap(pgid, status, &self.spec).await,
-                _ = stopping(&mut stop) => {
+                () = stop.cancelled() => {
                     self.terminate(&mut child, pgid).await;
                     return;
                 }
@@ -234,7 +231,7 @@ impl Supervisor {
             self.log
                 .line(format!("[herve] exited ({status}); restarting in {backoff:?}").as_bytes());
             self.reporter.report(Report::Starting);
-            if self.pause(&mut stop, backoff).await {
+            if self.pause(&stop, backoff).await {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -318,31 +315,23 @@ impl Supervisor {
     /// Whether the program became ready within the ready timeout.
     async fn wait_ready(&self) -> bool {
         let deadline = Instant::now() + self.spec.ready_timeout;
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.spec.port));
+        let target = format!("127.0.0.1:{}", self.spec.port);
+        let url = self
+            .spec
+            .health_path
+            .as_ref()
+            .map(|path| format!("http://{target}{path}"));
         while Instant::now() < deadline {
             tokio::time::sleep(PROBE_EVERY).await;
-            let ready = match &self.spec.health_path {
-                None => tokio::net::TcpStream::connect(address).await.is_ok(),
-                Some(path) => self.http_ready(path).await,
+            let ready = match &url {
+                None => self.prober.accepts(&target, PROBE_TIMEOUT).await,
+                Some(url) => self.prober.answers(url, PROBE_TIMEOUT).await,
             };
             if ready {
                 return true;
             }
         }
         false
-    }
-
-    async fn http_ready(&self, path: &str) -> bool {
-        let uri = format!("http://127.0.0.1:{}{}", self.spec.port, path);
-        let Ok(request) = http::Request::get(uri).body(Body::empty()) else {
-            return false;
-        };
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await {
-            Ok(Ok(response)) => {
-                response.status().is_success() || response.status().is_redirection()
-            }
-            _ => false,
-        }
     }
 
     /// SIGTERM to the program and everything it started, SIGKILL after the stop
@@ -381,10 +370,10 @@ impl Supervisor {
     }
 
     /// Sleeps `pause`, unless a stop comes first; returns whether it did.
-    async fn pause(&self, stop: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    async fn pause(&self, stop: &CancellationToken, pause: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(pause) => false,
-            _ = stopping(stop) => true,
+            () = stop.cancelled() => true,
         }
     }
 
@@ -400,7 +389,7 @@ impl Supervisor {
 
 /// Replaces `$PORT` and `${PORT}` in an argument: no shell runs the command, and most
 /// programs take their port as an argument.
-pub fn expand_port(arg: &str, port: &str) -> String {
+pub(crate) fn expand_port(arg: &str, port: &str) -> String {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(at) = rest.find('$') {
@@ -441,11 +430,6 @@ async fn reap(
         Ok(status) => (Some(status), status.to_string()),
         Err(error) => (None, format!("unknown ({error})")),
     }
-}
-
-/// Completes once a stop is asked (or the asker is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 fn kill_group(pgid: i32, signal: i32) {

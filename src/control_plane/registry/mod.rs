@@ -2,40 +2,52 @@
 //!
 //! Every change goes the same way: validate, persist through the [`Store`], then apply
 //! it in memory and publish the data plane's new routing snapshot. The API answers only
-//! after that, so an acknowledged change is durable and visible.
+//! after that, so an acknowledged change is durable and visible; a change the store
+//! refuses is not applied.
 //!
-//! Locking: a short `std` mutex guards the map of services (never held across an
-//! `.await`); each service has its own async lifecycle lock, so a slow start of one
-//! service never holds up the others; registrations are serialised so that the name
-//! check and the insert are one step.
+//! Locking: a short `std` mutex guards the map of services; each service has two
+//! pieces: its state (status, reason, runtime facts, current routes, epoch) behind a
+//! short `std` mutex never held across an `.await`, and an async lifecycle lock held
+//! for the whole of a start, stop or unregister, so a slow start of one service never
+//! holds up the others. Registrations are serialised so that the name check and the
+//! insert are one step. When both are needed, the lifecycle lock is taken first; the
+//! state lock is taken before the route table's.
 //!
 //! A running instance may report on itself between hooks (a program that restarts or
-//! gives up). Each start opens a new *epoch* of the service, and a report is applied
-//! only while its epoch is current: a late report of a stopped instance changes nothing.
+//! gives up). Each start and each stop opens a new *epoch* of the service, and a report
+//! is applied only while its epoch is current: a late report of a stopped instance
+//! changes nothing.
+
+mod catalog;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub(crate) use catalog::TypeCatalog;
+
+use super::store::{ServiceRecord, Status, Store, StoreError};
 use crate::contract::{
-    Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType, StatusReporter,
+    AnyServiceType, Fields, Report, RunningService, ServiceContext, ServiceError, StatusReporter,
 };
-use crate::routing::RouteTable;
-use crate::store::{unix_now, ServiceRecord, Status, Store, StoreError};
-use crate::types::TypeCatalog;
+use crate::data_plane::RouteTable;
+use crate::util::{lock, unix_now};
 
 /// The longest service name, in bytes.
-pub const MAX_NAME_LEN: usize = 63;
+pub(crate) const MAX_NAME_LEN: usize = 63;
 
 /// Why a registry operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     #[error("The service does not exist.")]
     NotFound,
     #[error("This service type does not exist.")]
@@ -54,8 +66,11 @@ pub enum RegistryError {
     NoLogs,
     #[error("Herve is shutting down.")]
     ShuttingDown,
+    #[error("The stored record is corrupt ({0}); unregister the service and register it again.")]
+    Corrupt(String),
+    /// A hook of the service's type failed.
     #[error("{0}")]
-    Hook(String),
+    Hook(#[source] ServiceError),
     #[error("The change could not be saved: {0}")]
     Store(#[from] StoreError),
 }
@@ -66,7 +81,7 @@ impl From<ServiceError> for RegistryError {
             ServiceError::InvalidField { field, message } => {
                 RegistryError::InvalidField { field, message }
             }
-            ServiceError::Failed(message) => RegistryError::Hook(message),
+            failed => RegistryError::Hook(failed),
         }
     }
 }
@@ -74,7 +89,7 @@ impl From<ServiceError> for RegistryError {
 /// A service as the API shows it. The first five keys, in this order, are the
 /// contract's; the others are left out when empty.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ServiceView {
+pub(crate) struct ServiceView {
     pub uuid: Uuid,
     pub name: String,
     pub description: String,
@@ -92,11 +107,20 @@ pub struct ServiceView {
     pub config: Option<Value>,
 }
 
-/// What the API shows of a service's state; changes under a short lock.
-struct Shown {
+/// What changes about a service between hooks; under a short lock.
+#[derive(Default)]
+struct State {
     status: Status,
     reason: String,
     runtime: Option<Value>,
+    /// Bumped by every start and stop; reports of older epochs are ignored.
+    epoch: u64,
+    /// The routes of the current instance, published again when it recovers.
+    routes: Option<Router>,
+    /// The epoch whose instance reported that it failed or ended, if any.
+    ended_epoch: u64,
+    /// Set while a start runs: cancelling it asks the start to give up.
+    abandon: Option<CancellationToken>,
 }
 
 /// One registered service.
@@ -110,18 +134,8 @@ struct Slot {
     /// What is wrong with its stored record, if anything: it cannot start.
     corrupt: Option<String>,
     /// `None` when the database names a type this Herve was not built with.
-    service_type: Option<Arc<dyn ServiceType>>,
-    shown: Mutex<Shown>,
-    /// Bumped by every start and stop; reports of older epochs are ignored.
-    epoch: AtomicU64,
-    /// The routes of the current instance, to publish again when it recovers. Epoch
-    /// checks and route changes happen under this lock, so a late report can never
-    /// publish the routes of an instance that is being stopped.
-    routes: Mutex<Option<Router>>,
-    /// The epoch whose instance reported that it failed or ended, if any.
-    ended_epoch: AtomicU64,
-    /// Set while a start runs: sending `true` asks it to give up.
-    abandon_start: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    service_type: Option<Arc<dyn AnyServiceType>>,
+    state: Mutex<State>,
     /// Held for the whole of a start, stop or unregister of this service.
     life: tokio::sync::Mutex<Life>,
 }
@@ -136,31 +150,31 @@ struct Life {
 impl Slot {
     /// Asks a start in progress, if any, to give up.
     fn abandon_start(&self) {
-        if let Some(abandon) = lock(&self.abandon_start).as_ref() {
-            let _ = abandon.send(true);
+        if let Some(abandon) = lock(&self.state).abandon.as_ref() {
+            abandon.cancel();
         }
     }
 
     fn status(&self) -> Status {
-        lock(&self.shown).status
+        lock(&self.state).status
     }
 
     fn set_status(&self, status: Status, reason: &str) {
-        let mut shown = lock(&self.shown);
-        shown.status = status;
-        reason.clone_into(&mut shown.reason);
+        let mut state = lock(&self.state);
+        state.status = status;
+        reason.clone_into(&mut state.reason);
     }
 
     fn view(&self, with_config: bool) -> ServiceView {
-        let shown = lock(&self.shown);
+        let state = lock(&self.state);
         ServiceView {
             uuid: self.uuid,
             name: self.name.clone(),
             description: self.description.clone(),
-            status: shown.status,
+            status: state.status,
             type_name: self.type_name.clone(),
-            reason: (!shown.reason.is_empty()).then(|| shown.reason.clone()),
-            runtime: shown.runtime.clone(),
+            reason: (!state.reason.is_empty()).then(|| state.reason.clone()),
+            runtime: state.runtime.clone(),
             config: (with_config && !self.config.is_null()).then(|| self.config.clone()),
         }
     }
@@ -173,7 +187,7 @@ struct Services {
 }
 
 /// The registry of services. Cheap to share behind an `Arc`.
-pub struct Registry {
+pub(crate) struct Registry {
     types: TypeCatalog,
     store: Arc<dyn Store>,
     routes: Arc<RouteTable>,
@@ -183,18 +197,32 @@ pub struct Registry {
     registering: tokio::sync::Mutex<()>,
     /// Set by [`Registry::shutdown`]: no instance may start after it.
     closing: AtomicBool,
+    /// The control plane's runtime: reports may come from any thread, and their
+    /// recording runs here.
+    runtime: tokio::runtime::Handle,
+}
+
+/// Where a registry is kept and what bounds it.
+pub(crate) struct RegistrySetup {
+    pub types: TypeCatalog,
+    pub store: Arc<dyn Store>,
+    pub routes: Arc<RouteTable>,
+    pub services_dir: PathBuf,
+    pub max_services: usize,
 }
 
 impl Registry {
-    /// Loads every service from `store`. Call [`Registry::resume`] afterwards to start
-    /// again the services that were running.
-    pub async fn load(
-        types: TypeCatalog,
-        store: Arc<dyn Store>,
-        routes: Arc<RouteTable>,
-        services_dir: PathBuf,
-        max_services: usize,
-    ) -> Result<Registry, StoreError> {
+    /// Loads every service from the store. Call [`Registry::resume`] afterwards to
+    /// start again the services that were running. Called on the control plane's
+    /// runtime.
+    pub async fn load(setup: RegistrySetup) -> Result<Registry, StoreError> {
+        let RegistrySetup {
+            types,
+            store,
+            routes,
+            services_dir,
+            max_services,
+        } = setup;
         let records = store.load().await?;
         let mut services = Services::default();
         for record in records {
@@ -206,44 +234,9 @@ impl Registry {
                     "service of a type this Herve does not have; it is kept but cannot start"
                 );
             }
-            let description = service_type
-                .as_ref()
-                .map(|t| t.description().to_owned())
-                .unwrap_or(record.description);
-            let (status, reason) = match &record.corrupt {
-                Some(problem) => {
-                    tracing::error!(uuid = %record.uuid, %problem, "a stored service is corrupt; it is shown as failed");
-                    (
-                        Status::Failed,
-                        format!("The stored record is corrupt: {problem}."),
-                    )
-                }
-                None => (record.status, record.detail),
-            };
-            services.names.insert(record.name.clone());
-            services.by_uuid.insert(
-                record.uuid,
-                Arc::new(Slot {
-                    uuid: record.uuid,
-                    seq: record.seq,
-                    name: record.name,
-                    type_name: record.type_name,
-                    description,
-                    config: record.config,
-                    corrupt: record.corrupt,
-                    service_type,
-                    shown: Mutex::new(Shown {
-                        status,
-                        reason,
-                        runtime: None,
-                    }),
-                    epoch: AtomicU64::new(0),
-                    routes: Mutex::new(None),
-                    ended_epoch: AtomicU64::new(0),
-                    abandon_start: Mutex::new(None),
-                    life: tokio::sync::Mutex::new(Life::default()),
-                }),
-            );
+            let slot = Slot::from_record(record, service_type);
+            services.names.insert(slot.name.clone());
+            services.by_uuid.insert(slot.uuid, Arc::new(slot));
         }
         Ok(Registry {
             types,
@@ -254,13 +247,14 @@ impl Registry {
             services: Mutex::new(services),
             registering: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
     /// Lets every type clean up after an earlier Herve, then starts again every
     /// service whose persisted status says it should run.
     pub async fn resume(&self) {
-        let mut by_type: HashMap<String, (Arc<dyn ServiceType>, Vec<ServiceContext>)> =
+        let mut by_type: HashMap<String, (Arc<dyn AnyServiceType>, Vec<ServiceContext>)> =
             HashMap::new();
         for slot in lock(&self.services).by_uuid.values() {
             if let Some(service_type) = &slot.service_type {
@@ -307,16 +301,6 @@ impl Registry {
         Ok(self.slot(uuid)?.view(true))
     }
 
-    /// How many services are registered.
-    pub fn len(&self) -> usize {
-        lock(&self.services).by_uuid.len()
-    }
-
-    /// Whether no service is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Registers a new service of type `type_name` named `name`.
     pub async fn register(
         &self,
@@ -359,27 +343,7 @@ impl Registry {
                 return Err(error.into());
             }
         };
-
-        let slot = Arc::new(Slot {
-            uuid,
-            seq: record.seq,
-            name: record.name,
-            type_name: record.type_name,
-            description: record.description,
-            config: record.config,
-            corrupt: None,
-            service_type: Some(service_type),
-            shown: Mutex::new(Shown {
-                status: Status::Registered,
-                reason: String::new(),
-                runtime: None,
-            }),
-            epoch: AtomicU64::new(0),
-            routes: Mutex::new(None),
-            ended_epoch: AtomicU64::new(0),
-            abandon_start: Mutex::new(None),
-            life: tokio::sync::Mutex::new(Life::default()),
-        });
+        let slot = Arc::new(Slot::from_record(record, Some(service_type)));
         let view = slot.view(true);
         let mut services = lock(&self.services);
         services.names.insert(slot.name.clone());
@@ -398,7 +362,8 @@ impl Registry {
         Ok(slot.view(false))
     }
 
-    /// Stops a service; stopping a service that does not run does nothing.
+    /// Stops a service; stopping a service that does not run does nothing. The stop
+    /// is saved first: if the store refuses it, the service goes on as it was.
     pub async fn stop(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
         let slot = self.slot(uuid)?;
         // A slow start would hold the lifecycle lock until it ends: ask it to give up.
@@ -407,12 +372,15 @@ impl Registry {
         if life.removed {
             return Err(RegistryError::NotFound);
         }
-        self.halt(&slot, &mut life).await;
         // Record `stopped` whenever the status says anything else than "not running":
         // also after a start or stop that failed halfway. One that never ran stays
         // `registered`.
-        if !matches!(slot.status(), Status::Registered | Status::Stopped) {
+        let record = !matches!(slot.status(), Status::Registered | Status::Stopped);
+        if record {
             self.store.set_status(uuid, Status::Stopped, "").await?;
+        }
+        self.halt(&slot, &mut life).await;
+        if record {
             slot.set_status(Status::Stopped, "");
         }
         Ok(slot.view(false))
@@ -521,10 +489,14 @@ impl Registry {
 
     /// A reporter that applies the reports of the instance started in `epoch`.
     fn reporter(&self, slot: &Arc<Slot>, epoch: u64) -> StatusReporter {
-        let slot = Arc::downgrade(slot);
-        let store = Arc::clone(&self.store);
-        let routes = Arc::clone(&self.routes);
-        StatusReporter::new(move |report| apply_report(&slot, epoch, &store, &routes, report))
+        let recorder = Recorder {
+            slot: Arc::downgrade(slot),
+            epoch,
+            store: Arc::clone(&self.store),
+            routes: Arc::clone(&self.routes),
+            runtime: self.runtime.clone(),
+        };
+        StatusReporter::new(move |report| recorder.apply(report))
     }
 
     /// Starts `slot` unless it runs; the caller holds its lifecycle lock.
@@ -540,9 +512,7 @@ impl Registry {
             return Err(RegistryError::ShuttingDown);
         }
         if let Some(problem) = &slot.corrupt {
-            return Err(RegistryError::Hook(format!(
-                "The stored record is corrupt ({problem}); unregister the service and register it again."
-            )));
+            return Err(RegistryError::Corrupt(problem.clone()));
         }
         let Some(service_type) = &slot.service_type else {
             // Shown as failed, but the stored status keeps the intent, for a Herve
@@ -550,23 +520,30 @@ impl Registry {
             slot.set_status(Status::Failed, "the type is not available in this Herve");
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
-        let epoch = slot.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        lock(&slot.shown).runtime = None;
-        // On resume (and restart) the store says `running` already: no write needed.
-        let stored_running = slot.status() == Status::Running;
-        let (abandon, abandoned) = tokio::sync::watch::channel(false);
-        *lock(&slot.abandon_start) = Some(abandon);
+        let abandon = CancellationToken::new();
+        let (epoch, stored_running) = {
+            let mut state = lock(&slot.state);
+            state.epoch += 1;
+            state.runtime = None;
+            state.abandon = Some(abandon.clone());
+            // On resume (and restart) the store says `running` already: no write.
+            (state.epoch, state.status == Status::Running)
+        };
         let ctx = self
             .context(slot.uuid, &slot.name, self.reporter(slot, epoch))
-            .with_abandon(abandoned);
+            .with_abandon(abandon);
         let started = service_type.start(&ctx, &slot.config).await;
-        *lock(&slot.abandon_start) = None;
+        lock(&slot.state).abandon = None;
         let instance = match started {
             Ok(instance) => instance,
             Err(error) => {
-                slot.epoch.fetch_add(1, Ordering::SeqCst);
                 let reason = error.to_string();
-                slot.set_status(Status::Failed, &reason);
+                {
+                    let mut state = lock(&slot.state);
+                    state.epoch += 1;
+                    state.status = Status::Failed;
+                    state.reason.clone_from(&reason);
+                }
                 if let Err(store_error) = self
                     .store
                     .set_status(slot.uuid, Status::Failed, &reason)
@@ -579,7 +556,7 @@ impl Registry {
         };
         if !stored_running {
             if let Err(error) = self.store.set_status(slot.uuid, Status::Running, "").await {
-                slot.epoch.fetch_add(1, Ordering::SeqCst);
+                lock(&slot.state).epoch += 1;
                 if let Err(stop_error) = instance.stop().await {
                     tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
                 }
@@ -590,19 +567,19 @@ impl Registry {
         }
         let routes = instance.routes();
         life.instance = Some(instance);
-        let mut current_routes = lock(&slot.routes);
-        if slot.ended_epoch.load(Ordering::SeqCst) == epoch {
+        let mut state = lock(&slot.state);
+        if state.ended_epoch == epoch {
             // It failed or ended between becoming ready and now: the report said so
             // (and records it once this start lets go of the lifecycle lock).
-            drop(current_routes);
-            let shown = lock(&slot.shown).reason.clone();
-            return Err(RegistryError::Hook(format!(
-                "The service ended right after it started: {shown}"
-            )));
+            let reason = state.reason.clone();
+            return Err(RegistryError::Hook(ServiceError::failed(format!(
+                "The service ended right after it started: {reason}"
+            ))));
         }
-        *current_routes = Some(routes.clone());
+        state.routes = Some(routes.clone());
         self.routes.publish(slot.uuid, routes);
-        slot.set_status(Status::Running, "");
+        state.status = Status::Running;
+        state.reason.clear();
         Ok(())
     }
 
@@ -611,76 +588,118 @@ impl Registry {
     async fn halt(&self, slot: &Slot, life: &mut Life) {
         {
             // A new epoch first: whatever the instance still reports is now stale.
-            let mut current_routes = lock(&slot.routes);
-            slot.epoch.fetch_add(1, Ordering::SeqCst);
-            *current_routes = None;
+            let mut state = lock(&slot.state);
+            state.epoch += 1;
+            state.routes = None;
+            state.runtime = None;
         }
         let Some(instance) = life.instance.take() else {
             return;
         };
         // Withdraw next: no new request reaches an instance that is going away.
         self.routes.withdraw(&slot.uuid);
-        lock(&slot.shown).runtime = None;
         if let Err(error) = instance.stop().await {
             tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
         }
     }
 }
 
-/// Applies one report of the instance started in `epoch`, if it is still current.
-fn apply_report(
-    slot: &Weak<Slot>,
-    epoch: u64,
-    store: &Arc<dyn Store>,
-    routes: &Arc<RouteTable>,
-    report: Report,
-) {
-    let Some(slot) = slot.upgrade() else {
-        return;
-    };
-    let current_routes = lock(&slot.routes);
-    if slot.epoch.load(Ordering::SeqCst) != epoch {
-        return;
-    }
-    let (status, reason) = match report {
-        Report::Runtime(runtime) => {
-            lock(&slot.shown).runtime = Some(runtime);
-            return;
-        }
-        Report::Starting => {
-            slot.set_status(Status::Starting, "");
-            return;
-        }
-        Report::Running => {
-            slot.set_status(Status::Running, "");
-            if let Some(router) = current_routes.clone() {
-                routes.publish(slot.uuid, router);
+impl Slot {
+    fn from_record(record: ServiceRecord, service_type: Option<Arc<dyn AnyServiceType>>) -> Slot {
+        let description = service_type
+            .as_ref()
+            .map(|t| t.description().to_owned())
+            .unwrap_or(record.description);
+        let (status, reason) = match &record.corrupt {
+            Some(problem) => {
+                tracing::error!(uuid = %record.uuid, %problem, "a stored service is corrupt; it is shown as failed");
+                (
+                    Status::Failed,
+                    format!("The stored record is corrupt: {problem}."),
+                )
             }
+            None => (record.status, record.detail),
+        };
+        Slot {
+            uuid: record.uuid,
+            seq: record.seq,
+            name: record.name,
+            type_name: record.type_name,
+            description,
+            config: record.config,
+            corrupt: record.corrupt,
+            service_type,
+            state: Mutex::new(State {
+                status,
+                reason,
+                ..State::default()
+            }),
+            life: tokio::sync::Mutex::new(Life::default()),
+        }
+    }
+}
+
+/// Applies the reports of one instance (the one started in `epoch`).
+struct Recorder {
+    slot: Weak<Slot>,
+    epoch: u64,
+    store: Arc<dyn Store>,
+    routes: Arc<RouteTable>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Recorder {
+    fn apply(&self, report: Report) {
+        let Some(slot) = self.slot.upgrade() else {
+            return;
+        };
+        let mut state = lock(&slot.state);
+        if state.epoch != self.epoch {
             return;
         }
-        Report::Failed(reason) => (Status::Failed, reason),
-        Report::Exited(reason) => (Status::Stopped, reason),
-    };
-    slot.ended_epoch.store(epoch, Ordering::SeqCst);
-    routes.withdraw(&slot.uuid);
-    slot.set_status(status, &reason);
-    drop(current_routes);
-    // Record it under the lifecycle lock, and only if no start or stop came since:
-    // theirs is the newer truth.
-    let store = Arc::clone(store);
-    tokio::spawn(async move {
-        let _life = slot.life.lock().await;
-        if slot.epoch.load(Ordering::SeqCst) != epoch {
-            return;
-        }
-        if let Err(error) = store.set_status(slot.uuid, status, &reason).await {
-            tracing::error!(uuid = %slot.uuid, %error, "could not record a service's report");
-        }
-    });
+        let (status, reason) = match report {
+            Report::Runtime(runtime) => {
+                state.runtime = Some(runtime);
+                return;
+            }
+            Report::Starting => {
+                state.status = Status::Starting;
+                state.reason.clear();
+                return;
+            }
+            Report::Running => {
+                state.status = Status::Running;
+                state.reason.clear();
+                if let Some(router) = state.routes.clone() {
+                    self.routes.publish(slot.uuid, router);
+                }
+                return;
+            }
+            Report::Failed(reason) => (Status::Failed, reason),
+            Report::Exited(reason) => (Status::Stopped, reason),
+        };
+        state.ended_epoch = self.epoch;
+        self.routes.withdraw(&slot.uuid);
+        state.status = status;
+        state.reason.clone_from(&reason);
+        drop(state);
+        // Recorded under the lifecycle lock, and only if no start or stop came since:
+        // theirs is the newer truth.
+        let (store, epoch) = (Arc::clone(&self.store), self.epoch);
+        self.runtime.spawn(async move {
+            let _life = slot.life.lock().await;
+            if lock(&slot.state).epoch != epoch {
+                return;
+            }
+            if let Err(error) = store.set_status(slot.uuid, status, &reason).await {
+                tracing::error!(uuid = %slot.uuid, %error, "could not record a service's report");
+            }
+        });
+    }
 }
 
 /// Checks a service name against `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.
-pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), RegistryError> {
     let invalid = |message: String| RegistryError::InvalidField {
         field: "name".to_owned(),
         message,
@@ -701,12 +720,4 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
         )));
     }
     Ok(())
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked: every critical
-/// section here is a few plain assignments.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -17,7 +17,7 @@ use crate::contract::MountPrefix;
 
 /// The routes of every running service, by uuid.
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     current: ArcSwap<Snapshot>,
     /// Writers are rare (start/stop); this keeps two of them from losing each other's
     /// change while readers never wait.
@@ -28,7 +28,7 @@ type Snapshot = HashMap<Uuid, Route, BuildHasherDefault<UuidHasher>>;
 
 /// A running service as the data plane reaches it.
 #[derive(Clone)]
-pub struct Route {
+pub(crate) struct Route {
     pub router: Router,
     /// The prefix of its paths (`/<uuid>`), stripped before the router sees them.
     pub prefix: MountPrefix,
@@ -60,21 +60,8 @@ impl RouteTable {
         });
     }
 
-    /// How many services are routed.
-    pub fn len(&self) -> usize {
-        self.current.load().len()
-    }
-
-    /// Whether no service is routed.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn update(&self, change: impl FnOnce(&mut Snapshot)) {
-        let _writer = self
-            .write
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = crate::util::lock(&self.write);
         let mut next = Snapshot::clone(&self.current.load());
         change(&mut next);
         self.current.store(Arc::new(next));
@@ -84,7 +71,7 @@ impl RouteTable {
 /// Uuids v4 are random already: hashing them again (SipHash) would only cost time.
 /// Clients cannot pick the uuids in the table, so they cannot aim at one bucket.
 #[derive(Default)]
-pub struct UuidHasher(u64);
+pub(crate) struct UuidHasher(u64);
 
 impl Hasher for UuidHasher {
     fn finish(&self) -> u64 {

@@ -1,4 +1,4 @@
-//! The HTTP server: accepting connections, bounding them, and shutting down gracefully.
+//! Accepting connections, bounding them, and shutting down gracefully.
 //!
 //! Like mini-redis, the accept loop takes a permit from a semaphore before accepting,
 //! so at most `max_connections` are served at once and the rest wait in the kernel's
@@ -7,10 +7,6 @@
 //! shutdown the loop stops accepting, every connection is told to finish its in-flight
 //! request and close, and the server waits (up to a limit) for all the permits to come
 //! back.
-
-mod admission;
-mod timed_io;
-mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,12 +18,12 @@ use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use admission::{Admission, Refusal};
-pub use worker::{current_worker, Workers};
+use super::admission::{self, Admission, Refusal};
+use super::worker::Workers;
 
 /// The limits of the HTTP layer.
 #[derive(Debug, Clone)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     pub max_connections: u32,
     pub max_connections_per_ip: u32,
     pub max_header_bytes: u32,
@@ -44,11 +40,11 @@ const MAX_REFUSING: usize = 256;
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Most headers in one request; more is a 431.
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 
 /// Serves `listener` on `workers` until `shutdown` completes, then drains the
 /// connections and stops the workers.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     workers: Workers,
     limits: &ServerLimits,

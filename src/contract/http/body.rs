@@ -1,56 +1,54 @@
-//! The registration body: a form (`application/x-www-form-urlencoded`) or a JSON object.
+//! Bodies read as [`Fields`]: a form (`application/x-www-form-urlencoded`) or a JSON
+//! object, as registrations are.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use serde_json::Value;
 
-use super::envelope::ApiError;
+use super::ApiError;
 use crate::contract::Fields;
 
-/// The fields of a registration request, from a form or a JSON object body.
-pub struct RegistrationFields(pub Fields);
+/// An extractor: the fields of a form or JSON object body. A body of another type is
+/// a 415, a malformed one a 400, both in the envelope and naming the problem.
+pub struct FormOrJson(pub Fields);
 
-impl<S: Send + Sync> FromRequest<S> for RegistrationFields {
+impl<S: Send + Sync> FromRequest<S> for FormOrJson {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let media_type = req.headers().get(header::CONTENT_TYPE).map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.split(';').next())
-                .map(|media| media.trim().to_ascii_lowercase())
-                .unwrap_or_default()
-        });
+        let media_type = media_type(req.headers().get(header::CONTENT_TYPE));
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-        let fields =
-            fields_from_body(media_type.as_deref(), &body).map_err(|error| match error {
-                BodyError::UnsupportedType(other) => ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!(
-                        "The content type '{other}' is not supported: send \
-                     application/x-www-form-urlencoded or application/json."
-                    ),
-                ),
-                BodyError::Invalid(why) => ApiError::new(StatusCode::BAD_REQUEST, why),
-            })?;
-        Ok(RegistrationFields(fields))
+        let fields = fields_from_body(media_type.as_deref(), &body).map_err(ApiError::from)?;
+        Ok(FormOrJson(fields))
     }
 }
 
 /// Why a body could not be read as fields.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     /// Neither a form nor JSON.
+    #[error("The content type '{0}' is not supported: send application/x-www-form-urlencoded or application/json.")]
     UnsupportedType(String),
     /// Not valid for its type; the message says why.
+    #[error("{0}")]
     Invalid(String),
 }
 
-/// The lowercase media type of a `Content-Type` value, without parameters.
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let status = match error {
+            BodyError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+/// The lowercase media type of a `Content-Type` value, without parameters; `None`
+/// when there is no such header.
 pub fn media_type(value: Option<&axum::http::HeaderValue>) -> Option<String> {
     value.map(|value| {
         value

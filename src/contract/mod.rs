@@ -1,14 +1,16 @@
-//! The service contract: the one interface every service type implements.
+//! The service contract: the one interface every service type implements, and the kit
+//! a type author builds with.
 //!
-//! Built-in types (`echo`, `ping`, …) and a user's own types implement the same
+//! Built-in types (`echo`, `proxy`, …) and a user's own types implement the same
 //! [`ServiceType`] trait and are added to Herve the same way, through
-//! [`crate::HerveBuilder::service_type`]. Herve owns everything around a service —
-//! its uuid, name, status, persistence and the `/<uuid>` prefix of its routes — and
-//! calls the type's hooks at the right moments:
+//! [`crate::HerveBuilder::service_type`]. A built-in type uses nothing a user's own
+//! type could not. Herve owns everything around a service — its uuid, name, status,
+//! persistence and the prefix of its routes — and calls the type's hooks at the right
+//! moments:
 //!
 //! | moment | hook | what the type does |
 //! |---|---|---|
-//! | `POST /services/register` | [`ServiceType::register`] | validates its own form fields, returns the configuration to persist |
+//! | `POST /services/register` | [`ServiceType::register`] | validates its own fields, returns its typed [`ServiceType::Config`] |
 //! | `POST /services/:uuid/start` (and on boot, for services that were running) | [`ServiceType::start`] | starts an instance from that configuration and returns it |
 //! | `POST /services/:uuid/stop` (and when Herve shuts down) | [`RunningService::stop`] | releases what the instance holds |
 //! | `POST /services/:uuid/unregister` | [`ServiceType::unregister`] | deletes what the type keeps for the service |
@@ -17,41 +19,77 @@
 //!
 //! While a service runs, Herve mounts the [`Router`] returned by
 //! [`RunningService::routes`] at `/<uuid>`: a request for `/<uuid>/echo` reaches the
-//! route `/echo` of that router, with the prefix stripped.
+//! route `/echo` of that router, with the prefix stripped (each request carries the
+//! prefix as a [`MountPrefix`] extension, and the client's address as axum's
+//! `ConnectInfo<SocketAddr>`).
 //!
 //! ```
 //! use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
 //! use axum::{routing::get, Router};
+//! use serde::{Deserialize, Serialize};
 //!
 //! struct Hello;
 //!
+//! #[derive(Serialize, Deserialize)]
+//! struct HelloConfig { greeting: String }
+//!
 //! #[herve::async_trait]
 //! impl ServiceType for Hello {
+//!     type Config = HelloConfig;
 //!     fn name(&self) -> &str { "hello" }
 //!     fn description(&self) -> &str { "A service greeting whoever asks" }
 //!
 //!     async fn register(&self, _ctx: &ServiceContext, fields: &Fields)
-//!         -> Result<serde_json::Value, ServiceError> {
-//!         let greeting = fields.get("greeting").unwrap_or("hello").to_owned();
-//!         Ok(serde_json::json!({ "greeting": greeting }))
+//!         -> Result<HelloConfig, ServiceError> {
+//!         let greeting = fields.optional("greeting").unwrap_or("hello").to_owned();
+//!         Ok(HelloConfig { greeting })
 //!     }
 //!
-//!     async fn start(&self, _ctx: &ServiceContext, config: &serde_json::Value)
+//!     async fn start(&self, _ctx: &ServiceContext, config: &HelloConfig)
 //!         -> Result<Box<dyn RunningService>, ServiceError> {
-//!         let greeting = config["greeting"].as_str().unwrap_or("hello").to_owned();
+//!         let greeting = config.greeting.clone();
 //!         let routes = Router::new().route("/", get(move || async move { greeting }));
 //!         Ok(Box::new(routes))
 //!     }
 //! }
 //! ```
+//!
+//! # The kit
+//!
+//! What the first Herve's library offered a type author, and how it is done here:
+//!
+//! | need | how |
+//! |---|---|
+//! | routes with parameters | axum's `Router::route("/users/{id}", get(handler))` and the `Path` extractor |
+//! | groups with their own middleware | `Router::nest("/admin", admin_routes.layer(...))` or `route_layer` on a sub-router |
+//! | a logger | `tracing` (Herve already writes an access line per request; add `tracing::info!` in handlers) |
+//! | Basic auth | [`http::basic_credentials`] and a middleware (`axum::middleware::from_fn`) |
+//! | reading a form or a JSON body | the [`http::FormOrJson`] extractor: the same [`Fields`] as registration |
+//! | JSON answers in Herve's envelope | [`http::Envelope`] and [`http::ApiError`] |
+//! | plain-text answers | [`http::plain`] |
+//! | cookies | `axum_extra::extract::CookieJar` (re-exported as [`http::CookieJar`]) |
+//! | CSRF protection of forms | [`http::CsrfGuard`]: a token bound to a cookie, checked on every unsafe method |
+//! | templates with HTML escaping | `minijinja` (re-exported as [`http::minijinja`]): auto-escapes `.html` templates |
+//!
+//! `examples/` has a runnable program for each, all exercised by the test suite.
+
+mod erased;
+mod fields;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+pub(crate) use erased::AnyServiceType;
+pub use fields::Fields;
 
 /// A kind of service that Herve can register, start and route to.
 ///
@@ -60,36 +98,45 @@ use uuid::Uuid;
 /// Herve never calls two hooks of the *same* service at once.
 #[async_trait]
 pub trait ServiceType: Send + Sync + 'static {
+    /// What the type keeps from a registration: Herve persists it (as JSON) with the
+    /// service and hands it back to every later hook, typed. Use `()` for none.
+    type Config: Serialize + DeserializeOwned + Send + Sync + 'static;
+
     /// The `type` clients register with, e.g. `echo`. Must be unique in one Herve.
     fn name(&self) -> &str;
 
     /// A one-line description shown in every service of this type.
     fn description(&self) -> &str;
 
-    /// Validates the type-specific registration fields and returns the configuration
-    /// Herve persists with the service and hands back to [`ServiceType::start`].
+    /// Validates the type-specific registration fields and returns the configuration.
     ///
     /// Return [`ServiceError::invalid_field`] for bad input: the client gets a 400
-    /// with that message. The default accepts any fields and keeps no configuration.
-    async fn register(&self, ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError> {
-        let _ = (ctx, fields);
-        Ok(Value::Null)
-    }
+    /// with that message. Parse everything here, once: a strategy or a policy is an
+    /// enum of the configuration from now on, never a string parsed again at start.
+    async fn register(
+        &self,
+        ctx: &ServiceContext,
+        fields: &Fields,
+    ) -> Result<Self::Config, ServiceError>;
 
-    /// Starts one instance of the service from its persisted configuration.
+    /// Starts one instance of the service from its configuration.
     ///
     /// Herve routes traffic to the instance once this returns `Ok`, and keeps it until
     /// the service is stopped, when it calls [`RunningService::stop`].
     async fn start(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &Self::Config,
     ) -> Result<Box<dyn RunningService>, ServiceError>;
 
     /// Deletes whatever the type keeps for this service outside Herve's registry
     /// (files, tables, …). Called on a stopped service, after Herve forgot it: a
     /// failure here is logged, the service is gone either way.
-    async fn unregister(&self, ctx: &ServiceContext, config: &Value) -> Result<(), ServiceError> {
+    async fn unregister(
+        &self,
+        ctx: &ServiceContext,
+        config: &Self::Config,
+    ) -> Result<(), ServiceError> {
         let _ = (ctx, config);
         Ok(())
     }
@@ -107,7 +154,7 @@ pub trait ServiceType: Send + Sync + 'static {
     async fn logs(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &Self::Config,
         tail: usize,
     ) -> Result<Option<Vec<String>>, ServiceError> {
         let _ = (ctx, config, tail);
@@ -148,7 +195,8 @@ pub struct ServiceContext {
     name: String,
     data_dir: PathBuf,
     reporter: StatusReporter,
-    abandon: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Cancelled when Herve wants the start in progress given up.
+    abandon: CancellationToken,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -173,12 +221,12 @@ impl ServiceContext {
             name,
             data_dir,
             reporter,
-            abandon: None,
+            abandon: CancellationToken::new(),
         }
     }
 
-    pub(crate) fn with_abandon(mut self, abandon: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.abandon = Some(abandon);
+    pub(crate) fn with_abandon(mut self, abandon: CancellationToken) -> Self {
+        self.abandon = abandon;
         self
     }
 
@@ -187,14 +235,7 @@ impl ServiceContext {
     /// something slow should race it against this, clean up and return an error.
     /// Never completes outside a start.
     pub async fn abandoned(&self) {
-        match self.abandon.clone() {
-            Some(mut abandon) => {
-                if abandon.wait_for(|abandon| *abandon).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending::<()>().await,
-        }
+        self.abandon.cancelled().await;
     }
 
     /// The uuid Herve gave the service; its routes live under `/<uuid>`.
@@ -240,7 +281,8 @@ pub enum Report {
 }
 
 /// Where a service's reports go: the registry, for the instance that got this
-/// context. Reports from an instance that has been stopped since are ignored.
+/// context. Reports from an instance that has been stopped since are ignored. A report
+/// may be sent from any thread, with or without an async runtime.
 #[derive(Clone)]
 pub struct StatusReporter {
     sink: Arc<dyn Fn(Report) + Send + Sync>,
@@ -270,76 +312,18 @@ impl std::fmt::Debug for StatusReporter {
     }
 }
 
-/// The fields of a registration request, in the order the client sent them.
-///
-/// A key may appear several times (`upstream=a&upstream=b`): [`Fields::get`] returns
-/// the last value, as the contract requires, and [`Fields::get_all`] every value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fields {
-    pairs: Vec<(String, String)>,
-}
-
-impl Fields {
-    /// Fields from `(key, value)` pairs, in order.
-    pub fn from_pairs<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Self
-    where
-        K: Into<String>,
-        V: Into<String>,
-    {
-        Fields {
-            pairs: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
-    }
-
-    /// The last value given for `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every value given for `key`, in order.
-    pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The last value given for `key`, or a 400 naming the missing field.
-    pub fn require(&self, key: &str) -> Result<&str, ServiceError> {
-        match self.get(key) {
-            Some(value) if !value.is_empty() => Ok(value),
-            _ => Err(ServiceError::invalid_field(
-                key,
-                format!("The field '{key}' is required."),
-            )),
-        }
-    }
-
-    /// Every `(key, value)` pair, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-}
-
 /// Where the data plane mounted a service for one request: the path prefix it
 /// stripped before the service's router saw the path (`/<uuid>` for `/<uuid>/echo`).
 /// Every request a service gets carries it as an extension; a service that writes
 /// URLs of its own (a `Location`, links) puts it in front of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountPrefix(http::HeaderValue);
+pub struct MountPrefix(::http::HeaderValue);
 
 impl MountPrefix {
     pub(crate) fn new(prefix: &str) -> Self {
         MountPrefix(
-            http::HeaderValue::try_from(prefix)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+            ::http::HeaderValue::try_from(prefix)
+                .unwrap_or_else(|_| ::http::HeaderValue::from_static("")),
         )
     }
 
@@ -349,10 +333,13 @@ impl MountPrefix {
     }
 
     /// The prefix as a header value (`X-Forwarded-Prefix`), shared, not copied.
-    pub fn header_value(&self) -> &http::HeaderValue {
+    pub fn header_value(&self) -> &::http::HeaderValue {
         &self.0
     }
 }
+
+/// A boxed error, the source of a [`ServiceError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a hook failed. Herve turns it into the API's answer.
 #[derive(Debug, thiserror::Error)]
@@ -366,8 +353,14 @@ pub enum ServiceError {
         message: String,
     },
     /// The hook could not do its work: `500` with `message`.
-    #[error("{0}")]
-    Failed(String),
+    #[error("{message}")]
+    Failed {
+        /// What the client reads.
+        message: String,
+        /// What went wrong underneath, for the logs.
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl ServiceError {
@@ -381,6 +374,22 @@ impl ServiceError {
 
     /// A failure of the hook itself (a port in use, a file that cannot be written, …).
     pub fn failed(message: impl Into<String>) -> Self {
-        ServiceError::Failed(message.into())
+        ServiceError::Failed {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure of the hook caused by `source`; `message` is what the client reads
+    /// (the source's own text is added to it).
+    pub fn failed_because(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let message = message.into();
+        ServiceError::Failed {
+            message: format!("{message}: {source}"),
+            source: Some(Box::new(source)),
+        }
     }
 }

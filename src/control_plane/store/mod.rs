@@ -1,22 +1,27 @@
 //! Durable state: what Herve persists about every service, behind a small trait.
 //!
 //! The registry writes every change through a [`Store`] before the API answers, and
-//! reads everything back on start. SQLite ([`sqlite::SqliteStore`]) is the store of a
-//! single Herve; a store shared by several Herve nodes (PostgreSQL) implements the same
+//! reads everything back on start. SQLite ([`SqliteStore`]) is the store of a single
+//! Herve; a store shared by several Herve nodes (PostgreSQL) implements the same
 //! trait.
 
-pub mod sqlite;
+mod sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub(crate) use sqlite::SqliteStore;
+
+use crate::util::sqlite::DbError;
+
 /// Where a service is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Registered and never started.
+    #[default]
     Registered,
     /// Being started; its routes do not answer yet.
     Starting,
@@ -60,7 +65,7 @@ impl Status {
 
 /// Everything persisted about one service.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServiceRecord {
+pub(crate) struct ServiceRecord {
     /// Registration order, assigned by the store; the listing shows the newest first.
     pub seq: i64,
     pub uuid: Uuid,
@@ -81,19 +86,25 @@ pub struct ServiceRecord {
 
 /// A failure of the durable store. The API answers 500 and the change is not applied.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(String),
-    #[error("corrupt record for service {uuid}: {reason}")]
-    Corrupt { uuid: String, reason: String },
-    #[error("the store's worker thread failed: {0}")]
-    Worker(String),
+pub(crate) enum StoreError {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// A change was asked of a service the store does not have.
+    #[error("no service {0} in the store")]
+    Missing(Uuid),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Database(DbError::Sqlite(error))
+    }
 }
 
 /// Durable storage of the registry. Every method returns only once the change is
 /// durable (it survives a crash of Herve and of the machine).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Every service, oldest first.
     async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError>;
 
@@ -105,12 +116,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets a service.
     async fn remove(&self, uuid: Uuid) -> Result<(), StoreError>;
-}
-
-/// Now, in Unix seconds.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -5,11 +5,10 @@
 //! client's connection task, then the upstream connection's task, then the client's
 //! again. Spread over threads, each of those wakeups crosses cores; on one thread they
 //! are a queue push. Each worker keeps its own upstream connections too (see
-//! [`current_worker`]), so a request never leaves the thread that read it. The admin
+//! `runtime::current_worker`), so a request never leaves the thread that read it. The admin
 //! API and the services' own background work (supervisors, health checks) stay on the
 //! main runtime, where the dispatcher sends admin requests.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,27 +20,18 @@ use hyper::server::conn::http1;
 use hyper::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
 
+use super::accept::{ServerLimits, MAX_HEADERS};
 use super::admission::{Admitted, Class};
+use super::dispatch::{Dispatcher, Peer};
 use super::timed_io::TimedStream;
-use super::{ServerLimits, MAX_HEADERS};
-use crate::dispatch::{Dispatcher, Peer};
 
 /// How long a stopping worker waits for its blocking tasks (file opens).
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 /// Bytes a connection may buffer beyond a request head, each way.
 const BUFFER_BEYOND_HEAD: usize = 48 * 1024;
-
-thread_local! {
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The index of the data-plane worker running this thread, if it is one. Per-thread
-/// resources (such as pooled upstream connections) are kept apart by it.
-pub fn current_worker() -> Option<usize> {
-    WORKER.with(Cell::get)
-}
 
 /// A connection on its way to a worker, with its place in the connection limits.
 struct Assigned {
@@ -52,10 +42,11 @@ struct Assigned {
 }
 
 /// The running workers.
-pub struct Workers {
+pub(crate) struct Workers {
     lanes: Vec<Lane>,
     threads: Vec<JoinHandle<()>>,
-    finish: watch::Sender<bool>,
+    /// Cancelled when every connection should finish its request in flight and close.
+    finish: CancellationToken,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -83,11 +74,11 @@ impl Workers {
             .max_buf_size(limits.max_header_bytes as usize + BUFFER_BEYOND_HEAD)
             .writev(false)
             .keep_alive(true);
-        let (finish, finishing) = watch::channel(false);
+        let finish = CancellationToken::new();
         let mut workers = Workers {
             lanes: Vec::new(),
             threads: Vec::new(),
-            finish,
+            finish: finish.clone(),
             dispatcher: Arc::clone(&dispatcher),
         };
         for index in 0..count.max(1) {
@@ -102,7 +93,7 @@ impl Workers {
                 open: Arc::clone(&open),
                 dispatcher: Arc::clone(&dispatcher),
                 http: http.clone(),
-                finishing: finishing.clone(),
+                finishing: finish.clone(),
                 send_timeout: limits.send_timeout,
             };
             let thread = std::thread::Builder::new()
@@ -152,7 +143,7 @@ impl Workers {
 
     /// Tells every connection to finish the request in flight, then close.
     pub fn finish_connections(&self) {
-        self.finish.send_replace(true);
+        self.finish.cancel();
     }
 
     /// Stops the workers; connections still open are closed.
@@ -175,13 +166,13 @@ struct Worker {
     open: Arc<AtomicUsize>,
     dispatcher: Arc<Dispatcher>,
     http: http1::Builder,
-    finishing: watch::Receiver<bool>,
+    finishing: CancellationToken,
     send_timeout: Duration,
 }
 
 impl Worker {
     fn run(mut self, runtime: tokio::runtime::Runtime) {
-        WORKER.with(|worker| worker.set(Some(self.index)));
+        crate::runtime::set_current_worker(self.index);
         runtime.block_on(async {
             while let Some(assigned) = self.receiver.recv().await {
                 self.serve(assigned);
@@ -229,12 +220,12 @@ impl Worker {
                 service,
             )
             .with_upgrades();
-        let mut finishing = self.finishing.clone();
+        let finishing = self.finishing.clone();
         tokio::spawn(async move {
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                () = finish_requested(&mut finishing) => {
+                () = finishing.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -252,12 +243,6 @@ impl Worker {
             drop(open);
         });
     }
-}
-
-/// Completes once connections are asked to finish (or the server is gone).
-async fn finish_requested(finishing: &mut watch::Receiver<bool>) {
-    // `wait_for` hands out a read guard that is not `Send`; drop it inside.
-    let _ = finishing.wait_for(|finishing| *finishing).await.map(|_| ());
 }
 
 /// A connection being served: counted in its worker's load and in the server's limit

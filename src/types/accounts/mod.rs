@@ -2,9 +2,13 @@
 //!
 //! Passwords are kept only as argon2id hashes; tokens are 256 random bits, given to the
 //! client once and kept only as a hash, so neither a copy of the database nor
-//! its backups let anyone log in.
+//! its backups let anyone log in. Hashing runs on Herve's hashing pool, and failed
+//! logins are throttled per (client, username), with a slow-down per username.
+
+mod db;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,23 +18,21 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use blake2::digest::{FixedOutput, Update};
-use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::field;
-use crate::api::form::{fields_from_body, media_type, BodyError};
-use crate::api::{json_ok, json_ok_with, ApiError};
+use crate::contract::http::{fields_from_body, media_type, ApiError, BodyError, Envelope};
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::store::sqlite::{db, SqliteStore};
-use crate::store::{unix_now, StoreError};
 use crate::util::hashing::{Busy, HashPool, Lane};
+use crate::util::sqlite::DbError;
 use crate::util::throttle::{client_key, Throttle};
+use crate::util::unix_now;
+use db::{AccountsDb, User};
 
 /// Shortest and longest password accepted.
 const MIN_PASSWORD: usize = 8;
@@ -47,20 +49,33 @@ const SLOW_DOWN: Duration = Duration::from_secs(1);
 /// (client, username) pairs and usernames whose recent failures are remembered at once.
 const MAX_TRACKED: usize = 10_000;
 
-/// The `auth` service type.
-pub struct AuthType {
-    database: SqliteStore,
+/// The `auth` service type (the accounts of an app).
+pub(crate) struct AuthType {
+    db: AccountsDb,
     hashing: Arc<HashPool>,
 }
 
 impl AuthType {
-    pub fn new(database: SqliteStore, hashing: Arc<HashPool>) -> Self {
-        AuthType { database, hashing }
+    /// The type, its data in the database file at `database`, its hashes on `hashing`.
+    pub fn open(database: &Path, hashing: Arc<HashPool>) -> Result<Self, DbError> {
+        Ok(AuthType {
+            db: AccountsDb::open(database)?,
+            hashing,
+        })
     }
+}
+
+/// What an `auth` service keeps from its registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AuthConfig {
+    /// How long a login token lasts, in seconds.
+    pub token_ttl_s: u64,
 }
 
 #[async_trait]
 impl ServiceType for AuthType {
+    type Config = AuthConfig;
+
     fn name(&self) -> &str {
         "auth"
     }
@@ -73,23 +88,21 @@ impl ServiceType for AuthType {
         &self,
         _ctx: &ServiceContext,
         fields: &Fields,
-    ) -> Result<Value, ServiceError> {
-        let ttl = field::number(fields, "token_ttl_s", 86_400, 1..=31_536_000)?;
-        Ok(json!({ "token_ttl_s": ttl }))
+    ) -> Result<AuthConfig, ServiceError> {
+        Ok(AuthConfig {
+            token_ttl_s: fields.number("token_ttl_s", 86_400, 1..=31_536_000)?,
+        })
     }
 
     async fn start(
         &self,
         ctx: &ServiceContext,
-        config: &Value,
+        config: &AuthConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
-        let ttl = config["token_ttl_s"]
-            .as_u64()
-            .ok_or_else(|| ServiceError::failed("The stored configuration has no token_ttl_s."))?;
         let accounts = Arc::new(Accounts {
             service: ctx.uuid().to_string(),
-            database: self.database.clone(),
-            token_ttl: i64::try_from(ttl).unwrap_or(i64::MAX),
+            db: self.db.clone(),
+            token_ttl: i64::try_from(config.token_ttl_s).unwrap_or(i64::MAX),
             per_client: Throttle::new(MAX_FAILURES, FAILURE_WINDOW, MAX_TRACKED),
             per_username: Throttle::new(SLOW_DOWN_AFTER, FAILURE_WINDOW, MAX_TRACKED),
             hashing: Arc::clone(&self.hashing),
@@ -103,29 +116,29 @@ impl ServiceType for AuthType {
         Ok(Box::new(router))
     }
 
-    async fn unregister(&self, ctx: &ServiceContext, _config: &Value) -> Result<(), ServiceError> {
-        self.database
-            .delete_service_rows(&["auth_tokens", "auth_users"], ctx.uuid().to_string())
+    async fn unregister(
+        &self,
+        ctx: &ServiceContext,
+        _config: &AuthConfig,
+    ) -> Result<(), ServiceError> {
+        self.db
+            .forget(&ctx.uuid().to_string())
             .await
-            .map_err(|e| ServiceError::failed(e.to_string()))
+            .map_err(|error| {
+                ServiceError::failed_because("The accounts could not be deleted", error)
+            })
     }
 }
 
 struct Accounts {
     service: String,
-    database: SqliteStore,
+    db: AccountsDb,
     token_ttl: i64,
     /// Recent failed logins per (client, username), in memory: a restart forgives them.
     per_client: Throttle<(IpAddr, String)>,
     /// Recent failed logins per username, from anywhere.
     per_username: Throttle<String>,
     hashing: Arc<HashPool>,
-}
-
-#[derive(Serialize)]
-struct User {
-    username: String,
-    created_at: i64,
 }
 
 impl Accounts {
@@ -137,34 +150,19 @@ impl Accounts {
         self.hashing.run(Lane::Services, work).await
     }
 
-    /// The user a bearer token belongs to, if it is valid and not expired.
+    /// The user a bearer token belongs to (with the token's hash), if it is valid and
+    /// not expired.
     async fn user_of(&self, headers: &HeaderMap) -> Result<Option<(String, User)>, ApiError> {
         let Some(token) = bearer(headers) else {
             return Ok(None);
         };
         let token_hash = token_hash(&token);
-        let (service, wanted) = (self.service.clone(), token_hash.clone());
-        let found = self
-            .database
-            .with_conn(move |conn| {
-                conn.query_row(
-                    "SELECT u.username, u.created_at FROM auth_tokens t
-                     JOIN auth_users u ON u.service = t.service AND u.username = t.username
-                     WHERE t.token_hash = ?1 AND t.service = ?2 AND t.expires_at > ?3",
-                    params![wanted, service, unix_now()],
-                    |row| {
-                        Ok(User {
-                            username: row.get(0)?,
-                            created_at: row.get(1)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(db)
-            })
+        let user = self
+            .db
+            .user_of_token(&self.service, &token_hash)
             .await
             .map_err(store_failed)?;
-        Ok(found.map(|user| (token_hash, user)))
+        Ok(user.map(|user| (token_hash, user)))
     }
 }
 
@@ -195,23 +193,21 @@ fn token_hash(token: &str) -> String {
 }
 
 /// The hashing pool's queue is full: come back in a moment.
-fn busy() -> Response {
-    with_retry_after(
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many sign-ups and logins are being checked; try again shortly.",
-        ),
-        Duration::from_secs(1),
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Too many sign-ups and logins are being checked; try again shortly.",
     )
+    .retry_after(Duration::from_secs(1))
 }
 
-fn with_retry_after(error: ApiError, wait: Duration) -> Response {
-    let mut response = error.into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(wait.as_secs().max(1)),
-    );
-    response
+fn store_failed(error: DbError) -> ApiError {
+    ApiError::internal("The accounts could not be read or saved.", error)
+}
+
+fn unauthorized(message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, message)
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
 }
 
 /// The client's address as the throttles count it, when the data plane gave it.
@@ -233,22 +229,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientKey {
     }
 }
 
-fn store_failed(error: StoreError) -> ApiError {
-    tracing::error!(%error, "auth store failed");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "The accounts could not be read or saved.",
-    )
-}
-
-fn unauthorized(message: &'static str) -> Response {
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
 /// The username and password of a sign-up or login body.
 fn credentials(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), ApiError> {
     let fields = fields_from_body(
@@ -260,7 +240,7 @@ fn credentials(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), Api
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Send a form (application/x-www-form-urlencoded) or a JSON object.",
         ),
-        BodyError::Invalid(why) => ApiError::new(StatusCode::BAD_REQUEST, why),
+        invalid => ApiError::from(invalid),
     })?;
     let missing = |name: &str| {
         ApiError::new(
@@ -298,7 +278,7 @@ async fn signup(
             format!("The field 'password' must be {MIN_PASSWORD} to {MAX_PASSWORD} characters."),
         ));
     }
-    let hashed = accounts
+    let hash = accounts
         .hash_work(move || {
             let mut salt = [0u8; 16];
             getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
@@ -308,46 +288,27 @@ async fn signup(
                 .map(|hash| hash.to_string())
                 .map_err(|e| e.to_string())
         })
-        .await;
-    let Ok(hashed) = hashed else {
-        return Ok(busy());
-    };
-    let hash = hashed.map_err(|why| {
-        tracing::error!(%why, "password hashing failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The password could not be stored.",
-        )
-    })?;
-    let service = accounts.service.clone();
+        .await
+        .map_err(|_busy| busy())?
+        .map_err(|why| ApiError::internal("The password could not be stored.", why))?;
     let now = unix_now();
-    let user = username.clone();
-    let inserted = accounts
-        .database
-        .with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO auth_users (service, username, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (service, username) DO NOTHING",
-                params![service, user, hash, now],
-            )
-            .map_err(db)
-        })
+    let added = accounts
+        .db
+        .add_user(&accounts.service, &username, hash, now)
         .await
         .map_err(store_failed)?;
-    if inserted == 0 {
+    if !added {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "This username is already taken.",
         ));
     }
-    Ok(json_ok(
-        StatusCode::CREATED,
-        Some("The account has been created."),
-        Some(User {
-            username,
-            created_at: now,
-        }),
-    ))
+    Ok(Envelope::data(User {
+        username,
+        created_at: now,
+    })
+    .with_message("The account has been created.")
+    .respond(StatusCode::CREATED))
 }
 
 async fn login(
@@ -358,20 +319,18 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let (username, password) = credentials(&headers, &body)?;
     if !valid_username(&username) {
-        return Ok(unauthorized("Invalid username or password."));
+        return Err(unauthorized("Invalid username or password."));
     }
     // Counted before the password is checked, so that parallel guesses count too. Per
     // client: a stranger's failures never lock the owner of the name out.
     let attempt = client.map(|client| (client, username.clone()));
     if let Some(attempt) = &attempt {
         if let Err(wait) = accounts.per_client.admit(attempt.clone()) {
-            return Ok(with_retry_after(
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many failed logins for this username from this address; try again later.",
-                ),
-                wait,
-            ));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed logins for this username from this address; try again later.",
+            )
+            .retry_after(wait));
         }
     }
     // A name many clients fail on is under attack: every login for it is slowed
@@ -379,19 +338,9 @@ async fn login(
     if accounts.per_username.recent_failures(&username) >= SLOW_DOWN_AFTER {
         tokio::time::sleep(SLOW_DOWN).await;
     }
-    let service = accounts.service.clone();
-    let user = username.clone();
-    let stored: Option<String> = accounts
-        .database
-        .with_conn(move |conn| {
-            conn.query_row(
-                "SELECT password_hash FROM auth_users WHERE service = ?1 AND username = ?2",
-                params![service, user],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db)
-        })
+    let stored = accounts
+        .db
+        .password_hash(&accounts.service, &username)
         .await
         .map_err(store_failed)?;
     let verified = accounts
@@ -418,55 +367,33 @@ async fn login(
             // Not checked at all: not a failure.
             accounts.per_client.forgive(attempt);
         }
-        return Ok(busy());
+        return Err(busy());
     };
     if !verified {
         accounts.per_username.failed(username);
-        return Ok(unauthorized("Invalid username or password."));
+        return Err(unauthorized("Invalid username or password."));
     }
     if let Some(attempt) = &attempt {
         accounts.per_client.forgive(attempt);
     }
 
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "No random bytes for a token.",
-        )
-    })?;
+    getrandom::fill(&mut bytes)
+        .map_err(|error| ApiError::internal("No random bytes for a token.", error))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let expires_at = unix_now().saturating_add(accounts.token_ttl);
-    let (service, user, hash) = (
-        accounts.service.clone(),
-        username.clone(),
-        token_hash(&token),
-    );
     accounts
-        .database
-        .in_transaction(move |tx| {
-            // Expired tokens of this service go while we are here.
-            tx.execute(
-                "DELETE FROM auth_tokens WHERE service = ?1 AND expires_at <= ?2",
-                params![service, unix_now()],
-            )
-            .map_err(db)?;
-            tx.execute(
-                "INSERT INTO auth_tokens (token_hash, service, username, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![hash, service, user, expires_at],
-            )
-            .map_err(db)?;
-            Ok(())
-        })
+        .db
+        .add_token(&accounts.service, &username, token_hash(&token), expires_at)
         .await
         .map_err(store_failed)?;
-    let mut response = json_ok(
-        StatusCode::OK,
-        None,
-        Some(
-            json!({ "token": token, "token_type": "Bearer", "expires_at": expires_at, "username": username }),
-        ),
-    );
+    let mut response = Envelope::data(json!({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_at": expires_at,
+        "username": username,
+    }))
+    .respond(StatusCode::OK);
     // A credential: no cache may keep it.
     response
         .headers_mut()
@@ -478,10 +405,10 @@ async fn me(
     State(accounts): State<Arc<Accounts>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    Ok(match accounts.user_of(&headers).await? {
-        Some((_, user)) => json_ok(StatusCode::OK, None, Some(user)),
-        None => unauthorized("A valid bearer token is required."),
-    })
+    match accounts.user_of(&headers).await? {
+        Some((_, user)) => Ok(Envelope::data(user).respond(StatusCode::OK)),
+        None => Err(unauthorized("A valid bearer token is required.")),
+    }
 }
 
 async fn logout(
@@ -489,22 +416,12 @@ async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some((token_hash, _)) = accounts.user_of(&headers).await? else {
-        return Ok(unauthorized("A valid bearer token is required."));
+        return Err(unauthorized("A valid bearer token is required."));
     };
     accounts
-        .database
-        .with_conn(move |conn| {
-            conn.execute(
-                "DELETE FROM auth_tokens WHERE token_hash = ?1",
-                params![token_hash],
-            )
-            .map_err(db)
-        })
+        .db
+        .remove_token(&token_hash)
         .await
         .map_err(store_failed)?;
-    Ok(json_ok_with::<()>(
-        StatusCode::OK,
-        Some("You have been logged out.".to_owned()),
-        None,
-    ))
+    Ok(Envelope::message("You have been logged out.").respond(StatusCode::OK))
 }

@@ -1,12 +1,11 @@
 //! The admin API: `/health` and the Service Management endpoints under `/services`.
 //!
-//! Handlers are thin: they parse the request, call the [`Registry`] and wrap its answer
-//! in the JSON envelope. Everything under `/services` needs the admin credentials.
-
-mod envelope;
-pub mod form;
+//! Handlers extract, call the [`Registry`] and answer in the JSON envelope. Everything
+//! under `/services` needs the admin credentials. The data plane runs every admin
+//! request on the control plane's runtime, to its end even if the client goes away.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
@@ -18,14 +17,14 @@ use axum::routing::{get, post};
 use axum::Router;
 use uuid::Uuid;
 
-pub use envelope::{ok as json_ok, ok_with as json_ok_with, ApiError};
-use form::RegistrationFields;
-
-use crate::auth::AdminAuth;
-use crate::registry::{Registry, RegistryError};
+use super::admin_auth::AdminAuth;
+use super::registry::{validate_name, Registry, RegistryError};
+use crate::contract::http::{ApiError, Envelope, FormOrJson};
+use crate::data_plane::health_response;
+use crate::util::throttle::client_key;
 
 /// The admin API's router.
-pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
+pub(crate) fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
     let services = Router::new()
         .route("/services", get(list))
         .route("/services/register", post(register))
@@ -52,114 +51,77 @@ pub fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
         .layer(middleware::map_response(explain_method_not_allowed))
 }
 
-/// The body of `GET /health`: the envelope with the message `ok`.
-const HEALTH_BODY: &[u8] = br#"{"success":true,"message":"ok"}"#;
-
-/// The answer to `GET` (or, with `head`, `HEAD`) `/health`. The dispatcher answers it
-/// before routing (it is asked often); the route exists for its `405`s.
-pub fn health_response(head: bool) -> Response {
-    let body = if head {
-        axum::body::Body::empty()
-    } else {
-        axum::body::Body::from(HEALTH_BODY)
-    };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HEALTH_BODY.len().into());
-    response
-}
-
+/// The dispatcher answers `/health` before routing; this route exists for its 405s.
 async fn health(method: axum::http::Method) -> Response {
     health_response(method == axum::http::Method::HEAD)
 }
 
 async fn list(State(registry): State<Arc<Registry>>) -> Response {
-    envelope::ok(StatusCode::OK, None, Some(registry.list()))
+    Envelope::data(registry.list()).respond(StatusCode::OK)
 }
 
 async fn show(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    let service = registry.get(uuid.0)?;
-    Ok(envelope::ok(StatusCode::OK, None, Some(service)))
+    let service = registry.get(uuid.0).map_err(api_error)?;
+    Ok(Envelope::data(service).respond(StatusCode::OK))
 }
 
 async fn register(
     State(registry): State<Arc<Registry>>,
-    RegistrationFields(fields): RegistrationFields,
+    FormOrJson(fields): FormOrJson,
 ) -> Result<Response, ApiError> {
-    let name = fields.get("name").unwrap_or_default().to_owned();
-    crate::registry::validate_name(&name)?;
-    let type_name = match fields.get("type") {
-        Some(type_name) if !type_name.is_empty() => type_name.to_owned(),
-        _ => {
-            return Err(RegistryError::InvalidField {
-                field: "type".to_owned(),
-                message: "The field 'type' is required.".to_owned(),
-            }
-            .into())
-        }
+    let name = fields.get("name").unwrap_or_default();
+    validate_name(name).map_err(api_error)?;
+    let Some(type_name) = fields.get("type").filter(|t| !t.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "The field 'type' is required.",
+        ));
     };
-    let service =
-        to_completion(async move { registry.register(&name, &type_name, &fields).await }).await?;
-    Ok(envelope::ok(
-        StatusCode::CREATED,
-        Some("The service has been successfully registered."),
-        Some(service),
-    ))
+    let service = registry
+        .register(name, type_name, &fields)
+        .await
+        .map_err(api_error)?;
+    Ok(Envelope::data(service)
+        .with_message("The service has been successfully registered.")
+        .respond(StatusCode::CREATED))
 }
 
 async fn start(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    to_completion(async move { registry.start(uuid.0).await }).await?;
-    Ok(envelope::ok::<()>(
-        StatusCode::OK,
-        Some("The service has successfully started."),
-        None,
-    ))
+    registry.start(uuid.0).await.map_err(api_error)?;
+    Ok(Envelope::message("The service has successfully started.").respond(StatusCode::OK))
 }
 
 async fn stop(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    to_completion(async move { registry.stop(uuid.0).await }).await?;
-    Ok(envelope::ok::<()>(
-        StatusCode::OK,
-        Some("The service has successfully stopped."),
-        None,
-    ))
+    registry.stop(uuid.0).await.map_err(api_error)?;
+    Ok(Envelope::message("The service has successfully stopped.").respond(StatusCode::OK))
 }
 
 async fn unregister(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    to_completion(async move { registry.unregister(uuid.0).await }).await?;
-    Ok(envelope::ok::<()>(
-        StatusCode::OK,
-        Some("The service has been successfully unregistered."),
-        None,
-    ))
+    registry.unregister(uuid.0).await.map_err(api_error)?;
+    Ok(
+        Envelope::message("The service has been successfully unregistered.")
+            .respond(StatusCode::OK),
+    )
 }
 
 async fn restart(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
 ) -> Result<Response, ApiError> {
-    to_completion(async move { registry.restart(uuid.0).await }).await?;
-    Ok(envelope::ok::<()>(
-        StatusCode::OK,
-        Some("The service has successfully restarted."),
-        None,
-    ))
+    registry.restart(uuid.0).await.map_err(api_error)?;
+    Ok(Envelope::message("The service has successfully restarted.").respond(StatusCode::OK))
 }
 
 /// The most lines one logs request returns.
@@ -188,26 +150,46 @@ async fn logs(
             _ => return Err(bad_tail()),
         },
     };
-    let lines = registry.logs(uuid.0, tail).await?;
-    Ok(envelope::ok(StatusCode::OK, None, Some(lines)))
+    let lines = registry.logs(uuid.0, tail).await.map_err(api_error)?;
+    Ok(Envelope::data(lines).respond(StatusCode::OK))
 }
 
-/// Runs a registry change to its end even if the client goes away: hyper drops a
-/// handler whose client disconnected, and a change cut off between the store and
-/// memory would leave them disagreeing.
-async fn to_completion<T: Send + 'static>(
-    change: impl std::future::Future<Output = Result<T, RegistryError>> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::spawn(change).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(error) => {
-            tracing::error!(%error, "a registry change panicked");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The change failed unexpectedly.",
-            ))
+/// The answer to a refused or failed registry operation. A server error keeps its
+/// cause for the one log line the dispatcher writes.
+fn api_error(error: RegistryError) -> ApiError {
+    let status = match &error {
+        RegistryError::NotFound | RegistryError::UnknownType | RegistryError::NoLogs => {
+            StatusCode::NOT_FOUND
         }
+        RegistryError::InvalidField { .. } | RegistryError::StillRunning => StatusCode::BAD_REQUEST,
+        RegistryError::NameTaken(_) | RegistryError::TooMany(_) => StatusCode::CONFLICT,
+        RegistryError::TypeUnavailable(_)
+        | RegistryError::Corrupt(_)
+        | RegistryError::Hook(_)
+        | RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RegistryError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let answer = ApiError::new(status, error.to_string());
+    if status.is_server_error() {
+        answer.caused_by(error_chain(&error))
+    } else {
+        answer
     }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 /// The `{uuid}` of a `/services/{uuid}/...` path. Only the canonical 36-character
@@ -221,18 +203,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ServiceId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::not_found())?;
-        parse_uuid(&text).map(ServiceId)
+            .map_err(|_| api_error(RegistryError::NotFound))?;
+        if text.len() != 36 {
+            return Err(api_error(RegistryError::NotFound));
+        }
+        Uuid::try_parse(&text)
+            .map(ServiceId)
+            .map_err(|_| api_error(RegistryError::NotFound))
     }
-}
-
-/// Only the canonical 36-character form names a service (in either case); anything
-/// else names no service.
-fn parse_uuid(text: &str) -> Result<Uuid, ApiError> {
-    if text.len() != 36 {
-        return Err(ApiError::not_found());
-    }
-    Uuid::try_parse(text).map_err(|_| ApiError::not_found())
 }
 
 async fn require_admin(
@@ -243,15 +221,16 @@ async fn require_admin(
     let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| crate::auth::client_key(info.0.ip()));
+        .map(|info| client_key(info.0.ip()));
     // A client that keeps guessing is refused for a while, whatever it sends; the
     // admin, from anywhere else, is not affected.
     if let Some(client) = client {
         if let Some(wait) = auth.throttle().blocked_for(&client) {
-            return Ok(too_many(
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
                 "Too many failed authentications from this address; try again later.",
-                wait,
-            ));
+            )
+            .retry_after(wait));
         }
     }
     let presented = request.headers().get(header::AUTHORIZATION);
@@ -264,10 +243,11 @@ async fn require_admin(
     {
         Ok(granted) => granted,
         Err(_busy) => {
-            return Ok(too_many(
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
                 "Too many authentications are being checked; try again shortly.",
-                std::time::Duration::from_secs(1),
-            ))
+            )
+            .retry_after(Duration::from_secs(1)))
         }
     };
     if !granted {
@@ -275,18 +255,17 @@ async fn require_admin(
         if let (Some(client), true) = (client, guessed) {
             auth.throttle().failed(client);
         }
-        return Err(ApiError::unauthorized());
+        return Err(unauthorized());
     }
     Ok(next.run(request).await)
 }
 
-/// A 429 with `Retry-After`.
-fn too_many(message: &'static str, wait: std::time::Duration) -> Response {
-    let mut refused = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
-    refused
-        .headers_mut()
-        .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
-    refused
+/// 401 with the Basic challenge.
+fn unauthorized() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "Admin credentials are required.").with_header(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Basic realm=\"herve\""),
+    )
 }
 
 async fn unknown_path() -> ApiError {

@@ -1,0 +1,11 @@
+//! The control plane: everything that changes state, on the main runtime.
+//!
+//! The admin API (`api`) checks the admin's credentials (`admin_auth`) and calls the
+//! registry (`registry`), the single source of truth about services, which persists
+//! every change through the store (`store`) before it applies it and publishes the
+//! data plane's routes.
+
+pub(crate) mod admin_auth;
+pub(crate) mod api;
+pub(crate) mod registry;
+pub(crate) mod store;
