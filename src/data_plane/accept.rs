@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::admission::{self, Admission, Refusal};
 use super::worker::Workers;
+use crate::contract::http::TEXT_PLAIN;
 
 /// The limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -122,10 +123,21 @@ fn refuse(stream: std::net::TcpStream, refusal: Refusal, refusing: &Arc<Semaphor
     let Ok(slot) = Arc::clone(refusing).try_acquire_owned() else {
         return;
     };
-    let answer: &[u8] = match refusal {
-        Refusal::TooManyFromAddress => b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=UTF-8\r\ncontent-length: 40\r\nretry-after: 1\r\nconnection: close\r\n\r\nToo many connections from this address.\n",
-        Refusal::Full => b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=UTF-8\r\ncontent-length: 45\r\nretry-after: 1\r\nconnection: close\r\n\r\nHerve is at its connection limit; try again.\n",
+    let (status, message) = match refusal {
+        Refusal::TooManyFromAddress => (
+            "429 Too Many Requests",
+            "Too many connections from this address.\n",
+        ),
+        Refusal::Full => (
+            "503 Service Unavailable",
+            "Herve is at its connection limit; try again.\n",
+        ),
     };
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {TEXT_PLAIN}\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{message}",
+        message.len()
+    );
     tokio::spawn(async move {
         let _slot = slot;
         let Ok(mut stream) = tokio::net::TcpStream::from_std(stream) else {
@@ -133,7 +145,7 @@ fn refuse(stream: std::net::TcpStream, refusal: Refusal, refusing: &Arc<Semaphor
         };
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let exchange = async {
-            stream.write_all(answer).await?;
+            stream.write_all(answer.as_bytes()).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 1024];
             while stream.read(&mut sink).await? > 0 {}

@@ -85,7 +85,10 @@ fn layers_import_one_way_only() {
                 graph.entry(module.clone()).or_default().insert(import);
                 continue;
             }
-            graph.entry(module.clone()).or_default().insert(import.clone());
+            graph
+                .entry(module.clone())
+                .or_default()
+                .insert(import.clone());
             let Some(may) = allowed.get(module.as_str()) else {
                 wrong.push(format!("{}: a module of no known layer", file.display()));
                 continue;
@@ -108,5 +111,9 @@ fn layers_import_one_way_only() {
             .collect();
         println!("{module} -> {}", imports.join(", "));
     }
-    assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -114,7 +114,10 @@ fn matches(expected: &str, actual: &str) -> bool {
 #[test]
 fn the_matcher_takes_ellipses_for_anything() {
     assert!(matches("a…c", "abbbc"));
-    assert!(matches("{\"uuid\":\"…\",\"x\":1}", "{\"uuid\":\"12-34\",\"x\":1}"));
+    assert!(matches(
+        "{\"uuid\":\"…\",\"x\":1}",
+        "{\"uuid\":\"12-34\",\"x\":1}"
+    ));
     assert!(!matches("a…c", "abbbd"));
     assert!(matches("exact", "exact"));
     assert!(!matches("exact", "exactly"));
@@ -149,7 +152,10 @@ async fn the_readme_tour_runs_as_written() {
 fn run_block(number: usize, steps: &[Step], address: &str, admin: &str) {
     let mut script = String::from("set -e -o pipefail\n");
     for (index, step) in steps.iter().enumerate() {
-        script.push_str(&format!("printf '\\n@@step {index}@@\\n'\n{}\n", step.command));
+        script.push_str(&format!(
+            "printf '\\n@@step {index}@@\\n'\n{}\n",
+            step.command
+        ));
     }
     let output = Command::new("bash")
         .arg("-c")

@@ -137,7 +137,7 @@ struct Slot {
     service_type: Option<Arc<dyn AnyServiceType>>,
     state: Mutex<State>,
     /// Held for the whole of a start, stop or unregister of this service.
-    life: tokio::sync::Mutex<Life>,
+    life: Arc<tokio::sync::Mutex<Life>>,
 }
 
 #[derive(Default)]
@@ -353,11 +353,7 @@ impl Registry {
 
     /// Starts a service; starting a running service does nothing.
     pub async fn start(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
-        let slot = self.slot(uuid)?;
-        let mut life = slot.life.lock().await;
-        if life.removed {
-            return Err(RegistryError::NotFound);
-        }
+        let (slot, mut life) = self.locked(uuid, false).await?;
         self.start_locked(&slot, &mut life).await?;
         Ok(slot.view(false))
     }
@@ -365,13 +361,7 @@ impl Registry {
     /// Stops a service; stopping a service that does not run does nothing. The stop
     /// is saved first: if the store refuses it, the service goes on as it was.
     pub async fn stop(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
-        let slot = self.slot(uuid)?;
-        // A slow start would hold the lifecycle lock until it ends: ask it to give up.
-        slot.abandon_start();
-        let mut life = slot.life.lock().await;
-        if life.removed {
-            return Err(RegistryError::NotFound);
-        }
+        let (slot, mut life) = self.locked(uuid, true).await?;
         // Record `stopped` whenever the status says anything else than "not running":
         // also after a start or stop that failed halfway. One that never ran stays
         // `registered`.
@@ -388,12 +378,7 @@ impl Registry {
 
     /// Stops a service if it runs, then starts it.
     pub async fn restart(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
-        let slot = self.slot(uuid)?;
-        slot.abandon_start();
-        let mut life = slot.life.lock().await;
-        if life.removed {
-            return Err(RegistryError::NotFound);
-        }
+        let (slot, mut life) = self.locked(uuid, true).await?;
         self.halt(&slot, &mut life).await;
         self.start_locked(&slot, &mut life).await?;
         Ok(slot.view(false))
@@ -401,11 +386,7 @@ impl Registry {
 
     /// Forgets a stopped service.
     pub async fn unregister(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
-        let slot = self.slot(uuid)?;
-        let mut life = slot.life.lock().await;
-        if life.removed {
-            return Err(RegistryError::NotFound);
-        }
+        let (slot, mut life) = self.locked(uuid, false).await?;
         if life.instance.is_some() {
             if slot.status().should_run() {
                 return Err(RegistryError::StillRunning);
@@ -457,6 +438,24 @@ impl Registry {
             self.halt(slot, &mut life).await;
         });
         futures_util::future::join_all(stops).await;
+    }
+
+    /// Service `uuid` with its lifecycle lock held. A stop asks a slow start in
+    /// progress to give up first (`abandon`), or it would wait for it to end.
+    async fn locked(
+        &self,
+        uuid: Uuid,
+        abandon: bool,
+    ) -> Result<(Arc<Slot>, tokio::sync::OwnedMutexGuard<Life>), RegistryError> {
+        let slot = self.slot(uuid)?;
+        if abandon {
+            slot.abandon_start();
+        }
+        let life = Arc::clone(&slot.life).lock_owned().await;
+        if life.removed {
+            return Err(RegistryError::NotFound);
+        }
+        Ok((slot, life))
     }
 
     fn slot(&self, uuid: Uuid) -> Result<Arc<Slot>, RegistryError> {
@@ -634,7 +633,7 @@ impl Slot {
                 reason,
                 ..State::default()
             }),
-            life: tokio::sync::Mutex::new(Life::default()),
+            life: Arc::new(tokio::sync::Mutex::new(Life::default())),
         }
     }
 }

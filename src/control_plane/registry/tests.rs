@@ -127,6 +127,17 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+impl Fixture {
+    /// A new service of the counting type.
+    async fn registered(&self) -> Uuid {
+        self.registry
+            .register("a", "counted", &Fields::default())
+            .await
+            .expect("registered")
+            .uuid
+    }
+}
+
 async fn fixture() -> Fixture {
     let store = Arc::new(FlakyStore::default());
     let counted = Arc::new(Counted::default());
@@ -182,12 +193,7 @@ async fn a_registration_the_store_refuses_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_start_the_store_refuses_runs_nothing_and_says_failed() {
     let f = fixture().await;
-    let uuid = f
-        .registry
-        .register("a", "counted", &Fields::default())
-        .await
-        .expect("registered")
-        .uuid;
+    let uuid = f.registered().await;
     f.store.fail_status.store(true, Ordering::SeqCst);
     let refused = f.registry.start(uuid).await;
     assert!(
@@ -211,12 +217,7 @@ async fn a_start_the_store_refuses_runs_nothing_and_says_failed() {
 #[tokio::test]
 async fn a_stop_the_store_refuses_leaves_the_service_running() {
     let f = fixture().await;
-    let uuid = f
-        .registry
-        .register("a", "counted", &Fields::default())
-        .await
-        .expect("registered")
-        .uuid;
+    let uuid = f.registered().await;
     f.registry.start(uuid).await.expect("started");
     f.store.fail_status.store(true, Ordering::SeqCst);
     let refused = f.registry.stop(uuid).await;
@@ -237,12 +238,7 @@ async fn a_stop_the_store_refuses_leaves_the_service_running() {
 #[tokio::test]
 async fn an_unregistration_the_store_refuses_keeps_the_service() {
     let f = fixture().await;
-    let uuid = f
-        .registry
-        .register("a", "counted", &Fields::default())
-        .await
-        .expect("registered")
-        .uuid;
+    let uuid = f.registered().await;
     f.store.fail_remove.store(true, Ordering::SeqCst);
     let refused = f.registry.unregister(uuid).await;
     assert!(
@@ -259,12 +255,7 @@ async fn an_unregistration_the_store_refuses_keeps_the_service() {
 #[tokio::test]
 async fn reports_of_a_stopped_instance_change_nothing() {
     let f = fixture().await;
-    let uuid = f
-        .registry
-        .register("a", "counted", &Fields::default())
-        .await
-        .expect("registered")
-        .uuid;
+    let uuid = f.registered().await;
     f.registry.start(uuid).await.expect("started");
     let slot = f.registry.slot(uuid).expect("slot");
     let epoch = lock(&slot.state).epoch;

@@ -40,7 +40,7 @@ impl LogWriter {
     }
 
     fn try_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::util::lock(&self.file);
         if slot
             .as_ref()
             .is_some_and(|(_, size)| *size >= MAX_FILE_BYTES)
