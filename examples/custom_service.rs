@@ -8,14 +8,13 @@
 //! curl http://127.0.0.1:5000/<uuid>/hello            # Bonjour from hi
 //! ```
 
-use anyhow::Context;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use herve::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use herve::{async_trait, host, Config, HerveBuilder};
+use herve::{async_trait, host};
 
 /// `greeter`: answers `GET /hello` with a greeting chosen at registration.
 pub struct Greeter;
@@ -83,18 +82,7 @@ pub struct Who {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt().init();
-    let config = Config::load().context("bad configuration")?;
-    let herve = HerveBuilder::new(config)
-        .service_type(Greeter)
-        .bind()
-        .await
-        .context("Herve could not start")?;
-    tracing::info!(
-        "Herve with the greeter type listens on http://{}",
-        herve.local_addr()
-    );
-    herve.serve(host::shutdown_signal()).await;
-    Ok(())
+    host::serve_with(|herve| herve.service_type(Greeter)).await
 }

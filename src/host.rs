@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::{Config, HerveBuilder};
+
 /// How often free memory is handed back to the system.
 const MEMORY_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -77,4 +79,38 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// All a program with service types of its own does in `main`, once its logs are set
+/// up: loads the configuration as `herve` does (flags, environment, `.env`; `--help`),
+/// starts a Herve with the built-in types and those `add` adds, and serves until
+/// SIGINT or SIGTERM.
+///
+/// ```no_run
+/// # struct Hello;
+/// # #[herve::async_trait]
+/// # impl herve::contract::ServiceType for Hello {
+/// #     type Config = ();
+/// #     fn name(&self) -> &str { "hello" }
+/// #     fn description(&self) -> &str { "" }
+/// #     async fn register(&self, _: &herve::contract::ServiceContext, _: &herve::contract::Fields)
+/// #         -> Result<(), herve::contract::ServiceError> { Ok(()) }
+/// #     async fn start(&self, _: &herve::contract::ServiceContext, _: &())
+/// #         -> Result<Box<dyn herve::contract::RunningService>, herve::contract::ServiceError> {
+/// #         Ok(Box::new(axum::Router::new()))
+/// #     }
+/// # }
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     herve::host::serve_with(|herve| herve.service_type(Hello)).await
+/// }
+/// ```
+pub async fn serve_with(
+    add: impl FnOnce(HerveBuilder) -> HerveBuilder,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let config = Config::load().unwrap_or_else(|error| error.exit());
+    let herve = add(HerveBuilder::new(config)).bind().await?;
+    tracing::info!("Herve listens on http://{}", herve.local_addr());
+    herve.serve(shutdown_signal()).await;
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod concurrency;
 mod contract_api;
 mod custom_type;
 mod data_types;
+mod examples;
 mod hostile;
 mod http_limits;
 mod layers;

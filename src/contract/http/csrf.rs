@@ -33,8 +33,16 @@ impl CsrfGuard {
     }
 
     /// The token to put in a form (a hidden field, or a header for scripts), and the
-    /// jar to answer with: it sets the nonce cookie when the client had none.
+    /// jar to answer with: it sets the nonce cookie (for every path) when the client
+    /// had none.
     pub fn token(&self, jar: CookieJar) -> (CookieJar, String) {
+        self.token_scoped(jar, "/")
+    }
+
+    /// As [`CsrfGuard::token`], with the nonce cookie sent back only under `path` (a
+    /// service's [`MountPrefix`](crate::contract::MountPrefix), say), so that services
+    /// of one Herve keep their nonces apart.
+    pub fn token_scoped(&self, jar: CookieJar, path: &str) -> (CookieJar, String) {
         if let Some(nonce) = jar.get(self.cookie).map(|c| c.value().to_owned()) {
             if !nonce.is_empty() {
                 let token = self.digest(&nonce);
@@ -48,10 +56,11 @@ impl CsrfGuard {
             Err(_) => String::new(),
         };
         let token = self.digest(&nonce);
+        let path = if path.is_empty() { "/" } else { path };
         let cookie = Cookie::build((self.cookie, nonce))
             .http_only(true)
             .same_site(SameSite::Strict)
-            .path("/")
+            .path(path.to_owned())
             .build();
         (jar.add(cookie), token)
     }
