@@ -59,6 +59,11 @@ pub struct Config {
     )]
     pub host: IpAddr,
 
+    /// Address of the admin API (e.g. `127.0.0.1:5001`). When set, the admin API
+    /// answers only there, and the main port serves `/health` and services only.
+    #[arg(long, env = "HERVE_ADMIN_ADDR", value_name = "ADDR:PORT")]
+    pub admin_addr: Option<std::net::SocketAddr>,
+
     /// Admin user id for HTTP Basic auth. Without it (or without a secret), Herve uses
     /// the id `admin` with a generated secret kept in the data directory.
     #[arg(long, env = "AUTH_ADMIN_ID", value_name = "ID")]
@@ -192,6 +197,7 @@ impl Default for Config {
         Config {
             port: 5000,
             host: IpAddr::from([0, 0, 0, 0]),
+            admin_addr: None,
             auth_admin_id: None,
             auth_admin_secret: None,
             auth_max_failures: 10,

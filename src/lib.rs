@@ -47,7 +47,7 @@ use contract::ServiceType;
 use control_plane::admin_auth::AdminAuth;
 use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
 use control_plane::store::{SqliteStore, Store, StoreError};
-use data_plane::{Dispatcher, RouteTable, ServerLimits, Workers};
+use data_plane::{Dispatcher, Door, Listener, RouteTable, ServerLimits, Workers};
 use util::hashing::HashPool;
 use util::sqlite::DbError;
 
@@ -150,13 +150,19 @@ impl HerveBuilder {
             Arc::clone(&hashing),
         )?);
 
-        let addr = SocketAddr::new(config.host, config.port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let (main_door, admin_door) = match config.admin_addr {
+            Some(_) => (Door::Public, Some(Door::Admin)),
+            None => (Door::Both, None),
+        };
+        let (listener, local_addr) =
+            listen(SocketAddr::new(config.host, config.port), main_door).await?;
+        let mut listeners = vec![listener];
+        let mut admin_addr = None;
+        if let (Some(addr), Some(door)) = (config.admin_addr, admin_door) {
+            let (listener, bound) = listen(addr, door).await?;
+            listeners.push(listener);
+            admin_addr = Some(bound);
+        }
 
         let database = data_dir.join(DATABASE_FILE);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database)?);
@@ -206,8 +212,9 @@ impl HerveBuilder {
             .map_err(StartError::Threads)?;
         Ok(Herve {
             _lock: lock,
-            listener,
+            listeners,
             local_addr,
+            admin_addr,
             workers,
             limits,
             registry,
@@ -220,8 +227,9 @@ impl HerveBuilder {
 pub struct Herve {
     /// Held while this Herve runs: no other may use its data directory meanwhile.
     _lock: std::fs::File,
-    listener: tokio::net::TcpListener,
+    listeners: Vec<Listener>,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     workers: Workers,
     limits: ServerLimits,
     registry: Arc<Registry>,
@@ -234,6 +242,11 @@ impl Herve {
         self.local_addr
     }
 
+    /// The address of the admin API, when it has one of its own (`HERVE_ADMIN_ADDR`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The admin id, and where the credentials came from.
     pub fn admin_credentials(&self) -> (&str, &CredentialSource) {
         (self.auth.id(), self.auth.source())
@@ -242,9 +255,20 @@ impl Herve {
     /// Serves until `shutdown` completes, lets in-flight requests finish, then stops
     /// every running service (they start again with the next Herve on this data).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        data_plane::serve(self.listener, self.workers, &self.limits, shutdown).await;
+        data_plane::serve(self.listeners, self.workers, &self.limits, shutdown).await;
         self.registry.shutdown().await;
     }
+}
+
+/// Listens on `addr` for what `door` serves; with the address bound.
+async fn listen(addr: SocketAddr, door: Door) -> Result<(Listener, SocketAddr), StartError> {
+    let socket = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = socket
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((Listener { socket, door }, bound))
 }
 
 /// Makes the data directory, and makes it Herve's alone (0700), also when it existed:

@@ -31,6 +31,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("Herve could not start")?;
     let addr = herve.local_addr();
+    let admin_port = herve.admin_addr().unwrap_or(addr).port();
     let (id, source) = herve.admin_credentials();
     match source {
         CredentialSource::Configured => {
@@ -42,7 +43,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 "Generated admin credentials (kept in {}):\n  id:     {id}\n  secret: {secret}\n\
                  Try: curl -u '{id}:{secret}' http://127.0.0.1:{}/services",
                 file.display(),
-                addr.port()
+                admin_port
             );
         }
         CredentialSource::Stored { file } => tracing::info!(
@@ -54,6 +55,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "Herve listens on http://{addr} (data in {})",
         config.data_dir.display()
     );
+    if let Some(admin) = herve.admin_addr() {
+        tracing::info!("the admin API listens on http://{admin}");
+    }
     herve.serve(host::shutdown_signal()).await;
     tracing::info!("Herve stopped");
     Ok(())

@@ -18,6 +18,7 @@ pub(crate) trait AnyServiceType: Send + Sync + 'static {
         ctx: &ServiceContext,
         config: &Value,
     ) -> Result<Box<dyn RunningService>, ServiceError>;
+    fn runs_side_by_side(&self, config: &Value) -> bool;
     async fn unregister(&self, ctx: &ServiceContext, config: &Value) -> Result<(), ServiceError>;
     async fn recover(&self, services: &[ServiceContext]);
     async fn logs(
@@ -60,6 +61,11 @@ impl<T: ServiceType> AnyServiceType for T {
     ) -> Result<Box<dyn RunningService>, ServiceError> {
         let config = typed::<T>(config)?;
         ServiceType::start(self, ctx, &config).await
+    }
+
+    fn runs_side_by_side(&self, config: &Value) -> bool {
+        // A configuration that does not read back cannot start anyway.
+        typed::<T>(config).is_ok_and(|config| ServiceType::runs_side_by_side(self, &config))
     }
 
     async fn unregister(&self, ctx: &ServiceContext, config: &Value) -> Result<(), ServiceError> {

@@ -129,6 +129,16 @@ pub trait ServiceType: Send + Sync + 'static {
         config: &Self::Config,
     ) -> Result<Box<dyn RunningService>, ServiceError>;
 
+    /// Whether a second instance of a service with this configuration may start while
+    /// the first still runs: an edit (and a reload) then starts the new instance, moves
+    /// the routes to it at once and stops the old one once its requests are done, with
+    /// no request lost. A type that cannot (a program on a fixed port) is restarted
+    /// instead. The default is `true`.
+    fn runs_side_by_side(&self, config: &Self::Config) -> bool {
+        let _ = config;
+        true
+    }
+
     /// Deletes whatever the type keeps for this service outside Herve's registry
     /// (files, tables, …). Called on a stopped service, after Herve forgot it: a
     /// failure here is logged, the service is gone either way.

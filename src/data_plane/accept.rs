@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::admission::{self, Admission, Refusal};
+use super::dispatch::Door;
 use super::worker::Workers;
 use crate::contract::http::TEXT_PLAIN;
 
@@ -43,10 +44,16 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Most headers in one request; more is a 431.
 pub(super) const MAX_HEADERS: usize = 100;
 
-/// Serves `listener` on `workers` until `shutdown` completes, then drains the
+/// A listening socket and what it serves.
+pub(crate) struct Listener {
+    pub socket: TcpListener,
+    pub door: Door,
+}
+
+/// Serves `listeners` on `workers` until `shutdown` completes, then drains the
 /// connections and stops the workers.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     workers: Workers,
     limits: &ServerLimits,
     shutdown: impl Future<Output = ()>,
@@ -60,19 +67,22 @@ pub(crate) async fn serve(
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // Accepted connections are registered only with the worker that serves them, not
     // with this runtime first: the socket is watched for readiness and accepted by hand.
-    let watched = listener.into_std().and_then(|listener| {
-        // SAFETY: the std listener owns its descriptor, which stays open and the same
-        // for as long as the AsyncFd owns the listener.
-        unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-    });
-    let listener = match watched {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "could not watch the listening socket");
-            return;
+    let mut watched = Vec::with_capacity(listeners.len());
+    for Listener { socket, door } in listeners {
+        let registered = socket.into_std().and_then(|listener| {
+            // SAFETY: the std listener owns its descriptor, which stays open and the
+            // same for as long as the AsyncFd owns the listener.
+            unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        });
+        match registered {
+            Ok(listener) => watched.push((listener, door)),
+            Err(error) => {
+                tracing::error!(%error, "could not watch a listening socket");
+                return;
+            }
         }
-    };
+    }
 
     tokio::pin!(shutdown);
     loop {
@@ -83,12 +93,12 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let (stream, client) = tokio::select! {
-            accepted = accept(&listener) => accepted,
+        let ((stream, client), door) = tokio::select! {
+            accepted = accept_any(&watched) => accepted,
             () = &mut shutdown => break,
         };
         match admission.admit(client.ip()) {
-            Ok(admitted) => workers.assign(stream, client, admitted, permit),
+            Ok(admitted) => workers.assign(stream, client, door, admitted, permit),
             Err(refusal) => {
                 let status = match refusal {
                     Refusal::TooManyFromAddress => hyper::StatusCode::TOO_MANY_REQUESTS,
@@ -100,7 +110,7 @@ pub(crate) async fn serve(
         }
     }
 
-    drop(listener);
+    drop(watched);
     workers.finish_connections();
     let drained = tokio::time::timeout(
         limits.shutdown_timeout,
@@ -153,6 +163,19 @@ fn refuse(stream: std::net::TcpStream, refusal: Refusal, refusing: &Arc<Semaphor
         };
         let _ = tokio::time::timeout(REFUSAL_LINGER, exchange).await;
     });
+}
+
+/// The next connection on any of `listeners`, with the door it came through.
+async fn accept_any(
+    listeners: &[(AsyncFd<std::net::TcpListener>, Door)],
+) -> ((std::net::TcpStream, SocketAddr), Door) {
+    if let [(only, door)] = listeners {
+        return (accept(only).await, *door);
+    }
+    let accepts = listeners
+        .iter()
+        .map(|(listener, door)| Box::pin(async move { (accept(listener).await, *door) }));
+    futures_util::future::select_all(accepts).await.0
 }
 
 /// Accepts one connection, riding out transient errors (such as running out of file

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::access_log::access_line;
 use super::body::{linger, BodyGuard, BodyLimits, Cut};
-use super::routes::RouteTable;
+use super::routes::{first_segment, RouteTable, Target, OWN_PATHS};
 use crate::contract::http::{plain, ApiError, ErrorCause};
 
 /// Who sent a request, as the connection tells.
@@ -36,13 +36,26 @@ pub(crate) struct Peer {
     /// The connection came in while the data plane was full: it may only reach
     /// `/health` and the admin API, and is closed after one answer.
     pub reserve: bool,
+    /// What the listener it came through serves.
+    pub door: Door,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Door {
+    /// The admin API and the services (one port for everything).
+    Both,
+    /// The services and `/health` only (the admin API has its own address).
+    Public,
+    /// The admin API and `/health` only (`HERVE_ADMIN_ADDR`).
+    Admin,
 }
 
 /// Routes requests to the admin API or to a running service.
 pub(crate) struct Dispatcher {
     routes: Arc<RouteTable>,
     admin: Router,
-    /// Where admin requests run (see [`Dispatcher::admin`]).
+    /// Where admin requests run (see [`Dispatcher::run_admin`]).
     control_plane: tokio::runtime::Handle,
     body_limits: BodyLimits,
     access_log: bool,
@@ -123,14 +136,29 @@ impl Dispatcher {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let path = request.uri().path();
         // Health checks come often and never change: answered here, not by the router.
-        if request.uri().path() == "/health"
-            && matches!(*request.method(), Method::GET | Method::HEAD)
-        {
+        if path == "/health" && matches!(*request.method(), Method::GET | Method::HEAD) {
             return health_response(request.method() == Method::HEAD);
         }
-        let service = service_uuid(request.uri().path());
-        if peer.reserve && service.is_some() {
+        // Herve's own paths first; then the routes of services; an admin door serves
+        // nothing else.
+        let own = OWN_PATHS.contains(&first_segment(path));
+        let found = match (peer.door, own) {
+            (Door::Admin, _) | (Door::Both, true) => None,
+            (Door::Public, true) => return not_served(),
+            (Door::Public | Door::Both, false) => {
+                let host = request_host(&request);
+                self.routes.find(host, path)
+            }
+        };
+        let Some(found) = found else {
+            if peer.door == Door::Public || service_uuid(path).is_some() {
+                return not_served();
+            }
+            return self.admin(peer, request).await;
+        };
+        if peer.reserve {
             linger(request.into_body());
             let mut refused = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -143,44 +171,55 @@ impl Dispatcher {
         }
         if declared_length(&request).is_some_and(|length| length > self.body_limits.max_bytes) {
             linger(request.into_body());
-            return too_large(service.is_some());
+            return too_large(true);
         }
         let (request, cut) = self.guard(request);
-        let Some(uuid) = service else {
-            let mut request = request;
-            if request.uri().path().starts_with("/services") {
-                // The admin API throttles clients that keep failing to authenticate.
-                request.extensions_mut().insert(ConnectInfo(peer.addr));
-            }
-            let response = self.admin(request).await;
-            return answer_for_cut(response, cut.as_deref(), false);
-        };
-        let Some(route) = self.routes.get(&uuid) else {
-            return plain(
-                StatusCode::NOT_FOUND,
-                "No running service answers at this path.\n",
-            );
-        };
-        let Some(mut request) = strip_service_prefix(request) else {
+        let Some(mut request) = strip_prefix(request, found.strip) else {
             return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
         };
         // Services may want the client's address (proxies forward it) and where they
         // are mounted.
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(peer.addr));
-        extensions.insert(route.prefix);
-        let response = match route.router.oneshot(request).await {
+        extensions.insert(found.prefix);
+        let response = match found.target.router().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
+        // The answer holds its service's instance until its body ends: an instance
+        // being replaced is stopped only once its last answer is out.
+        let target = found.target;
+        let response = response.map(|body| {
+            Body::new(Held {
+                body,
+                _target: target,
+            })
+        });
         answer_for_cut(response, cut.as_deref(), true)
+    }
+
+    /// An admin request: bounded as any other, with the client's address (the admin
+    /// API throttles clients that keep failing to authenticate).
+    async fn admin<B>(&self, peer: Peer, request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if declared_length(&request).is_some_and(|length| length > self.body_limits.max_bytes) {
+            linger(request.into_body());
+            return too_large(false);
+        }
+        let (mut request, cut) = self.guard(request);
+        request.extensions_mut().insert(ConnectInfo(peer.addr));
+        let response = self.run_admin(request).await;
+        answer_for_cut(response, cut.as_deref(), false)
     }
 
     /// Runs an admin request on the control plane's runtime rather than on the worker
     /// that read it: what a lifecycle change starts (supervisors, health checks) must
     /// not be tied to one data-plane thread, and a change runs to its end even if the
     /// client goes away.
-    async fn admin(&self, request: Request<Body>) -> Response<Body> {
+    async fn run_admin(&self, request: Request<Body>) -> Response<Body> {
         let call = self.admin.clone().oneshot(request);
         match self.control_plane.spawn(call).await {
             Ok(Ok(response)) => response,
@@ -313,10 +352,14 @@ pub(crate) fn service_uuid(path: &str) -> Option<Uuid> {
     Uuid::try_parse_ascii(&bytes[1..37]).ok()
 }
 
-/// Rewrites `/<uuid>/rest?query` to `/rest?query`.
-fn strip_service_prefix(mut request: Request<Body>) -> Option<Request<Body>> {
+/// Rewrites `<prefix>/rest?query` to `/rest?query`, the prefix being the first `strip`
+/// bytes of the path.
+fn strip_prefix(mut request: Request<Body>, strip: usize) -> Option<Request<Body>> {
+    if strip == 0 {
+        return Some(request);
+    }
     let uri = request.uri();
-    let rest = &uri.path()[37..];
+    let rest = uri.path().get(strip..)?;
     let rest = if rest.is_empty() { "/" } else { rest };
     let path_and_query = match uri.query() {
         Some(query) => PathAndQuery::try_from(format!("{rest}?{query}")),
@@ -326,4 +369,52 @@ fn strip_service_prefix(mut request: Request<Body>) -> Option<Request<Body>> {
     parts.path_and_query = path_and_query.ok();
     *request.uri_mut() = Uri::from_parts(parts).ok()?;
     Some(request)
+}
+
+/// The host a request is for: its `Host` header, or the authority of its URI.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| {
+            request
+                .uri()
+                .authority()
+                .map(|authority| authority.as_str())
+        })
+}
+
+/// 404 for a path no running service (and nothing of Herve's, here) answers.
+fn not_served() -> Response<Body> {
+    plain(
+        StatusCode::NOT_FOUND,
+        "No running service answers at this path.\n",
+    )
+}
+
+/// A service's answer body, holding the instance that made it until it ends.
+struct Held {
+    body: Body,
+    _target: Arc<Target>,
+}
+
+impl HttpBody for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }

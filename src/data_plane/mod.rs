@@ -17,8 +17,10 @@ mod routes;
 mod timed_io;
 mod worker;
 
-pub(crate) use accept::{serve, ServerLimits};
+pub(crate) use accept::{serve, Listener, ServerLimits};
 pub(crate) use body::BodyLimits;
-pub(crate) use dispatch::{health_response, service_uuid, Dispatcher};
-pub(crate) use routes::RouteTable;
+pub(crate) use dispatch::{health_response, service_uuid, Dispatcher, Door};
+pub(crate) use routes::{
+    parse_path_prefix, HostPattern, RouteTable, ServiceRoutes, Target, OWN_PATHS,
+};
 pub(crate) use worker::Workers;

@@ -1,9 +1,16 @@
-//! The data plane's routing table: which running service answers `/<uuid>/...`.
+//! The data plane's routing table: which running service answers a request.
 //!
-//! Request handling only ever reads an immutable snapshot (one atomic load, no lock);
-//! the registry builds a new snapshot on every start and stop and swaps it in, so a
-//! request sees a service either fully routed or not at all.
+//! A running service is reached at `/<uuid>/...`, at `/<name>/...`, and, when it has
+//! them, at its host names and path prefix. Request handling only ever reads an
+//! immutable snapshot (one atomic load, no lock); the registry publishes a service's
+//! routes when it starts, withdraws them when it stops, and each change builds a new
+//! snapshot swapped in whole, so a request sees a service either fully routed or not at
+//! all, and an edit moves every route of a service at once.
+//!
+//! Lookup cost does not grow with the number of services: hash lookups by uuid, name,
+//! exact host and wildcard parent, then the few path prefixes of the host that matched.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -14,58 +21,339 @@ use axum::Router;
 use uuid::Uuid;
 
 use crate::contract::MountPrefix;
+use crate::util::lock;
 
-/// The routes of every running service, by uuid.
-#[derive(Default)]
-pub(crate) struct RouteTable {
-    current: ArcSwap<Snapshot>,
-    /// Writers are rare (start/stop); this keeps two of them from losing each other's
-    /// change while readers never wait.
-    write: std::sync::Mutex<()>,
+/// The first path segments that are Herve's own, now or in the future: no service may
+/// be named after one, and none is routed by name there.
+pub(crate) const OWN_PATHS: [&str; 7] = [
+    "services",
+    "health",
+    "metrics",
+    "ui",
+    "openapi.json",
+    "certificates",
+    "cluster",
+];
+
+/// What a running instance answers with. Every request holds it until its answer's
+/// body ends, so that an instance being replaced knows when its last request is done.
+pub(crate) struct Target {
+    router: Router,
 }
 
-type Snapshot = HashMap<Uuid, Route, BuildHasherDefault<UuidHasher>>;
+impl Target {
+    /// The target of an instance's routes.
+    pub fn new(router: Router) -> Arc<Target> {
+        // Herve bounds bodies itself (`HERVE_MAX_BODY_BYTES`, in `body`); axum's own
+        // 2 MiB default would otherwise cut in first. A router that sets its own limit
+        // keeps it: its layer runs after this one.
+        Arc::new(Target {
+            router: router.layer(DefaultBodyLimit::disable()),
+        })
+    }
 
-/// A running service as the data plane reaches it.
+    /// The router, for one request.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+}
+
+/// A host name a service answers for: exact, or any name one label below a parent
+/// (`*.example.com`). Lowercase, without a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum HostPattern {
+    Exact(String),
+    /// The parent: `example.com` for `*.example.com`.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// Parses `app.example.com` or `*.example.com` (IDNs in punycode); case is ignored.
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match text.strip_prefix("*.") {
+            Some(parent) => (true, parent),
+            None => (false, text.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!(
+                "'{text}' is not a host name (letters, digits and '-' in dot-separated labels, \
+                 an IDN in its punycode form, one leading '*.' for a wildcard, no port)"
+            ));
+        }
+        if wildcard && !name.contains('.') {
+            return Err(format!("'{text}' is too wide a wildcard"));
+        }
+        Ok(if wildcard {
+            HostPattern::Wildcard(name.to_owned())
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(name) => f.write_str(name),
+            HostPattern::Wildcard(parent) => write!(f, "*.{parent}"),
+        }
+    }
+}
+
+/// Parses a path prefix: `/api` (a trailing slash dropped; `/` for everything); whole
+/// segments of URL path characters, no `.` or `..` segment.
+pub(crate) fn parse_path_prefix(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b);
+    let valid = text.starts_with('/')
+        && text.len() <= 256
+        && text.split('/').skip(1).enumerate().all(|(index, segment)| {
+            // Only a trailing slash may leave an empty segment.
+            let last = index == text.split('/').count() - 2;
+            (segment.is_empty() && last)
+                || (!segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.bytes().all(allowed))
+        });
+    if !valid {
+        return Err(format!(
+            "'{text}' is not a path prefix (it starts with '/', and has plain segments)"
+        ));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+/// What a running service publishes: every way to reach it.
 #[derive(Clone)]
-pub(crate) struct Route {
-    pub router: Router,
-    /// The prefix of its paths (`/<uuid>`), stripped before the router sees them.
+pub(crate) struct ServiceRoutes {
+    pub uuid: Uuid,
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    /// Its path prefix (`/` for everything), when it has host names or a path.
+    pub path: Option<String>,
+    pub target: Arc<Target>,
+}
+
+/// One way to reach a service, and the prefix stripped on the way.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub target: Arc<Target>,
     pub prefix: MountPrefix,
 }
 
-impl RouteTable {
-    /// The route of the running service `uuid`.
-    #[inline]
-    pub fn get(&self, uuid: &Uuid) -> Option<Route> {
-        self.current.load().get(uuid).cloned()
+/// A route found for a request: the service, and how many bytes of the path its prefix
+/// takes.
+pub(crate) struct Found {
+    pub target: Arc<Target>,
+    pub prefix: MountPrefix,
+    pub strip: usize,
+}
+
+/// The path routes of one host (or of every host), longest prefix first.
+#[derive(Clone, Default)]
+struct PathRoutes(Vec<(String, Uuid, Entry)>);
+
+impl PathRoutes {
+    fn insert(&mut self, prefix: &str, uuid: Uuid, entry: Entry) {
+        // `/` is stored as the empty prefix: it matches every path.
+        let prefix = if prefix == "/" { "" } else { prefix };
+        self.0.push((prefix.to_owned(), uuid, entry));
+        self.0.sort_by_key(|route| std::cmp::Reverse(route.0.len()));
     }
 
-    /// Routes `uuid` to `router` from now on.
-    pub fn publish(&self, uuid: Uuid, router: Router) {
-        // Herve bounds bodies itself (`HERVE_MAX_BODY_BYTES`, in dispatch); axum's own
-        // 2 MiB default would otherwise cut in first. A router that sets its own limit
-        // keeps it: its layer runs after this one.
-        let router = router.layer(DefaultBodyLimit::disable());
-        let prefix = MountPrefix::new(&format!("/{uuid}"));
-        self.update(|routes| {
-            routes.insert(uuid, Route { router, prefix });
+    fn remove(&mut self, uuid: Uuid) {
+        self.0.retain(|(_, owner, _)| *owner != uuid);
+    }
+
+    /// The longest prefix that `path` starts with, on whole segments.
+    fn find(&self, path: &str) -> Option<(&str, &Entry)> {
+        self.0
+            .iter()
+            .find(|(prefix, _, _)| {
+                prefix.is_empty()
+                    || (path.starts_with(prefix.as_str())
+                        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+            })
+            .map(|(prefix, _, entry)| (prefix.as_str(), entry))
+    }
+}
+
+type ByUuid = HashMap<Uuid, Entry, BuildHasherDefault<UuidHasher>>;
+
+#[derive(Clone, Default)]
+struct Snapshot {
+    by_uuid: ByUuid,
+    by_name: HashMap<String, Entry>,
+    exact: HashMap<String, PathRoutes>,
+    wildcard: HashMap<String, PathRoutes>,
+    any_host: PathRoutes,
+    /// What each service published, to withdraw it.
+    published: HashMap<Uuid, ServiceRoutes>,
+}
+
+impl Snapshot {
+    fn remove(&mut self, uuid: Uuid) {
+        let Some(old) = self.published.remove(&uuid) else {
+            return;
+        };
+        self.by_uuid.remove(&uuid);
+        self.by_name.remove(&old.name);
+        for host in &old.hosts {
+            let (map, key) = match host {
+                HostPattern::Exact(name) => (&mut self.exact, name),
+                HostPattern::Wildcard(parent) => (&mut self.wildcard, parent),
+            };
+            if let Some(routes) = map.get_mut(key) {
+                routes.remove(uuid);
+                if routes.0.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        if old.hosts.is_empty() && old.path.is_some() {
+            self.any_host.remove(uuid);
+        }
+    }
+
+    fn insert(&mut self, routes: ServiceRoutes) {
+        let entry = |prefix: &str| Entry {
+            target: Arc::clone(&routes.target),
+            prefix: MountPrefix::new(prefix),
+        };
+        self.by_uuid
+            .insert(routes.uuid, entry(&format!("/{}", routes.uuid)));
+        self.by_name
+            .insert(routes.name.clone(), entry(&format!("/{}", routes.name)));
+        let path = routes.path.as_deref().unwrap_or("/");
+        let stripped = if path == "/" { "" } else { path };
+        for host in &routes.hosts {
+            let (map, key) = match host {
+                HostPattern::Exact(name) => (&mut self.exact, name),
+                HostPattern::Wildcard(parent) => (&mut self.wildcard, parent),
+            };
+            map.entry(key.clone())
+                .or_default()
+                .insert(path, routes.uuid, entry(stripped));
+        }
+        if routes.hosts.is_empty() && routes.path.is_some() {
+            self.any_host.insert(path, routes.uuid, entry(stripped));
+        }
+        self.published.insert(routes.uuid, routes);
+    }
+}
+
+/// The routes of every running service.
+#[derive(Default)]
+pub(crate) struct RouteTable {
+    current: ArcSwap<Snapshot>,
+    /// Writers are rare (start, stop, edit); this keeps two of them from losing each
+    /// other's change while readers never wait.
+    write: std::sync::Mutex<()>,
+}
+
+impl RouteTable {
+    /// The service that answers `path` on `host` (the `Host` header, if any), by the
+    /// precedence of the README: host routes (exact, then wildcard, the longest path
+    /// prefix first), then `/<uuid>`, then `/<name>`, then the path routes of every
+    /// host. Herve's own paths are the dispatcher's, before this.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<Found> {
+        let snapshot = self.current.load();
+        let found = |(prefix, entry): (&str, &Entry)| Found {
+            target: Arc::clone(&entry.target),
+            prefix: entry.prefix.clone(),
+            strip: prefix.len(),
+        };
+        if let Some(host) = host.and_then(normalize_host) {
+            if let Some(routes) = snapshot.exact.get(host.as_ref()) {
+                if let Some(hit) = routes.find(path) {
+                    return Some(found(hit));
+                }
+            }
+            if let Some((_, parent)) = host.split_once('.') {
+                if let Some(hit) = snapshot
+                    .wildcard
+                    .get(parent)
+                    .and_then(|routes| routes.find(path))
+                {
+                    return Some(found(hit));
+                }
+            }
+        }
+        let first = first_segment(path);
+        if let Some(uuid) = super::dispatch::service_uuid(path) {
+            if let Some(entry) = snapshot.by_uuid.get(&uuid) {
+                return Some(found((&path[..37], entry)));
+            }
+        }
+        if let Some(entry) = snapshot.by_name.get(first) {
+            return Some(found((&path[..first.len() + 1], entry)));
+        }
+        snapshot.any_host.find(path).map(found)
+    }
+
+    /// Routes a service as `routes` says, replacing whatever it published before.
+    pub fn publish(&self, routes: ServiceRoutes) {
+        self.update(|snapshot| {
+            snapshot.remove(routes.uuid);
+            snapshot.insert(routes);
         });
     }
 
     /// Stops routing to `uuid`.
     pub fn withdraw(&self, uuid: &Uuid) {
-        self.update(|routes| {
-            routes.remove(uuid);
-        });
+        self.update(|snapshot| snapshot.remove(*uuid));
     }
 
     fn update(&self, change: impl FnOnce(&mut Snapshot)) {
-        let _writer = crate::util::lock(&self.write);
+        let _writer = lock(&self.write);
         let mut next = Snapshot::clone(&self.current.load());
         change(&mut next);
         self.current.store(Arc::new(next));
     }
+}
+
+/// The first segment of a path (`a` of `/a/b`).
+pub(crate) fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or_default()
+}
+
+/// A `Host` value as routes name hosts: no port, no trailing dot, lowercase (copied
+/// only when it has capitals, which clients rarely send).
+fn normalize_host(host: &str) -> Option<Cow<'_, str>> {
+    let name = if host.starts_with('[') {
+        // An IPv6 literal: no host route names one.
+        return None;
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
 /// Uuids v4 are random already: hashing them again (SipHash) would only cost time.
@@ -84,6 +372,100 @@ impl Hasher for UuidHasher {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
             self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(name: &str, hosts: &[&str], path: Option<&str>) -> ServiceRoutes {
+        ServiceRoutes {
+            uuid: Uuid::new_v4(),
+            name: name.to_owned(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).expect("host"))
+                .collect(),
+            path: path.map(str::to_owned),
+            target: Target::new(Router::new()),
+        }
+    }
+
+    fn hit(table: &RouteTable, host: Option<&str>, path: &str) -> Option<(String, usize)> {
+        table
+            .find(host, path)
+            .map(|found| (found.prefix.as_str().to_owned(), found.strip))
+    }
+
+    #[test]
+    fn precedence_exact_wildcard_prefix_uuid_name() {
+        let table = RouteTable::default();
+        let site = routes("site", &["app.example.com"], None);
+        let api = routes("api", &["app.example.com"], Some("/api"));
+        let wild = routes("wild", &["*.example.com"], None);
+        let everywhere = routes("everywhere", &[], Some("/shared"));
+        let plain = routes("plain", &[], None);
+        let plain_uuid = plain.uuid;
+        for r in [site, api, wild, everywhere, plain] {
+            table.publish(r);
+        }
+        assert_eq!(
+            hit(&table, Some("app.example.com"), "/x"),
+            Some((String::new(), 0))
+        );
+        assert_eq!(
+            hit(&table, Some("APP.example.com:8080"), "/api/x"),
+            Some(("/api".to_owned(), 4))
+        );
+        // Whole segments only.
+        assert_eq!(
+            hit(&table, Some("app.example.com"), "/apix"),
+            Some((String::new(), 0))
+        );
+        assert_eq!(
+            hit(&table, Some("b.example.com"), "/apix"),
+            Some((String::new(), 0))
+        );
+        // One label below the parent, no more.
+        assert_eq!(
+            hit(&table, Some("a.b.example.com"), "/plain/x").map(|h| h.0),
+            Some("/plain".to_owned())
+        );
+        assert_eq!(
+            hit(&table, Some("other.test"), "/shared/y"),
+            Some(("/shared".to_owned(), 7))
+        );
+        let by_uuid = format!("/{plain_uuid}/z");
+        assert_eq!(hit(&table, None, &by_uuid).map(|h| h.1), Some(37));
+        assert_eq!(hit(&table, None, "/plain"), Some(("/plain".to_owned(), 6)));
+        assert!(hit(&table, Some("other.test"), "/nothing").is_none());
+        table.withdraw(&plain_uuid);
+        assert!(hit(&table, None, "/plain").is_none());
+        assert!(hit(&table, None, &by_uuid).is_none());
+    }
+
+    #[test]
+    fn host_and_path_syntax() {
+        assert_eq!(
+            HostPattern::parse("App.Example.COM."),
+            Ok(HostPattern::Exact("app.example.com".to_owned()))
+        );
+        assert_eq!(
+            HostPattern::parse("*.xn--bcher-kva.example"),
+            Ok(HostPattern::Wildcard("xn--bcher-kva.example".to_owned()))
+        );
+        for bad in [
+            "", "*", "*.com", "a..b", "-a.b", "a_b.c", "a.b:80", "*.*.a.b", "a b",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_path_prefix("/api/").as_deref(), Ok("/api"));
+        assert_eq!(parse_path_prefix("/").as_deref(), Ok("/"));
+        assert_eq!(parse_path_prefix("/a/b").as_deref(), Ok("/a/b"));
+        for bad in ["api", "/a//b", "/../x", "/a/./b", "/a b", "/a?b"] {
+            assert!(parse_path_prefix(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

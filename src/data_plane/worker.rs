@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::{ServerLimits, MAX_HEADERS};
 use super::admission::{Admitted, Class};
-use super::dispatch::{Dispatcher, Peer};
+use super::dispatch::{Dispatcher, Door, Peer};
 use super::timed_io::TimedStream;
 
 /// How long a stopping worker waits for its blocking tasks (file opens).
@@ -37,6 +37,7 @@ const BUFFER_BEYOND_HEAD: usize = 48 * 1024;
 struct Assigned {
     stream: std::net::TcpStream,
     client: SocketAddr,
+    door: Door,
     admitted: Admitted,
     permit: OwnedSemaphorePermit,
 }
@@ -110,6 +111,7 @@ impl Workers {
         &self,
         stream: std::net::TcpStream,
         client: SocketAddr,
+        door: Door,
         admitted: Admitted,
         permit: OwnedSemaphorePermit,
     ) {
@@ -127,6 +129,7 @@ impl Workers {
         let assigned = Assigned {
             stream,
             client,
+            door,
             admitted,
             permit,
         };
@@ -186,12 +189,14 @@ impl Worker {
         let Assigned {
             stream,
             client,
+            door,
             admitted,
             permit,
         } = assigned;
         let peer = Peer {
             addr: client,
             reserve: admitted.class == Class::Reserved,
+            door,
         };
         let open = OpenConnection {
             open: Arc::clone(&self.open),

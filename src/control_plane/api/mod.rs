@@ -28,7 +28,7 @@ pub(crate) fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
     let services = Router::new()
         .route("/services", get(list))
         .route("/services/register", post(register))
-        .route("/services/{uuid}", get(show))
+        .route("/services/{uuid}", get(show).patch(edit))
         .route("/services/{uuid}/start", post(start))
         .route("/services/{uuid}/stop", post(stop))
         .route("/services/{uuid}/unregister", post(unregister))
@@ -87,6 +87,17 @@ async fn register(
     Ok(Envelope::data(service)
         .with_message("The service has been successfully registered.")
         .respond(StatusCode::CREATED))
+}
+
+async fn edit(
+    State(registry): State<Arc<Registry>>,
+    uuid: ServiceId,
+    FormOrJson(fields): FormOrJson,
+) -> Result<Response, ApiError> {
+    let service = registry.edit(uuid.0, &fields).await.map_err(api_error)?;
+    Ok(Envelope::data(service)
+        .with_message("The service has been successfully updated.")
+        .respond(StatusCode::OK))
 }
 
 async fn start(
@@ -162,7 +173,9 @@ fn api_error(error: RegistryError) -> ApiError {
             StatusCode::NOT_FOUND
         }
         RegistryError::InvalidField { .. } | RegistryError::StillRunning => StatusCode::BAD_REQUEST,
-        RegistryError::NameTaken(_) | RegistryError::TooMany(_) => StatusCode::CONFLICT,
+        RegistryError::NameTaken(_)
+        | RegistryError::TooMany(_)
+        | RegistryError::RouteTaken { .. } => StatusCode::CONFLICT,
         RegistryError::TypeUnavailable(_)
         | RegistryError::Corrupt(_)
         | RegistryError::Hook(_)

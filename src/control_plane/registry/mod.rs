@@ -19,6 +19,8 @@
 //! changes nothing.
 
 mod catalog;
+mod definition;
+mod edit;
 #[cfg(test)]
 mod tests;
 
@@ -27,19 +29,19 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use axum::Router;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub(crate) use catalog::TypeCatalog;
+use definition::{check_routable_name, Claim, Definition, Generic};
 
 use super::store::{ServiceRecord, Status, Store, StoreError};
 use crate::contract::{
     AnyServiceType, Fields, Report, RunningService, ServiceContext, ServiceError, StatusReporter,
 };
-use crate::data_plane::RouteTable;
+use crate::data_plane::{HostPattern, RouteTable, ServiceRoutes, Target};
 use crate::util::{lock, unix_now};
 
 /// The longest service name, in bytes.
@@ -68,6 +70,8 @@ pub(crate) enum RegistryError {
     ShuttingDown,
     #[error("The stored record is corrupt ({0}); unregister the service and register it again.")]
     Corrupt(String),
+    #[error("The route {route} is taken by the service '{owner}'.")]
+    RouteTaken { route: String, owner: String },
     /// A hook of the service's type failed.
     #[error("{0}")]
     Hook(#[source] ServiceError),
@@ -96,6 +100,12 @@ pub(crate) struct ServiceView {
     pub status: Status,
     #[serde(rename = "type")]
     pub type_name: String,
+    /// The host names it answers for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Its path prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Why the service failed or ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -105,22 +115,39 @@ pub(crate) struct ServiceView {
     /// The type-specific configuration (only when one service is shown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<Value>,
+    /// In the answer to an edit: the service was stopped and started again, as its
+    /// type cannot run two instances side by side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<bool>,
 }
 
 /// What changes about a service between hooks; under a short lock.
-#[derive(Default)]
 struct State {
     status: Status,
     reason: String,
     runtime: Option<Value>,
-    /// Bumped by every start and stop; reports of older epochs are ignored.
+    /// What the user defined (replaced whole by an edit).
+    definition: Arc<Definition>,
+    /// The epoch of the current instance: a new one for every start and stop; reports
+    /// of other epochs are ignored.
     epoch: u64,
-    /// The routes of the current instance, published again when it recovers.
-    routes: Option<Router>,
+    /// The highest epoch given so far: epochs are never given twice.
+    last_epoch: u64,
+    /// What the current instance answers with, published again when it recovers.
+    target: Option<Arc<Target>>,
     /// The epoch whose instance reported that it failed or ended, if any.
     ended_epoch: u64,
     /// Set while a start runs: cancelling it asks the start to give up.
     abandon: Option<CancellationToken>,
+}
+
+impl State {
+    /// Opens a new epoch; returns it.
+    fn next_epoch(&mut self) -> u64 {
+        self.last_epoch += 1;
+        self.epoch = self.last_epoch;
+        self.epoch
+    }
 }
 
 /// One registered service.
@@ -129,8 +156,8 @@ struct Slot {
     seq: i64,
     name: String,
     type_name: String,
+    /// The type's description.
     description: String,
-    config: Value,
     /// What is wrong with its stored record, if anything: it cannot start.
     corrupt: Option<String>,
     /// `None` when the database names a type this Herve was not built with.
@@ -165,17 +192,72 @@ impl Slot {
         reason.clone_into(&mut state.reason);
     }
 
+    fn definition(&self) -> Arc<Definition> {
+        Arc::clone(&lock(&self.state).definition)
+    }
+
     fn view(&self, with_config: bool) -> ServiceView {
         let state = lock(&self.state);
+        let definition = &state.definition;
         ServiceView {
             uuid: self.uuid,
             name: self.name.clone(),
-            description: self.description.clone(),
+            description: definition
+                .description
+                .clone()
+                .unwrap_or_else(|| self.description.clone()),
             status: state.status,
             type_name: self.type_name.clone(),
+            hosts: definition
+                .hosts
+                .iter()
+                .map(HostPattern::to_string)
+                .collect(),
+            path: definition.path.clone(),
             reason: (!state.reason.is_empty()).then(|| state.reason.clone()),
             runtime: state.runtime.clone(),
-            config: (with_config && !self.config.is_null()).then(|| self.config.clone()),
+            config: (with_config && !definition.config.is_null())
+                .then(|| definition.config.clone()),
+            restarted: None,
+        }
+    }
+
+    /// Every way to reach the service while `target` answers for it.
+    fn routes(&self, definition: &Definition, target: &Arc<Target>) -> ServiceRoutes {
+        ServiceRoutes {
+            uuid: self.uuid,
+            name: self.name.clone(),
+            hosts: definition.hosts.clone(),
+            path: definition.path.clone(),
+            target: Arc::clone(target),
+        }
+    }
+
+    /// The record of the service as it is defined now, for the store.
+    fn record(&self, definition: &Definition) -> ServiceRecord {
+        ServiceRecord {
+            seq: self.seq,
+            uuid: self.uuid,
+            name: self.name.clone(),
+            type_name: self.type_name.clone(),
+            description: self.description.clone(),
+            status: self.status(),
+            detail: String::new(),
+            config: definition.config.clone(),
+            created_at: 0,
+            user_description: definition.description.clone(),
+            hosts: definition
+                .hosts
+                .iter()
+                .map(HostPattern::to_string)
+                .collect(),
+            path: definition.path.clone(),
+            fields: definition
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            corrupt: None,
         }
     }
 }
@@ -184,6 +266,31 @@ impl Slot {
 struct Services {
     by_uuid: HashMap<Uuid, Arc<Slot>>,
     names: HashSet<String>,
+    /// The routes services claim, and by which: no two claim the same.
+    claims: HashMap<Claim, Uuid>,
+}
+
+impl Services {
+    /// A claim of `claims` that another service than `owner` holds, with its name.
+    fn conflict(&self, owner: Uuid, claims: &[Claim]) -> Option<(String, String)> {
+        claims.iter().find_map(|claim| {
+            let holder = self.claims.get(claim).filter(|holder| **holder != owner)?;
+            let name = self.by_uuid.get(holder).map(|slot| slot.name.clone())?;
+            Some((claim.describe(), name))
+        })
+    }
+
+    /// Moves `owner`'s claims from `old` to `new`.
+    fn reclaim(&mut self, owner: Uuid, old: &[Claim], new: Vec<Claim>) {
+        for claim in old {
+            if self.claims.get(claim) == Some(&owner) {
+                self.claims.remove(claim);
+            }
+        }
+        for claim in new {
+            self.claims.insert(claim, owner);
+        }
+    }
 }
 
 /// The registry of services. Cheap to share behind an `Arc`.
@@ -197,6 +304,10 @@ pub(crate) struct Registry {
     registering: tokio::sync::Mutex<()>,
     /// Set by [`Registry::shutdown`]: no instance may start after it.
     closing: AtomicBool,
+    /// Cancelled by [`Registry::shutdown`]: replaced instances stop at once.
+    closing_token: CancellationToken,
+    /// Replaced instances finishing their requests before they stop.
+    draining: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The control plane's runtime: reports may come from any thread, and their
     /// recording runs here.
     runtime: tokio::runtime::Handle,
@@ -236,6 +347,8 @@ impl Registry {
             }
             let slot = Slot::from_record(record, service_type);
             services.names.insert(slot.name.clone());
+            let claims = slot.definition().claims();
+            services.reclaim(slot.uuid, &[], claims);
             services.by_uuid.insert(slot.uuid, Arc::new(slot));
         }
         Ok(Registry {
@@ -247,6 +360,8 @@ impl Registry {
             services: Mutex::new(services),
             registering: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
+            closing_token: CancellationToken::new(),
+            draining: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -314,13 +429,22 @@ impl Registry {
             .get(type_name)
             .cloned()
             .ok_or(RegistryError::UnknownType)?;
+        let generic = Generic::read(fields)?;
 
         let _registering = self.registering.lock().await;
         self.check_room_for(name)?;
-
         let uuid = Uuid::new_v4();
         let ctx = self.context(uuid, name, StatusReporter::detached());
         let config = service_type.register(&ctx, fields).await?;
+        let definition = Definition::new(generic, fields, config);
+        let claims = definition.claims();
+        let conflict = lock(&self.services).conflict(uuid, &claims);
+        if let Some((route, owner)) = conflict {
+            if let Err(cleanup) = service_type.unregister(&ctx, &definition.config).await {
+                tracing::warn!(%uuid, error = %cleanup, "cleanup after a refused registration failed");
+            }
+            return Err(RegistryError::RouteTaken { route, owner });
+        }
         let mut record = ServiceRecord {
             seq: 0,
             uuid,
@@ -329,8 +453,20 @@ impl Registry {
             description: service_type.description().to_owned(),
             status: Status::Registered,
             detail: String::new(),
-            config,
+            config: definition.config.clone(),
             created_at: unix_now(),
+            user_description: definition.description.clone(),
+            hosts: definition
+                .hosts
+                .iter()
+                .map(HostPattern::to_string)
+                .collect(),
+            path: definition.path.clone(),
+            fields: definition
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             corrupt: None,
         };
         record.seq = match self.store.insert(&record).await {
@@ -347,6 +483,7 @@ impl Registry {
         let view = slot.view(true);
         let mut services = lock(&self.services);
         services.names.insert(slot.name.clone());
+        services.reclaim(uuid, &[], claims);
         services.by_uuid.insert(uuid, slot);
         Ok(view)
     }
@@ -398,14 +535,16 @@ impl Registry {
         // happens to the type's cleanup, which can only leave files behind.
         self.store.remove(uuid).await?;
         life.removed = true;
+        let definition = slot.definition();
         {
             let mut services = lock(&self.services);
             services.by_uuid.remove(&uuid);
             services.names.remove(&slot.name);
+            services.reclaim(uuid, &definition.claims(), Vec::new());
         }
         if let Some(service_type) = &slot.service_type {
             let ctx = self.context(uuid, &slot.name, StatusReporter::detached());
-            if let Err(error) = service_type.unregister(&ctx, &slot.config).await {
+            if let Err(error) = service_type.unregister(&ctx, &definition.config).await {
                 tracing::warn!(%uuid, %error, "the type's unregister hook failed; its files may remain");
             }
         }
@@ -420,7 +559,7 @@ impl Registry {
         };
         let ctx = self.context(uuid, &slot.name, StatusReporter::detached());
         service_type
-            .logs(&ctx, &slot.config, tail)
+            .logs(&ctx, &slot.definition().config, tail)
             .await?
             .ok_or(RegistryError::NoLogs)
     }
@@ -429,6 +568,9 @@ impl Registry {
     /// Herve starts them again. Used when Herve shuts down.
     pub async fn shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        self.closing_token.cancel();
+        let draining = std::mem::take(&mut *lock(&self.draining));
+        futures_util::future::join_all(draining).await;
         let slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
         for slot in &slots {
             slot.abandon_start();
@@ -520,18 +662,22 @@ impl Registry {
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
         let abandon = CancellationToken::new();
-        let (epoch, stored_running) = {
+        let (epoch, stored_running, definition) = {
             let mut state = lock(&slot.state);
-            state.epoch += 1;
+            let epoch = state.next_epoch();
             state.runtime = None;
             state.abandon = Some(abandon.clone());
             // On resume (and restart) the store says `running` already: no write.
-            (state.epoch, state.status == Status::Running)
+            (
+                epoch,
+                state.status == Status::Running,
+                Arc::clone(&state.definition),
+            )
         };
         let ctx = self
             .context(slot.uuid, &slot.name, self.reporter(slot, epoch))
             .with_abandon(abandon);
-        let started = service_type.start(&ctx, &slot.config).await;
+        let started = service_type.start(&ctx, &definition.config).await;
         lock(&slot.state).abandon = None;
         let instance = match started {
             Ok(instance) => instance,
@@ -539,7 +685,7 @@ impl Registry {
                 let reason = error.to_string();
                 {
                     let mut state = lock(&slot.state);
-                    state.epoch += 1;
+                    state.next_epoch();
                     state.status = Status::Failed;
                     state.reason.clone_from(&reason);
                 }
@@ -555,7 +701,7 @@ impl Registry {
         };
         if !stored_running {
             if let Err(error) = self.store.set_status(slot.uuid, Status::Running, "").await {
-                lock(&slot.state).epoch += 1;
+                lock(&slot.state).next_epoch();
                 if let Err(stop_error) = instance.stop().await {
                     tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
                 }
@@ -564,7 +710,20 @@ impl Registry {
                 return Err(error.into());
             }
         }
-        let routes = instance.routes();
+        self.go_live(slot, life, instance, epoch)
+    }
+
+    /// Makes `instance` (started in `epoch`) the one that answers: routes published
+    /// (replacing any that were), status `running`. The caller holds the lifecycle
+    /// lock; the instance it replaces, if any, is the caller's to stop.
+    fn go_live(
+        &self,
+        slot: &Arc<Slot>,
+        life: &mut Life,
+        instance: Box<dyn RunningService>,
+        epoch: u64,
+    ) -> Result<(), RegistryError> {
+        let target = Target::new(instance.routes());
         life.instance = Some(instance);
         let mut state = lock(&slot.state);
         if state.ended_epoch == epoch {
@@ -575,8 +734,8 @@ impl Registry {
                 "The service ended right after it started: {reason}"
             ))));
         }
-        state.routes = Some(routes.clone());
-        self.routes.publish(slot.uuid, routes);
+        self.routes.publish(slot.routes(&state.definition, &target));
+        state.target = Some(target);
         state.status = Status::Running;
         state.reason.clear();
         Ok(())
@@ -588,8 +747,8 @@ impl Registry {
         {
             // A new epoch first: whatever the instance still reports is now stale.
             let mut state = lock(&slot.state);
-            state.epoch += 1;
-            state.routes = None;
+            state.next_epoch();
+            state.target = None;
             state.runtime = None;
         }
         let Some(instance) = life.instance.take() else {
@@ -605,6 +764,7 @@ impl Registry {
 
 impl Slot {
     fn from_record(record: ServiceRecord, service_type: Option<Arc<dyn AnyServiceType>>) -> Slot {
+        let definition = Definition::stored(&record);
         let description = service_type
             .as_ref()
             .map(|t| t.description().to_owned())
@@ -625,13 +785,18 @@ impl Slot {
             name: record.name,
             type_name: record.type_name,
             description,
-            config: record.config,
             corrupt: record.corrupt,
             service_type,
             state: Mutex::new(State {
                 status,
                 reason,
-                ..State::default()
+                runtime: None,
+                definition: Arc::new(definition),
+                epoch: 0,
+                last_epoch: 0,
+                target: None,
+                ended_epoch: 0,
+                abandon: None,
             }),
             life: Arc::new(tokio::sync::Mutex::new(Life::default())),
         }
@@ -669,8 +834,8 @@ impl Recorder {
             Report::Running => {
                 state.status = Status::Running;
                 state.reason.clear();
-                if let Some(router) = state.routes.clone() {
-                    self.routes.publish(slot.uuid, router);
+                if let Some(target) = &state.target {
+                    self.routes.publish(slot.routes(&state.definition, target));
                 }
                 return;
             }
@@ -678,6 +843,7 @@ impl Recorder {
             Report::Exited(reason) => (Status::Stopped, reason),
         };
         state.ended_epoch = self.epoch;
+        state.target = None;
         self.routes.withdraw(&slot.uuid);
         state.status = status;
         state.reason.clone_from(&reason);
@@ -718,5 +884,5 @@ pub(crate) fn validate_name(name: &str) -> Result<(), RegistryError> {
              '.', '_' and '-', starting with a letter or a digit."
         )));
     }
-    Ok(())
+    check_routable_name(name)
 }

@@ -46,6 +46,20 @@ impl Store for FlakyStore {
         Ok(seq)
     }
 
+    async fn update(&self, record: &ServiceRecord) -> Result<(), StoreError> {
+        if self.fail_status.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        let mut rows = lock(&self.rows);
+        let row = rows
+            .get_mut(&record.uuid)
+            .ok_or(StoreError::Missing(record.uuid))?;
+        row.config = record.config.clone();
+        row.hosts = record.hosts.clone();
+        row.path = record.path.clone();
+        Ok(())
+    }
+
     async fn set_status(&self, uuid: Uuid, status: Status, detail: &str) -> Result<(), StoreError> {
         if self.fail_status.load(Ordering::SeqCst) {
             return Err(refused());
@@ -206,7 +220,10 @@ async fn a_start_the_store_refuses_runs_nothing_and_says_failed() {
         1,
         "the instance was left running"
     );
-    assert!(f.routes.get(&uuid).is_none(), "routes published");
+    assert!(
+        f.routes.find(None, &format!("/{uuid}")).is_none(),
+        "routes published"
+    );
     let view = f.registry.get(uuid).expect("view");
     assert_eq!(view.status, Status::Failed);
     assert!(view
@@ -226,13 +243,16 @@ async fn a_stop_the_store_refuses_leaves_the_service_running() {
         "{refused:?}"
     );
     assert_eq!(f.registry.get(uuid).expect("view").status, Status::Running);
-    assert!(f.routes.get(&uuid).is_some(), "still routed");
+    assert!(
+        f.routes.find(None, &format!("/{uuid}")).is_some(),
+        "still routed"
+    );
     assert_eq!(f.counted.stopped.load(Ordering::SeqCst), 0);
     // Once the store takes it, the stop goes through.
     f.store.fail_status.store(false, Ordering::SeqCst);
     f.registry.stop(uuid).await.expect("stopped");
     assert_eq!(f.registry.get(uuid).expect("view").status, Status::Stopped);
-    assert!(f.routes.get(&uuid).is_none());
+    assert!(f.routes.find(None, &format!("/{uuid}")).is_none());
 }
 
 #[tokio::test]
@@ -275,7 +295,7 @@ async fn reports_of_a_stopped_instance_change_nothing() {
         .join()
         .expect("reporting thread");
     assert_eq!(f.registry.get(uuid).expect("view").status, Status::Failed);
-    assert!(f.routes.get(&uuid).is_none());
+    assert!(f.routes.find(None, &format!("/{uuid}")).is_none());
     for _ in 0..100 {
         if lock(&f.store.rows).get(&uuid).map(|row| row.status) == Some(Status::Failed) {
             return;

@@ -77,6 +77,15 @@ pub(crate) struct ServiceRecord {
     pub detail: String,
     /// What the type's register hook returned.
     pub config: Value,
+    /// The user's own description, shown instead of the type's.
+    pub user_description: Option<String>,
+    /// Host names the service answers for (`app.example.com`, `*.example.com`).
+    pub hosts: Vec<String>,
+    /// Its path prefix, if it has one.
+    pub path: Option<String>,
+    /// The registration's fields, as given (but `name` and `type`): an edit is checked
+    /// as a registration of these with its own fields over them.
+    pub fields: Vec<(String, String)>,
     /// Unix seconds.
     pub created_at: i64,
     /// What is wrong with the stored row, when it could not be read whole: such a
@@ -110,6 +119,10 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Persists a new service (its `seq` is ignored) and returns the `seq` assigned.
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError>;
+
+    /// Persists an edit: the description, routes, fields and configuration of a
+    /// service.
+    async fn update(&self, record: &ServiceRecord) -> Result<(), StoreError>;
 
     /// Persists a service's new status and its reason (empty for none).
     async fn set_status(&self, uuid: Uuid, status: Status, detail: &str) -> Result<(), StoreError>;

@@ -10,7 +10,7 @@ use super::{ServiceRecord, Status, Store, StoreError};
 use crate::util::sqlite::{Database, DbError};
 
 /// The store's schema, one step per version (see `Database::migrate_blocking`).
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "CREATE TABLE services (
          seq         INTEGER PRIMARY KEY AUTOINCREMENT,
          uuid        TEXT NOT NULL UNIQUE,
@@ -22,6 +22,10 @@ const MIGRATIONS: [&str; 2] = [
          created_at  INTEGER NOT NULL
      );",
     "ALTER TABLE services ADD COLUMN detail TEXT NOT NULL DEFAULT '';",
+    "ALTER TABLE services ADD COLUMN user_description TEXT NOT NULL DEFAULT '';
+     ALTER TABLE services ADD COLUMN hosts TEXT NOT NULL DEFAULT '[]';
+     ALTER TABLE services ADD COLUMN path TEXT NOT NULL DEFAULT '';
+     ALTER TABLE services ADD COLUMN fields TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -77,46 +81,30 @@ impl Store for SqliteStore {
             .database
             .call(|conn| {
                 let mut stmt = conn.prepare(
-                    "SELECT seq, uuid, name, type, description, status, config, created_at, detail
+                    "SELECT seq, uuid, name, type, description, status, config, created_at, detail,
+                            user_description, hosts, path, fields
                      FROM services ORDER BY seq",
                 )?;
                 let rows = stmt.query_map([], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                        row.get::<_, String>(6)?,
-                        row.get::<_, i64>(7)?,
-                        row.get::<_, String>(8)?,
-                    ))
+                    Ok(Row {
+                        seq: row.get(0)?,
+                        uuid: row.get(1)?,
+                        name: row.get(2)?,
+                        type_name: row.get(3)?,
+                        description: row.get(4)?,
+                        status: row.get(5)?,
+                        config: row.get(6)?,
+                        created_at: row.get(7)?,
+                        detail: row.get(8)?,
+                        user_description: row.get(9)?,
+                        hosts: row.get(10)?,
+                        path: row.get(11)?,
+                        fields: row.get(12)?,
+                    })
                 })?;
                 let mut records = Vec::new();
                 for row in rows {
-                    let (
-                        seq,
-                        uuid,
-                        name,
-                        type_name,
-                        description,
-                        status,
-                        config,
-                        created_at,
-                        detail,
-                    ) = row?;
-                    if let Some(record) = record_from_row(
-                        seq,
-                        &uuid,
-                        name,
-                        type_name,
-                        description,
-                        &status,
-                        &config,
-                        created_at,
-                        detail,
-                    ) {
+                    if let Some(record) = row?.into_record() {
                         records.push(record);
                     }
                 }
@@ -132,8 +120,9 @@ impl Store for SqliteStore {
             .database
             .call(move |conn| {
                 conn.execute(
-                    "INSERT INTO services (uuid, name, type, description, status, config, created_at, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO services (uuid, name, type, description, status, config, created_at,
+                                           detail, user_description, hosts, path, fields)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     params![
                         record.uuid.to_string(),
                         record.name,
@@ -143,12 +132,43 @@ impl Store for SqliteStore {
                         record.config.to_string(),
                         record.created_at,
                         record.detail,
+                        record.user_description.clone().unwrap_or_default(),
+                        json_text(&record.hosts),
+                        record.path.clone().unwrap_or_default(),
+                        json_text(&record.fields),
                     ],
                 )?;
                 Ok(conn.last_insert_rowid())
             })
             .await?;
         Ok(seq)
+    }
+
+    async fn update(&self, record: &ServiceRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        let uuid = record.uuid;
+        let changed = self
+            .database
+            .call(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE services SET user_description = ?1, hosts = ?2, path = ?3, fields = ?4,
+                                         config = ?5
+                     WHERE uuid = ?6",
+                    params![
+                        record.user_description.clone().unwrap_or_default(),
+                        json_text(&record.hosts),
+                        record.path.clone().unwrap_or_default(),
+                        json_text(&record.fields),
+                        record.config.to_string(),
+                        record.uuid.to_string(),
+                    ],
+                )?)
+            })
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::Missing(uuid));
+        }
+        Ok(())
     }
 
     async fn set_status(&self, uuid: Uuid, status: Status, detail: &str) -> Result<(), StoreError> {
@@ -182,43 +202,70 @@ impl Store for SqliteStore {
     }
 }
 
-/// A service from its row: one whose status or configuration does not parse is kept,
-/// marked corrupt; one whose uuid does not parse cannot even be named, and is skipped.
-#[allow(clippy::too_many_arguments)]
-fn record_from_row(
+/// A `services` row as stored.
+struct Row {
     seq: i64,
-    uuid: &str,
+    uuid: String,
     name: String,
     type_name: String,
     description: String,
-    status: &str,
-    config: &str,
+    status: String,
+    config: String,
     created_at: i64,
     detail: String,
-) -> Option<ServiceRecord> {
-    let Ok(parsed_uuid) = Uuid::try_parse(uuid) else {
-        tracing::error!(seq, %uuid, "a stored service has an invalid uuid; it is ignored");
-        return None;
-    };
-    let mut problems = Vec::new();
-    let status = Status::parse(status).unwrap_or_else(|| {
-        problems.push(format!("unknown status '{status}'"));
-        Status::Failed
-    });
-    let config = serde_json::from_str(config).unwrap_or_else(|error| {
-        problems.push(format!("invalid configuration ({error})"));
-        serde_json::Value::Null
-    });
-    Some(ServiceRecord {
-        seq,
-        uuid: parsed_uuid,
-        name,
-        type_name,
-        description,
-        status,
-        detail,
-        config,
-        created_at,
-        corrupt: (!problems.is_empty()).then(|| problems.join(", ")),
-    })
+    user_description: String,
+    hosts: String,
+    path: String,
+    fields: String,
+}
+
+/// JSON text of a value that always serializes (strings and pairs of strings).
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
+}
+
+impl Row {
+    /// The service of this row: one whose status, configuration or routes do not parse
+    /// is kept, marked corrupt; one whose uuid does not parse cannot even be named, and
+    /// is skipped.
+    fn into_record(self) -> Option<ServiceRecord> {
+        let Ok(uuid) = Uuid::try_parse(&self.uuid) else {
+            tracing::error!(seq = self.seq, uuid = %self.uuid, "a stored service has an invalid uuid; it is ignored");
+            return None;
+        };
+        let mut problems = Vec::new();
+        let status = Status::parse(&self.status).unwrap_or_else(|| {
+            problems.push(format!("unknown status '{}'", self.status));
+            Status::Failed
+        });
+        let config = serde_json::from_str(&self.config).unwrap_or_else(|error| {
+            problems.push(format!("invalid configuration ({error})"));
+            serde_json::Value::Null
+        });
+        let hosts = serde_json::from_str(&self.hosts).unwrap_or_else(|error| {
+            problems.push(format!("invalid hosts ({error})"));
+            Vec::new()
+        });
+        let fields = serde_json::from_str(&self.fields).unwrap_or_else(|error| {
+            problems.push(format!("invalid fields ({error})"));
+            Vec::new()
+        });
+        let some = |text: String| (!text.is_empty()).then_some(text);
+        Some(ServiceRecord {
+            seq: self.seq,
+            uuid,
+            name: self.name,
+            type_name: self.type_name,
+            description: self.description,
+            status,
+            detail: self.detail,
+            config,
+            created_at: self.created_at,
+            user_description: some(self.user_description),
+            hosts,
+            path: some(self.path),
+            fields,
+            corrupt: (!problems.is_empty()).then(|| problems.join(", ")),
+        })
+    }
 }

@@ -336,6 +336,11 @@ impl ServiceType for ProcessType {
         ProcessConfig::from_fields(fields)
     }
 
+    /// Two programs cannot listen on one fixed port; on ports of Herve's, they can.
+    fn runs_side_by_side(&self, config: &ProcessConfig) -> bool {
+        config.port.is_none()
+    }
+
     async fn start(
         &self,
         ctx: &ServiceContext,

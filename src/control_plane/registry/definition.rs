@@ -1,0 +1,237 @@
+//! What a user defines of a service besides its name and type, and Herve checks itself
+//! whatever the type: a description, the service's routes (host names and a path
+//! prefix), and the fields given to its type (kept, so that an edit is checked as a
+//! registration of them with the edit's fields over them).
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::RegistryError;
+use crate::contract::Fields;
+use crate::data_plane::{parse_path_prefix, HostPattern};
+
+/// Most host names one service may have.
+const MAX_HOSTS: usize = 64;
+/// Longest user description, in characters.
+const MAX_DESCRIPTION: usize = 200;
+/// The fields that are Herve's, not the type's.
+const HERVES: [&str; 2] = ["name", "type"];
+
+/// A service as its user defined it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Definition {
+    /// Shown instead of the type's description.
+    pub description: Option<String>,
+    pub hosts: Vec<HostPattern>,
+    /// The path prefix (`/` for everything); `None` without hosts and path.
+    pub path: Option<String>,
+    /// The fields as given, but `name` and `type`.
+    pub fields: Fields,
+    /// What the type made of them.
+    pub config: Value,
+}
+
+/// The generic part of a definition, read from a registration's or an edit's fields.
+pub(crate) struct Generic {
+    pub description: Option<String>,
+    pub hosts: Vec<HostPattern>,
+    pub path: Option<String>,
+}
+
+impl Generic {
+    /// Reads and checks `description`, `hosts` and `path`: a 400 names the field.
+    pub fn read(fields: &Fields) -> Result<Generic, RegistryError> {
+        let invalid = |field: &str, message: String| RegistryError::InvalidField {
+            field: field.to_owned(),
+            message,
+        };
+        let description = match fields.optional("description") {
+            None => None,
+            Some(text) => {
+                if text.chars().count() > MAX_DESCRIPTION || text.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "description",
+                        format!(
+                            "The field 'description' must be at most {MAX_DESCRIPTION} characters, on one line."
+                        ),
+                    ));
+                }
+                Some(text.to_owned())
+            }
+        };
+        let mut hosts: Vec<HostPattern> = Vec::new();
+        for text in fields.list("hosts") {
+            let host = HostPattern::parse(text)
+                .map_err(|why| invalid("hosts", format!("The field 'hosts' is invalid: {why}.")))?;
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        if hosts.len() > MAX_HOSTS {
+            return Err(invalid(
+                "hosts",
+                format!("The field 'hosts' may name at most {MAX_HOSTS} hosts."),
+            ));
+        }
+        let path = fields
+            .optional("path")
+            .map(parse_path_prefix)
+            .transpose()
+            .map_err(|why| invalid("path", format!("The field 'path' is invalid: {why}.")))?;
+        // Host names alone serve every path of theirs.
+        let path = path.or_else(|| (!hosts.is_empty()).then(|| "/".to_owned()));
+        Ok(Generic {
+            description,
+            hosts,
+            path,
+        })
+    }
+}
+
+impl Definition {
+    /// The definition a stored record keeps. Hosts that no longer parse are dropped
+    /// (and said so): the service stays reachable by uuid and name.
+    pub fn stored(record: &crate::control_plane::store::ServiceRecord) -> Definition {
+        let hosts = record
+            .hosts
+            .iter()
+            .filter_map(|host| match HostPattern::parse(host) {
+                Ok(host) => Some(host),
+                Err(why) => {
+                    tracing::error!(uuid = %record.uuid, %why, "a stored host of a service is invalid; it is dropped");
+                    None
+                }
+            })
+            .collect();
+        Definition {
+            description: record.user_description.clone(),
+            hosts,
+            path: record.path.clone(),
+            fields: Fields::from_pairs(record.fields.clone()),
+            config: record.config.clone(),
+        }
+    }
+
+    /// The definition made of `generic`, the fields given and the type's configuration.
+    pub fn new(generic: Generic, fields: &Fields, config: Value) -> Definition {
+        Definition {
+            description: generic.description,
+            hosts: generic.hosts,
+            path: generic.path,
+            fields: Fields::from_pairs(fields.iter().filter(|(key, _)| !HERVES.contains(key))),
+            config,
+        }
+    }
+
+    /// The (host, path) pairs this service claims: no two services may claim the same.
+    /// A path without hosts claims it on every host (`""`).
+    pub fn claims(&self) -> Vec<Claim> {
+        let Some(path) = &self.path else {
+            return Vec::new();
+        };
+        if self.hosts.is_empty() {
+            return vec![Claim {
+                host: String::new(),
+                path: path.clone(),
+            }];
+        }
+        self.hosts
+            .iter()
+            .map(|host| Claim {
+                host: host.to_string(),
+                path: path.clone(),
+            })
+            .collect()
+    }
+}
+
+/// One route a service claims.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Claim {
+    pub host: String,
+    pub path: String,
+}
+
+impl Claim {
+    /// The route as a user writes it: `app.example.com/api`, or `/api` on every host.
+    pub fn describe(&self) -> String {
+        if self.host.is_empty() {
+            self.path.clone()
+        } else if self.path == "/" {
+            self.host.clone()
+        } else {
+            format!("{}{}", self.host, self.path)
+        }
+    }
+}
+
+/// An edit's fields over the stored ones: each key the edit names replaces every value
+/// the stored fields had for it.
+pub(crate) fn merged(stored: &Fields, edit: &Fields) -> Fields {
+    let edited: Vec<&str> = edit.iter().map(|(key, _)| key).collect();
+    Fields::from_pairs(
+        stored
+            .iter()
+            .filter(|(key, _)| !edited.contains(key))
+            .chain(edit.iter()),
+    )
+}
+
+/// Refuses a name the data plane could not route unambiguously.
+pub(crate) fn check_routable_name(name: &str) -> Result<(), RegistryError> {
+    let invalid = |message: String| RegistryError::InvalidField {
+        field: "name".to_owned(),
+        message,
+    };
+    if crate::data_plane::OWN_PATHS.contains(&name) {
+        return Err(invalid(format!(
+            "The name '{name}' is one of Herve's own paths; choose another."
+        )));
+    }
+    if Uuid::try_parse(name).is_ok() {
+        return Err(invalid(
+            "The field 'name' must not be a uuid: services are reached by both.".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edit_replaces_whole_keys() {
+        let stored = Fields::from_pairs([("upstream", "a"), ("upstream", "b"), ("weight", "1")]);
+        let edit = Fields::from_pairs([("upstream", "c")]);
+        let merged = merged(&stored, &edit);
+        assert_eq!(merged.get_all("upstream").collect::<Vec<_>>(), ["c"]);
+        assert_eq!(merged.get("weight"), Some("1"));
+    }
+
+    #[test]
+    fn generic_fields_are_checked() {
+        let ok = Generic::read(&Fields::from_pairs([
+            ("hosts", "App.example.com, *.example.org"),
+            ("path", "/api/"),
+        ]))
+        .expect("valid");
+        assert_eq!(ok.hosts.len(), 2);
+        assert_eq!(ok.path.as_deref(), Some("/api"));
+        let hosts_only = Generic::read(&Fields::from_pairs([("hosts", "a.test")])).expect("valid");
+        assert_eq!(hosts_only.path.as_deref(), Some("/"));
+        for (key, value) in [("hosts", "a b"), ("path", "api"), ("description", "a\nb")] {
+            let error = Generic::read(&Fields::from_pairs([(key, value)]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains(&format!("'{key}'")),
+                "{key}={value:?}: {error}"
+            );
+        }
+        assert!(check_routable_name("services").is_err());
+        assert!(check_routable_name("3f2b8c1e-5d4a-4e7b-9c2d-8a1f0e6b7c93").is_err());
+        assert!(check_routable_name("shop").is_ok());
+    }
+}
