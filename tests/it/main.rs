@@ -16,6 +16,7 @@ mod process_type;
 mod properties;
 mod proxy_type;
 mod readme;
+mod routing;
 mod static_type;
 mod support;
 mod upstream_server;
