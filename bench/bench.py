@@ -99,9 +99,10 @@ class Admin:
         self.call("POST", f"/services/{uuid}/start", conn=conn)
 
 
-def wrk(url, seconds, threads, connections):
+def wrk(url, seconds, threads, connections, host=None):
+    headers = ["-H", f"Host: {host}"] if host else []
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", *headers, "-s", LUA, url],
         capture_output=True, text=True, check=True,
     ).stdout
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
@@ -112,16 +113,19 @@ def wrk(url, seconds, threads, connections):
 
 
 def alternate(contenders, args):
-    """Runs every contender, alternating, `repeat` times each; returns their medians."""
-    results = {label: [] for label, _ in contenders}
+    """Runs every contender, alternating, `repeat` times each; returns their medians.
+
+    A contender is (label, url) or (label, url, Host header)."""
+    contenders = [(c[0], c[1], c[2] if len(c) > 2 else None) for c in contenders]
+    results = {label: [] for label, _, _ in contenders}
     for round_ in range(args.repeat):
-        for label, url in contenders:
+        for label, url, host in contenders:
             log(f"  round {round_ + 1}: {label}")
-            results[label].append(wrk(url, args.seconds, 2, args.connections))
+            results[label].append(wrk(url, args.seconds, 2, args.connections, host))
     summary = []
-    for label, url in contenders:
+    for label, url, host in contenders:
         runs = results[label]
-        progress = wrk(url, max(3, args.seconds // 2), args.connections, args.connections)
+        progress = wrk(url, max(3, args.seconds // 2), args.connections, args.connections, host)
         per = progress["per_connection"]
         summary.append({
             "label": label,
@@ -198,7 +202,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=2, help="runs of each contender, alternating")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--services", type=int, default=10_000, help="registered services in scenario 4")
-    parser.add_argument("--running", type=int, default=1_000, help="running services in scenario 4")
+    parser.add_argument("--running", type=int, default=5_000,
+                        help="running services in scenario 4, each with a host route (half of them wildcards)")
     parser.add_argument("--api-ops", type=int, default=2_000, help="lifecycle operations in scenario 5")
     args = parser.parse_args()
 
@@ -239,13 +244,14 @@ def main():
         admin.start(proxy)
         h = f"http://127.0.0.1:{PORTS['herve']}"
 
-        def scenario(name, contenders):
+        def scenario(name, contenders, peers=True):
+            """Runs contenders; with `peers`, the first is Herve and the others its peers."""
             log(f"scenario {name}")
             results = alternate(contenders, args)
             for result in results:
                 rows.append((name, result))
             herve_result = results[0]
-            for peer in results[1:]:
+            for peer in results[1:] if peers else []:
                 ratios.append((name, f"{herve_result['label']} / {peer['label']}",
                                herve_result["rps"] / peer["rps"], herve_result["p99_us"], peer["p99_us"]))
             memory.append((f"after {name}", rss_kib(herve.pid)))
@@ -259,15 +265,25 @@ def main():
                                      ("nginx proxy_pass", f"http://127.0.0.1:{PORTS['nginx_proxy']}/x"),
                                      ("haproxy", f"http://127.0.0.1:{PORTS['haproxy']}/x")])
 
-        log(f"scenario 4: registering {args.services} services, starting {args.running}")
+        # The routing baseline: a host route (exact, then wildcard) while it is nearly alone.
+        routed = admin.register("bench-routed", "ping", hosts="app.bench.test,*.wild.bench.test")
+        admin.start(routed)
+        exact = ("herve host route", f"{h}/ping", "app.bench.test")
+        wildcard = ("herve wildcard route", f"{h}/ping", "x.wild.bench.test")
+        alone = scenario("host routes, 4 services", [exact, wildcard], peers=False)
+
+        log(f"scenario 4: registering {args.services} services, starting {args.running} with host routes")
         started = time.time()
 
         def register_batch(batch):
             conn = http.client.HTTPConnection("127.0.0.1", PORTS["herve"], timeout=60)
             for i in batch:
-                uuid = admin.register(f"filler-{i}", "ping", conn=conn)
                 if i < args.running:
+                    host = f"*.filler-{i}.bench.test" if i % 2 else f"filler-{i}.bench.test"
+                    uuid = admin.register(f"filler-{i}", "ping", conn=conn, hosts=host)
                     admin.start(uuid, conn=conn)
+                else:
+                    admin.register(f"filler-{i}", "ping", conn=conn)
             conn.close()
 
         batches = [range(start, min(start + 250, args.services)) for start in range(0, args.services, 250)]
@@ -278,6 +294,11 @@ def main():
         four = scenario(f"4 proxy, {args.services} services", [("herve proxy", f"{h}/{proxy}/x")])
         ratios.append(("4 vs 3", "herve proxy, crowded / alone", four[0]["rps"] / three[0]["rps"],
                        four[0]["p99_us"], three[0]["p99_us"]))
+        crowded = scenario(f"host routes, {args.services} services, {args.running} with hosts",
+                           [exact, wildcard], peers=False)
+        for before, after in zip(alone, crowded):
+            ratios.append(("host routes", f"{before['label']}, crowded / alone", after["rps"] / before["rps"],
+                           after["p99_us"], before["p99_us"]))
 
         log(f"scenario 5: {args.api_ops} register/start/stop/unregister cycles")
         latencies = []

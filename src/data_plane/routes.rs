@@ -9,13 +9,16 @@
 //!
 //! Lookup cost does not grow with the number of services: hash lookups by uuid, name,
 //! exact host and wildcard parent, then the few path prefixes of the host that matched.
+//! Nor does the cost of a change: the maps are persistent (hash array mapped tries), so
+//! a new snapshot shares all but the few nodes a change touches with the one before, and
+//! the last reader of an old snapshot frees only those.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rpds::HashTrieMapSync;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use uuid::Uuid;
@@ -196,40 +199,46 @@ impl PathRoutes {
     }
 }
 
-type ByUuid = HashMap<Uuid, Entry, BuildHasherDefault<UuidHasher>>;
+type ByUuid<V> = HashTrieMapSync<Uuid, V, BuildHasherDefault<UuidHasher>>;
 
+/// Every map is persistent: cloning a snapshot is a handful of reference counts.
 #[derive(Clone, Default)]
 struct Snapshot {
-    by_uuid: ByUuid,
-    by_name: HashMap<String, Entry>,
-    exact: HashMap<String, PathRoutes>,
-    wildcard: HashMap<String, PathRoutes>,
-    any_host: PathRoutes,
+    by_uuid: ByUuid<Entry>,
+    by_name: HashTrieMapSync<String, Entry>,
+    exact: HashTrieMapSync<String, PathRoutes>,
+    wildcard: HashTrieMapSync<String, PathRoutes>,
+    /// Few (a path route on every host is rare), and copied only when one changes.
+    any_host: Arc<PathRoutes>,
     /// What each service published, to withdraw it.
-    published: HashMap<Uuid, ServiceRoutes>,
+    published: ByUuid<Arc<ServiceRoutes>>,
 }
 
 impl Snapshot {
     fn remove(&mut self, uuid: Uuid) {
-        let Some(old) = self.published.remove(&uuid) else {
+        let Some(old) = self.published.get(&uuid).cloned() else {
             return;
         };
-        self.by_uuid.remove(&uuid);
-        self.by_name.remove(&old.name);
+        self.published.remove_mut(&uuid);
+        self.by_uuid.remove_mut(&uuid);
+        self.by_name.remove_mut(&old.name);
         for host in &old.hosts {
             let (map, key) = match host {
                 HostPattern::Exact(name) => (&mut self.exact, name),
                 HostPattern::Wildcard(parent) => (&mut self.wildcard, parent),
             };
-            if let Some(routes) = map.get_mut(key) {
+            if let Some(routes) = map.get(key) {
+                let mut routes = routes.clone();
                 routes.remove(uuid);
                 if routes.0.is_empty() {
-                    map.remove(key);
+                    map.remove_mut(key);
+                } else {
+                    map.insert_mut(key.clone(), routes);
                 }
             }
         }
         if old.hosts.is_empty() && old.path.is_some() {
-            self.any_host.remove(uuid);
+            Arc::make_mut(&mut self.any_host).remove(uuid);
         }
     }
 
@@ -239,9 +248,9 @@ impl Snapshot {
             prefix: MountPrefix::new(prefix),
         };
         self.by_uuid
-            .insert(routes.uuid, entry(&format!("/{}", routes.uuid)));
+            .insert_mut(routes.uuid, entry(&format!("/{}", routes.uuid)));
         self.by_name
-            .insert(routes.name.clone(), entry(&format!("/{}", routes.name)));
+            .insert_mut(routes.name.clone(), entry(&format!("/{}", routes.name)));
         let path = routes.path.as_deref().unwrap_or("/");
         let stripped = if path == "/" { "" } else { path };
         for host in &routes.hosts {
@@ -249,14 +258,14 @@ impl Snapshot {
                 HostPattern::Exact(name) => (&mut self.exact, name),
                 HostPattern::Wildcard(parent) => (&mut self.wildcard, parent),
             };
-            map.entry(key.clone())
-                .or_default()
-                .insert(path, routes.uuid, entry(stripped));
+            let mut host_routes = map.get(key).cloned().unwrap_or_default();
+            host_routes.insert(path, routes.uuid, entry(stripped));
+            map.insert_mut(key.clone(), host_routes);
         }
         if routes.hosts.is_empty() && routes.path.is_some() {
-            self.any_host.insert(path, routes.uuid, entry(stripped));
+            Arc::make_mut(&mut self.any_host).insert(path, routes.uuid, entry(stripped));
         }
-        self.published.insert(routes.uuid, routes);
+        self.published.insert_mut(routes.uuid, Arc::new(routes));
     }
 }
 
