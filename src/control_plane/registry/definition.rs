@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::RegistryError;
 use crate::contract::Fields;
+use crate::control_plane::store::ServiceRecord;
 use crate::data_plane::{parse_path_prefix, HostPattern};
 
 /// Most host names one service may have.
@@ -91,7 +92,7 @@ impl Generic {
 impl Definition {
     /// The definition a stored record keeps. Hosts that no longer parse are dropped
     /// (and said so): the service stays reachable by uuid and name.
-    pub fn stored(record: &crate::control_plane::store::ServiceRecord) -> Definition {
+    pub fn stored(record: &ServiceRecord) -> Definition {
         let hosts = record
             .hosts
             .iter()
@@ -113,6 +114,23 @@ impl Definition {
     }
 
     /// The definition made of `generic`, the fields given and the type's configuration.
+    /// What the store keeps of this definition; the rest of the record (who the service
+    /// is, where it is in its life) is the caller's.
+    pub fn record(&self) -> ServiceRecord {
+        ServiceRecord {
+            config: self.config.clone(),
+            user_description: self.description.clone(),
+            hosts: self.hosts.iter().map(HostPattern::to_string).collect(),
+            path: self.path.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..ServiceRecord::default()
+        }
+    }
+
     pub fn new(generic: Generic, fields: &Fields, config: Value) -> Definition {
         Definition {
             description: generic.description,

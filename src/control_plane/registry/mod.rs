@@ -243,21 +243,8 @@ impl Slot {
             description: self.description.clone(),
             status: self.status(),
             detail: String::new(),
-            config: definition.config.clone(),
             created_at: 0,
-            user_description: definition.description.clone(),
-            hosts: definition
-                .hosts
-                .iter()
-                .map(HostPattern::to_string)
-                .collect(),
-            path: definition.path.clone(),
-            fields: definition
-                .fields
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            corrupt: None,
+            ..definition.record()
         }
     }
 }
@@ -453,21 +440,8 @@ impl Registry {
             description: service_type.description().to_owned(),
             status: Status::Registered,
             detail: String::new(),
-            config: definition.config.clone(),
             created_at: unix_now(),
-            user_description: definition.description.clone(),
-            hosts: definition
-                .hosts
-                .iter()
-                .map(HostPattern::to_string)
-                .collect(),
-            path: definition.path.clone(),
-            fields: definition
-                .fields
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            corrupt: None,
+            ..definition.record()
         };
         record.seq = match self.store.insert(&record).await {
             Ok(seq) => seq,

@@ -64,7 +64,7 @@ impl Status {
 }
 
 /// Everything persisted about one service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ServiceRecord {
     /// Registration order, assigned by the store; the listing shows the newest first.
     pub seq: i64,
