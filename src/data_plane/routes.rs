@@ -18,9 +18,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rpds::HashTrieMapSync;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use rpds::HashTrieMapSync;
 use uuid::Uuid;
 
 use crate::contract::MountPrefix;

@@ -182,6 +182,7 @@ async fn invalid_and_conflicting_routes_are_refused() {
         (vec![("hosts", "bad host")], "'hosts'"),
         (vec![("hosts", "a.test:80")], "'hosts'"),
         (vec![("hosts", "*")], "'hosts'"),
+        (vec![("hosts", "bücher.test")], "'hosts'"),
         (vec![("path", "api")], "'path'"),
         (vec![("path", "/a/../b")], "'path'"),
         (vec![("description", "two\nlines")], "'description'"),
@@ -244,6 +245,50 @@ async fn invalid_and_conflicting_routes_are_refused() {
     patch(&herve, &second, &[("path", "/api")])
         .await
         .expect(200, "The service has been successfully updated.");
+
+    // JSON bodies take the same fields; an IDN is routed in its punycode form.
+    let json = |body: serde_json::Value| body.to_string();
+    let content_type = [("content-type", "application/json")];
+    let registered = herve
+        .send(
+            Method::POST,
+            "/services/register",
+            Auth::Admin,
+            &content_type,
+            json(serde_json::json!({"name": "json-site", "type": "ping", "hosts": "xn--bcher-kva.test"})),
+        )
+        .await;
+    registered.expect(201, "The service has been successfully registered.");
+    let uuid = registered.json()["data"]["uuid"]
+        .as_str()
+        .expect("uuid")
+        .to_owned();
+    herve
+        .send(
+            Method::PATCH,
+            &format!("/services/{uuid}"),
+            Auth::Admin,
+            &content_type,
+            json(serde_json::json!({"path": "/books"})),
+        )
+        .await
+        .expect(200, "The service has been successfully updated.");
+    herve.start(&uuid).await;
+    let reply = get_on(&herve, "XN--BCHER-KVA.test", "/books/ping").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    herve
+        .send(
+            Method::PATCH,
+            &format!("/services/{uuid}"),
+            Auth::Admin,
+            &content_type,
+            json(serde_json::json!({"path": 42})),
+        )
+        .await
+        .expect(
+            400,
+            "The field 'path' is invalid: '42' is not a path prefix (it starts with '/', and has plain segments).",
+        );
     herve.stop().await;
 }
 
@@ -338,6 +383,28 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
     assert!(edited.json()["data"].get("hosts").is_none());
     assert_eq!(get_on(&herve, "store.test", "/shop/id").await.status, 404);
     assert_eq!(herve.get("/web/id").await.text(), "b");
+
+    // Running, the description alone: shown at once, the same instance.
+    let edited = patch(&herve, &uuid, &[("description", "Front door")]).await;
+    edited.expect(200, "The service has been successfully updated.");
+    assert_eq!(edited.json()["data"]["description"], "Front door");
+    assert!(edited.json()["data"].get("restarted").is_none());
+
+    // Stopped, the path and the type's own field: kept, and used at the next start.
+    herve
+        .stop_service(&uuid)
+        .await
+        .expect(200, "The service has successfully stopped.");
+    let edited = patch(&herve, &uuid, &[("path", "/door"), ("upstream", &a.url())]).await;
+    edited.expect(200, "The service has been successfully updated.");
+    assert_eq!(edited.json()["data"]["status"], "stopped");
+    assert_eq!(edited.json()["data"]["path"], "/door");
+    assert_eq!(get_on(&herve, "any.test", "/door/id").await.status, 404);
+    herve
+        .start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    assert_eq!(answered_by(&herve, "any.test", "/door/id").await, "a");
     herve.stop().await;
 }
 
