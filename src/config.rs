@@ -37,6 +37,20 @@ pub enum LogLevel {
     Trace,
 }
 
+/// How Herve proves to an ACME server that it answers for a host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737), on the HTTPS port: works when only port 443 is open.
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+    /// HTTP-01, on the plain port (which must then be port 80 for public CAs).
+    #[value(name = "http-01")]
+    Http01,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 /// Every setting of a Herve.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -63,6 +77,49 @@ pub struct Config {
     /// answers only there, and the main port serves `/health` and services only.
     #[arg(long, env = "HERVE_ADMIN_ADDR", value_name = "ADDR:PORT")]
     pub admin_addr: Option<std::net::SocketAddr>,
+
+    /// TCP port of the HTTPS server, which serves everything the plain port serves
+    /// (0 picks a free port). Unset: no HTTPS.
+    #[arg(long, env = "HERVE_TLS_PORT", value_name = "PORT")]
+    pub tls_port: Option<u16>,
+
+    /// Answer plain-HTTP requests with a 308 to the same URL on HTTPS (but `/health`
+    /// and ACME's HTTP-01 challenges).
+    #[arg(long, env = "HERVE_TLS_REDIRECT", value_name = "BOOL", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub tls_redirect: bool,
+
+    /// PEM certificate chain served to names without a certificate of their own
+    /// (read again when the file changes). Needs HERVE_TLS_KEY.
+    #[arg(long, env = "HERVE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of HERVE_TLS_CERT.
+    #[arg(long, env = "HERVE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds a client has to complete a TLS handshake.
+    #[arg(long, env = "HERVE_TLS_HANDSHAKE_TIMEOUT_S", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub tls_handshake_timeout_s: u64,
+
+    /// Contact address of the ACME account. When set, Herve obtains and renews a
+    /// certificate for every exact host name of its running services.
+    #[arg(long, env = "HERVE_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// The ACME server's directory URL.
+    #[arg(long, env = "HERVE_ACME_DIRECTORY", value_name = "URL", default_value = LETS_ENCRYPT)]
+    pub acme_directory: String,
+
+    /// PEM root certificate to trust for the ACME server (a test CA such as pebble's).
+    #[arg(long, env = "HERVE_ACME_CA_ROOT", value_name = "FILE")]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// How ACME validation reaches Herve.
+    #[arg(long, env = "HERVE_ACME_CHALLENGE", value_name = "TYPE", value_enum,
+          default_value_t = AcmeChallenge::TlsAlpn01)]
+    pub acme_challenge: AcmeChallenge,
 
     /// Admin user id for HTTP Basic auth. Without it (or without a secret), Herve uses
     /// the id `admin` with a generated secret kept in the data directory.
@@ -198,6 +255,15 @@ impl Default for Config {
             port: 5000,
             host: IpAddr::from([0, 0, 0, 0]),
             admin_addr: None,
+            tls_port: None,
+            tls_redirect: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout_s: 10,
+            acme_email: None,
+            acme_directory: LETS_ENCRYPT.to_owned(),
+            acme_ca_root: None,
+            acme_challenge: AcmeChallenge::TlsAlpn01,
             auth_admin_id: None,
             auth_admin_secret: None,
             auth_max_failures: 10,
@@ -274,6 +340,11 @@ impl Config {
     /// How long in-flight requests get to finish when Herve stops.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_s)
+    }
+
+    /// How long a TLS handshake may take.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_s)
     }
 
     /// How long a client may read nothing of a response.

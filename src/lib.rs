@@ -39,15 +39,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use async_trait::async_trait;
-pub use config::{Config, ConfigError, LogFormat, LogLevel};
+pub use config::{AcmeChallenge, Config, ConfigError, LogFormat, LogLevel};
 pub use control_plane::admin_auth::{AuthSetupError, CredentialSource};
 pub use upstream::TrustedProxies;
 
 use contract::ServiceType;
 use control_plane::admin_auth::AdminAuth;
+use control_plane::certificates::acme::{self, AcmeSettings};
+use control_plane::certificates::Certificates;
 use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
 use control_plane::store::{SqliteStore, Store, StoreError};
-use data_plane::{Dispatcher, Door, Listener, RouteTable, ServerLimits, Workers};
+use data_plane::{
+    CertTable, DispatchSettings, Dispatcher, Door, Listener, RouteTable, ServerLimits,
+    TlsServing, Workers,
+};
+use tokio_util::sync::CancellationToken;
 use util::hashing::HashPool;
 use util::sqlite::DbError;
 
@@ -92,6 +98,13 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTPS settings cannot be used.
+    #[error("{0}")]
+    Tls(String),
+    /// The default certificate (`HERVE_TLS_CERT`, `HERVE_TLS_KEY`) or the stored ones
+    /// could not be read.
+    #[error("could not load the certificates: {0}")]
+    Certificates(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The threads of the data plane or of the hashing pool could not start.
     #[error("could not start Herve's threads: {0}")]
     Threads(#[source] std::io::Error),
@@ -137,6 +150,7 @@ impl HerveBuilder {
     /// the services' background work).
     pub async fn bind(self) -> Result<Herve, StartError> {
         let config = self.config;
+        check_tls_settings(&config)?;
         let data_dir = config.data_dir.clone();
         prepare_data_dir(&data_dir)?;
         let lock = lock_data_dir(&data_dir)?;
@@ -155,13 +169,20 @@ impl HerveBuilder {
             None => (Door::Both, None),
         };
         let (listener, local_addr) =
-            listen(SocketAddr::new(config.host, config.port), main_door).await?;
+            listen(SocketAddr::new(config.host, config.port), main_door, false).await?;
         let mut listeners = vec![listener];
         let mut admin_addr = None;
         if let (Some(addr), Some(door)) = (config.admin_addr, admin_door) {
-            let (listener, bound) = listen(addr, door).await?;
+            let (listener, bound) = listen(addr, door, false).await?;
             listeners.push(listener);
             admin_addr = Some(bound);
+        }
+        let mut tls_addr = None;
+        if let Some(port) = config.tls_port {
+            let (listener, bound) =
+                listen(SocketAddr::new(config.host, port), main_door, true).await?;
+            listeners.push(listener);
+            tls_addr = Some(bound);
         }
 
         let database = data_dir.join(DATABASE_FILE);
@@ -181,7 +202,7 @@ impl HerveBuilder {
         let registry = Arc::new(
             Registry::load(RegistrySetup {
                 types,
-                store,
+                store: Arc::clone(&store),
                 routes: Arc::clone(&routes),
                 services_dir: data_dir.join("services"),
                 max_services: config.max_services as usize,
@@ -190,15 +211,66 @@ impl HerveBuilder {
         );
         registry.resume().await;
 
-        let admin = control_plane::api::router(Arc::clone(&registry), Arc::clone(&auth));
+        let crypto = util::tls_crypto();
+        let cert_table = Arc::new(CertTable::default());
+        let default_files = config.tls_cert.clone().zip(config.tls_key.clone());
+        let certificates = Arc::new(
+            Certificates::load(
+                Arc::clone(&cert_table),
+                Arc::clone(&store),
+                Arc::clone(&crypto),
+                default_files.as_ref(),
+            )
+            .await
+            .map_err(|error| StartError::Certificates(Box::new(error)))?,
+        );
+        let background = CancellationToken::new();
+        if let Some(files) = default_files {
+            certificates.watch_files(files, background.child_token());
+        }
+        if let Some(email) = &config.acme_email {
+            acme::spawn(
+                Arc::clone(&certificates),
+                Arc::clone(&routes),
+                AcmeSettings {
+                    email: email.clone(),
+                    directory: config.acme_directory.clone(),
+                    ca_root: config.acme_ca_root.clone(),
+                    challenge: config.acme_challenge,
+                },
+                background.child_token(),
+            );
+        }
+        let tls = match tls_addr {
+            Some(_) => Some(TlsServing {
+                acceptor: tokio_rustls::TlsAcceptor::from(
+                    data_plane::server_config(Arc::clone(&cert_table), crypto)
+                        .map_err(|error| StartError::Tls(error.to_string()))?,
+                ),
+                handshake_timeout: config.tls_handshake_timeout(),
+            }),
+            None => None,
+        };
+
+        let admin = control_plane::api::router(
+            Arc::clone(&registry),
+            Arc::clone(&auth),
+            certificates,
+        );
         // Admin requests run here, on the runtime that calls `bind`, whichever worker
         // reads them; so do the tasks that lifecycle changes start.
         let dispatcher = Arc::new(Dispatcher::new(
             routes,
             admin,
-            tokio::runtime::Handle::current(),
-            config.body_limits(),
-            config.access_log,
+            DispatchSettings {
+                control_plane: tokio::runtime::Handle::current(),
+                body_limits: config.body_limits(),
+                access_log: config.access_log,
+                certificates: cert_table,
+                redirect_to_tls: tls_addr
+                    .filter(|_| config.tls_redirect)
+                    .map(|addr| addr.port()),
+            },
         ));
         let limits = ServerLimits {
             max_connections: config.max_connections,
@@ -208,13 +280,15 @@ impl HerveBuilder {
             send_timeout: config.send_timeout(),
             shutdown_timeout: config.shutdown_timeout(),
         };
-        let workers = Workers::start(config.worker_count(), dispatcher, &limits)
+        let workers = Workers::start(config.worker_count(), dispatcher, &limits, tls)
             .map_err(StartError::Threads)?;
         Ok(Herve {
             _lock: lock,
             listeners,
             local_addr,
             admin_addr,
+            tls_addr,
+            _background: background.drop_guard(),
             workers,
             limits,
             registry,
@@ -230,6 +304,9 @@ pub struct Herve {
     listeners: Vec<Listener>,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    /// Stops the certificates' background work (file watch, ACME) with this Herve.
+    _background: tokio_util::sync::DropGuard,
     workers: Workers,
     limits: ServerLimits,
     registry: Arc<Registry>,
@@ -247,6 +324,11 @@ impl Herve {
         self.admin_addr
     }
 
+    /// The address of the HTTPS listener, when there is one (`HERVE_TLS_PORT`).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
     /// The admin id, and where the credentials came from.
     pub fn admin_credentials(&self) -> (&str, &CredentialSource) {
         (self.auth.id(), self.auth.source())
@@ -260,15 +342,38 @@ impl Herve {
     }
 }
 
-/// Listens on `addr` for what `door` serves; with the address bound.
-async fn listen(addr: SocketAddr, door: Door) -> Result<(Listener, SocketAddr), StartError> {
+/// The HTTPS settings that only make sense with an HTTPS port.
+fn check_tls_settings(config: &Config) -> Result<(), StartError> {
+    if config.tls_port.is_some() {
+        return Ok(());
+    }
+    let needs_port = [
+        (config.tls_redirect, "HERVE_TLS_REDIRECT"),
+        (config.tls_cert.is_some(), "HERVE_TLS_CERT"),
+        (config.acme_email.is_some(), "HERVE_ACME_EMAIL"),
+    ];
+    match needs_port.iter().find(|(set, _)| *set) {
+        Some((_, name)) => Err(StartError::Tls(format!(
+            "{name} needs HERVE_TLS_PORT (the HTTPS port) to be set"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Listens on `addr` for what `door` serves (over TLS with `tls`); with the address
+/// bound.
+async fn listen(
+    addr: SocketAddr,
+    door: Door,
+    tls: bool,
+) -> Result<(Listener, SocketAddr), StartError> {
     let socket = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let bound = socket
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    Ok((Listener { socket, door }, bound))
+    Ok((Listener { socket, door, tls }, bound))
 }
 
 /// Makes the data directory, and makes it Herve's alone (0700), also when it existed:

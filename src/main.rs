@@ -55,6 +55,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "Herve listens on http://{addr} (data in {})",
         config.data_dir.display()
     );
+    if let Some(tls) = herve.tls_addr() {
+        tracing::info!("and on https://{tls}");
+    }
     if let Some(admin) = herve.admin_addr() {
         tracing::info!("the admin API listens on http://{admin}");
     }

@@ -48,6 +48,8 @@ pub(super) const MAX_HEADERS: usize = 100;
 pub(crate) struct Listener {
     pub socket: TcpListener,
     pub door: Door,
+    /// Whether its connections start with a TLS handshake.
+    pub tls: bool,
 }
 
 /// Serves `listeners` on `workers` until `shutdown` completes, then drains the
@@ -68,7 +70,7 @@ pub(crate) async fn serve(
     // Accepted connections are registered only with the worker that serves them, not
     // with this runtime first: the socket is watched for readiness and accepted by hand.
     let mut watched = Vec::with_capacity(listeners.len());
-    for Listener { socket, door } in listeners {
+    for Listener { socket, door, tls } in listeners {
         let registered = socket.into_std().and_then(|listener| {
             // SAFETY: the std listener owns its descriptor, which stays open and the
             // same for as long as the AsyncFd owns the listener.
@@ -76,7 +78,7 @@ pub(crate) async fn serve(
                 .map_err(std::io::Error::from)
         });
         match registered {
-            Ok(listener) => watched.push((listener, door)),
+            Ok(listener) => watched.push((listener, (door, tls))),
             Err(error) => {
                 tracing::error!(%error, "could not watch a listening socket");
                 return;
@@ -105,7 +107,11 @@ pub(crate) async fn serve(
                     Refusal::Full => hyper::StatusCode::SERVICE_UNAVAILABLE,
                 };
                 workers.log_refused(client, status);
-                refuse(stream, refusal, &refusing);
+                // A TLS client could not read a plain answer: it is just closed.
+                let (_, tls) = door;
+                if !tls {
+                    refuse(stream, refusal, &refusing);
+                }
             }
         }
     }
@@ -165,10 +171,11 @@ fn refuse(stream: std::net::TcpStream, refusal: Refusal, refusing: &Arc<Semaphor
     });
 }
 
-/// The next connection on any of `listeners`, with the door it came through.
+/// The next connection on any of `listeners`, with the door it came through and
+/// whether it is TLS.
 async fn accept_any(
-    listeners: &[(AsyncFd<std::net::TcpListener>, Door)],
-) -> ((std::net::TcpStream, SocketAddr), Door) {
+    listeners: &[(AsyncFd<std::net::TcpListener>, (Door, bool))],
+) -> ((std::net::TcpStream, SocketAddr), (Door, bool)) {
     if let [(only, door)] = listeners {
         return (accept(only).await, *door);
     }

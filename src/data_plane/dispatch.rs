@@ -15,7 +15,9 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{
-    header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri,
+    header,
+    uri::{PathAndQuery, Scheme},
+    HeaderValue, Method, Request, Response, StatusCode, Uri,
 };
 use axum::response::IntoResponse;
 use axum::Router;
@@ -27,7 +29,8 @@ use uuid::Uuid;
 use super::access_log::access_line;
 use super::body::{linger, BodyGuard, BodyLimits, Cut};
 use super::routes::{first_segment, RouteTable, Target, OWN_PATHS};
-use crate::contract::http::{plain, ApiError, ErrorCause};
+use super::tls::CertTable;
+use crate::contract::http::{plain, ApiError, ErrorCause, TEXT_PLAIN};
 
 /// Who sent a request, as the connection tells.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +41,8 @@ pub(crate) struct Peer {
     pub reserve: bool,
     /// What the listener it came through serves.
     pub door: Door,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 /// What a listener serves.
@@ -59,22 +64,34 @@ pub(crate) struct Dispatcher {
     control_plane: tokio::runtime::Handle,
     body_limits: BodyLimits,
     access_log: bool,
+    /// ACME HTTP-01 answers.
+    certificates: Arc<CertTable>,
+    /// The HTTPS port plain requests are sent to (`HERVE_TLS_REDIRECT`).
+    redirect_to_tls: Option<u16>,
+}
+
+/// Where ACME's HTTP-01 challenges are asked (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// What the dispatcher needs besides the routes and the admin API.
+pub(crate) struct DispatchSettings {
+    pub control_plane: tokio::runtime::Handle,
+    pub body_limits: BodyLimits,
+    pub access_log: bool,
+    pub certificates: Arc<CertTable>,
+    pub redirect_to_tls: Option<u16>,
 }
 
 impl Dispatcher {
-    pub fn new(
-        routes: Arc<RouteTable>,
-        admin: Router,
-        control_plane: tokio::runtime::Handle,
-        body_limits: BodyLimits,
-        access_log: bool,
-    ) -> Self {
+    pub fn new(routes: Arc<RouteTable>, admin: Router, settings: DispatchSettings) -> Self {
         Dispatcher {
             routes,
             admin,
-            control_plane,
-            body_limits,
-            access_log,
+            control_plane: settings.control_plane,
+            body_limits: settings.body_limits,
+            access_log: settings.access_log,
+            certificates: settings.certificates,
+            redirect_to_tls: settings.redirect_to_tls,
         }
     }
 
@@ -141,6 +158,26 @@ impl Dispatcher {
         if path == "/health" && matches!(*request.method(), Method::GET | Method::HEAD) {
             return health_response(request.method() == Method::HEAD);
         }
+        if !peer.tls && peer.door != Door::Admin {
+            if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PATH) {
+                if let Some(answer) = self.certificates.http_challenge(token) {
+                    let mut response = Response::new(Body::from(answer));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(TEXT_PLAIN),
+                    );
+                    return response;
+                }
+            }
+            if let Some(port) = self.redirect_to_tls {
+                if path != "/health" && !path.starts_with(ACME_CHALLENGE_PATH) {
+                    let host = request_parts_host(&request);
+                    let uri = request.uri().clone();
+                    linger(request.into_body());
+                    return redirect_to_https(&host, &uri, port);
+                }
+            }
+        }
         // Herve's own paths first; then the routes of services; an admin door serves
         // nothing else.
         let own = OWN_PATHS.contains(&first_segment(path));
@@ -182,6 +219,11 @@ impl Dispatcher {
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(peer.addr));
         extensions.insert(found.prefix);
+        extensions.insert(if peer.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         let response = match found.target.router().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -383,6 +425,43 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
                 .authority()
                 .map(|authority| authority.as_str())
         })
+}
+
+/// The host of a request without its port, for a redirect.
+fn request_parts_host<B>(request: &Request<B>) -> Option<String> {
+    let host = request_host(request)?;
+    let without_port = match host.rsplit_once(':') {
+        // `[::1]:8080` or `host:8080`, but not the colons inside `[::1]`.
+        Some((name, port)) if !port.contains(']') => name,
+        _ => host,
+    };
+    Some(without_port.to_owned())
+}
+
+/// 308 to the same URL on the HTTPS port; a request without a host cannot be sent
+/// anywhere (400).
+fn redirect_to_https(host: &Option<String>, uri: &Uri, port: u16) -> Response<Body> {
+    let Some(host) = host else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "The request has no Host header to redirect to HTTPS.\n",
+        );
+    };
+    let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(location) = HeaderValue::try_from(location) else {
+        return plain(StatusCode::BAD_REQUEST, "The request's host is invalid.\n");
+    };
+    let mut response = plain(
+        StatusCode::PERMANENT_REDIRECT,
+        "This server answers over HTTPS.\n",
+    );
+    response.headers_mut().insert(header::LOCATION, location);
+    response
 }
 
 /// 404 for a path no running service (and nothing of Herve's, here) answers.

@@ -5,7 +5,8 @@
 //! cannot wait forever (`timed_io`). Each request is dispatched (`dispatch`) to
 //! `/health`, to a running service through the routing snapshot (`routes`), or to the
 //! admin API; bodies keep to their rules (`body`) and every answer gets an access line
-//! (`access_log`). Nothing here changes state: the control plane does, and publishes
+//! (`access_log`). The HTTPS listener's handshakes pick their certificate from a
+//! snapshot too (`tls`), and speak HTTP/2 when the client offers it. Nothing here changes state: the control plane does, and publishes
 //! the routes this side reads.
 
 mod accept;
@@ -15,12 +16,14 @@ mod body;
 mod dispatch;
 mod routes;
 mod timed_io;
+mod tls;
 mod worker;
 
 pub(crate) use accept::{serve, Listener, ServerLimits};
 pub(crate) use body::BodyLimits;
-pub(crate) use dispatch::{health_response, service_uuid, Dispatcher, Door};
+pub(crate) use dispatch::{health_response, service_uuid, DispatchSettings, Dispatcher, Door};
 pub(crate) use routes::{
     parse_path_prefix, HostPattern, RouteTable, ServiceRoutes, Target, OWN_PATHS,
 };
-pub(crate) use worker::Workers;
+pub(crate) use tls::{server_config, CertError, CertSnapshot, CertTable, Certificate};
+pub(crate) use worker::{TlsServing, Workers};

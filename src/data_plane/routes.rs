@@ -270,12 +270,23 @@ impl Snapshot {
 }
 
 /// The routes of every running service.
-#[derive(Default)]
 pub(crate) struct RouteTable {
     current: ArcSwap<Snapshot>,
     /// Writers are rare (start, stop, edit); this keeps two of them from losing each
     /// other's change while readers never wait.
     write: std::sync::Mutex<()>,
+    /// Counts changes, for whoever follows the host names in use (ACME).
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            current: ArcSwap::default(),
+            write: std::sync::Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl RouteTable {
@@ -331,11 +342,27 @@ impl RouteTable {
         self.update(|snapshot| snapshot.remove(*uuid));
     }
 
+    /// The exact host names routed now.
+    pub fn exact_hosts(&self) -> Vec<String> {
+        self.current.load().exact.keys().cloned().collect()
+    }
+
+    /// Whether any running service has a wildcard host.
+    pub fn has_wildcard_hosts(&self) -> bool {
+        !self.current.load().wildcard.is_empty()
+    }
+
+    /// Wakes on every change of the table.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         let _writer = lock(&self.write);
         let mut next = Snapshot::clone(&self.current.load());
         change(&mut next);
         self.current.store(Arc::new(next));
+        self.changes.send_modify(|count| *count += 1);
     }
 }
 

@@ -16,28 +16,44 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::StatusCode;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::{ServerLimits, MAX_HEADERS};
 use super::admission::{Admitted, Class};
 use super::dispatch::{Dispatcher, Door, Peer};
 use super::timed_io::TimedStream;
+use super::tls::ACME_TLS_ALPN;
 
 /// How long a stopping worker waits for its blocking tasks (file opens).
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 /// Bytes a connection may buffer beyond a request head, each way.
 const BUFFER_BEYOND_HEAD: usize = 48 * 1024;
+/// Streams one HTTP/2 connection may have open at once (nginx's default is 128).
+const H2_MAX_STREAMS: u32 = 128;
+/// What an HTTP/2 connection may buffer to send, per stream.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
+/// How the HTTPS listener's connections are taken over.
+#[derive(Clone)]
+pub(crate) struct TlsServing {
+    pub acceptor: TlsAcceptor,
+    /// How long a handshake may take, from the first byte to the last.
+    pub handshake_timeout: Duration,
+}
 
 /// A connection on its way to a worker, with its place in the connection limits.
 struct Assigned {
     stream: std::net::TcpStream,
     client: SocketAddr,
     door: Door,
+    tls: bool,
     admitted: Admitted,
     permit: OwnedSemaphorePermit,
 }
@@ -58,11 +74,13 @@ struct Lane {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one) serving requests with `dispatcher`.
+    /// Starts `count` workers (at least one) serving requests with `dispatcher`, and
+    /// HTTPS connections with `tls`.
     pub fn start(
         count: usize,
         dispatcher: Arc<Dispatcher>,
         limits: &ServerLimits,
+        tls: Option<TlsServing>,
     ) -> std::io::Result<Workers> {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -75,6 +93,14 @@ impl Workers {
             .max_buf_size(limits.max_header_bytes as usize + BUFFER_BEYOND_HEAD)
             .writev(false)
             .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(limits.max_header_bytes)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            // Dead peers are found by pings; idle ones are closed by `serve_h2`.
+            .keep_alive_interval(Some(limits.header_timeout))
+            .keep_alive_timeout(limits.header_timeout);
         let finish = CancellationToken::new();
         let mut workers = Workers {
             lanes: Vec::new(),
@@ -94,8 +120,12 @@ impl Workers {
                 open: Arc::clone(&open),
                 dispatcher: Arc::clone(&dispatcher),
                 http: http.clone(),
+                h2: h2.clone(),
+                tls: tls.clone(),
                 finishing: finish.clone(),
                 send_timeout: limits.send_timeout,
+                // The keep-alive limit of HTTP/1.1 (see `header_timeout`) ends idle HTTP/2 too.
+                idle_timeout: limits.header_timeout,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("herve-worker-{index}"))
@@ -111,7 +141,7 @@ impl Workers {
         &self,
         stream: std::net::TcpStream,
         client: SocketAddr,
-        door: Door,
+        (door, tls): (Door, bool),
         admitted: Admitted,
         permit: OwnedSemaphorePermit,
     ) {
@@ -130,6 +160,7 @@ impl Workers {
             stream,
             client,
             door,
+            tls,
             admitted,
             permit,
         };
@@ -169,8 +200,11 @@ struct Worker {
     open: Arc<AtomicUsize>,
     dispatcher: Arc<Dispatcher>,
     http: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    tls: Option<TlsServing>,
     finishing: CancellationToken,
     send_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Worker {
@@ -190,6 +224,7 @@ impl Worker {
             stream,
             client,
             door,
+            tls,
             admitted,
             permit,
         } = assigned;
@@ -197,6 +232,7 @@ impl Worker {
             addr: client,
             reserve: admitted.class == Class::Reserved,
             door,
+            tls,
         };
         let open = OpenConnection {
             open: Arc::clone(&self.open),
@@ -210,43 +246,168 @@ impl Worker {
                 return;
             }
         };
-        let dispatcher = Arc::clone(&self.dispatcher);
+        let stream = TimedStream::new(stream, self.send_timeout);
+        let session = Session {
+            peer,
+            dispatcher: Arc::clone(&self.dispatcher),
+            finishing: self.finishing.clone(),
+            idle_timeout: self.idle_timeout,
+        };
+        match (tls, &self.tls) {
+            (false, _) => {
+                let http = self.http.clone();
+                tokio::spawn(async move {
+                    session.serve_h1(&http, stream).await;
+                    drop(open);
+                });
+            }
+            (true, Some(serving)) => {
+                let serving = serving.clone();
+                let (http, h2) = (self.http.clone(), self.h2.clone());
+                tokio::spawn(async move {
+                    let handshake = serving.acceptor.accept(stream);
+                    let stream = match tokio::time::timeout(serving.handshake_timeout, handshake)
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%client, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%client, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => session.serve_h2(&h2, stream).await,
+                        // A TLS-ALPN-01 validation: the handshake was all of it.
+                        Some(ACME_TLS_ALPN) => {}
+                        _ => session.serve_h1(&http, stream).await,
+                    }
+                    drop(open);
+                });
+            }
+            (true, None) => tracing::error!(%client, "a TLS connection without TLS set up"),
+        }
+    }
+}
+
+/// One client connection, once its transport (TCP or TLS) is ready.
+struct Session {
+    peer: Peer,
+    dispatcher: Arc<Dispatcher>,
+    finishing: CancellationToken,
+    idle_timeout: Duration,
+}
+
+impl Session {
+    async fn serve_h1<I>(self, http: &http1::Builder, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Session {
+            peer,
+            dispatcher,
+            finishing,
+            ..
+        } = self;
         let service = {
-            let dispatcher = Arc::clone(&self.dispatcher);
+            let dispatcher = Arc::clone(&dispatcher);
             hyper::service::service_fn(move |request| {
                 let dispatcher = Arc::clone(&dispatcher);
                 async move { Ok::<_, Infallible>(dispatcher.handle(peer, request).await) }
             })
         };
-        let connection = self
-            .http
-            .serve_connection(
-                TokioIo::new(TimedStream::new(stream, self.send_timeout)),
-                service,
-            )
+        let connection = http
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        let finishing = self.finishing.clone();
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = finishing.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            // hyper answers a request it cannot parse itself (400, or 431 for a head
+            // too large); it gets an access line like any other answer.
+            if error.is_parse_too_large() {
+                dispatcher.log_refused(peer.addr, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            } else if error.is_parse() {
+                dispatcher.log_refused(peer.addr, StatusCode::BAD_REQUEST);
+            }
+            tracing::debug!(client = %peer.addr, %error, "connection ended with an error");
+        }
+    }
+
+    /// Serves HTTP/2 until the client is done, Herve stops, or no stream has been
+    /// open for the idle timeout (HTTP/2 has no header timeout to end idle clients).
+    async fn serve_h2<I>(self, h2: &http2::Builder<TokioExecutor>, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Session {
+            peer,
+            dispatcher,
+            finishing,
+            idle_timeout,
+        } = self;
+        let streams = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let streams = Arc::clone(&streams);
+            hyper::service::service_fn(move |request| {
+                let dispatcher = Arc::clone(&dispatcher);
+                let stream = OpenStream::enter(&streams);
+                async move {
+                    let response = dispatcher.handle(peer, request).await;
+                    drop(stream);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = h2.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut idle_check = tokio::time::interval(idle_timeout);
+        idle_check.tick().await;
+        let mut idle_ticks = 0u8;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
                 () = finishing.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    break connection.await;
                 }
-            };
-            if let Err(error) = result {
-                // hyper answers a request it cannot parse itself (400, or 431 for a head
-                // too large); it gets an access line like any other answer.
-                if error.is_parse_too_large() {
-                    dispatcher.log_refused(client, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-                } else if error.is_parse() {
-                    dispatcher.log_refused(client, StatusCode::BAD_REQUEST);
+                _ = idle_check.tick() => {
+                    // Two quiet checks in a row: idle for at least one whole period.
+                    idle_ticks = if streams.load(Ordering::Relaxed) == 0 { idle_ticks + 1 } else { 0 };
+                    if idle_ticks >= 2 {
+                        connection.as_mut().graceful_shutdown();
+                        break connection.await;
+                    }
                 }
-                tracing::debug!(%client, %error, "connection ended with an error");
             }
-            drop(open);
-        });
+        };
+        if let Err(error) = result {
+            tracing::debug!(client = %peer.addr, %error, "HTTP/2 connection ended with an error");
+        }
+    }
+}
+
+/// A request being answered on an HTTP/2 connection (its response head at least).
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn enter(streams: &Arc<AtomicUsize>) -> OpenStream {
+        streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(Arc::clone(streams))
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

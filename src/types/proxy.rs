@@ -1,4 +1,4 @@
-//! `proxy`: routes `/<uuid>/...` to one or more HTTP servers that run elsewhere.
+//! `proxy`: routes `/<uuid>/...` to one or more HTTP(S) servers that run elsewhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::contract::{Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType};
 use crate::upstream::{
-    HealthCheck, Prober, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream,
+    client_config, HealthCheck, Prober, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream,
 };
 use crate::util::AbortOnDrop;
 
@@ -38,6 +38,10 @@ pub(crate) struct ProxyConfig {
     pub health_path: Option<String>,
     pub health_interval_ms: u64,
     pub timeout_ms: u64,
+    /// A PEM file of the CA certificates that `https://` upstreams are verified
+    /// against, instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
 }
 
 impl ProxyConfig {
@@ -55,12 +59,26 @@ impl ProxyConfig {
                 format!("The field 'upstream' may list at most {MAX_UPSTREAMS} URLs."),
             ));
         }
+        let mut any_https = false;
         for url in &upstreams {
-            Upstream::parse(url).map_err(|why| {
+            let upstream = Upstream::parse(url).map_err(|why| {
                 ServiceError::invalid_field(
                     "upstream",
                     format!("The field 'upstream' is invalid: {why}."),
                 )
+            })?;
+            any_https |= upstream.is_https();
+        }
+        let tls_ca = fields.optional("tls_ca").map(str::to_owned);
+        if let Some(path) = &tls_ca {
+            if !any_https {
+                return Err(ServiceError::invalid_field(
+                    "tls_ca",
+                    "The field 'tls_ca' applies to https:// upstreams only.",
+                ));
+            }
+            tls_client(Some(path)).map_err(|why| {
+                ServiceError::invalid_field("tls_ca", format!("The field 'tls_ca' is invalid: {why}."))
             })?;
         }
         let weights = fields.list("weight");
@@ -96,6 +114,7 @@ impl ProxyConfig {
             health_path: fields.url_path("health_path")?,
             health_interval_ms: fields.number("health_interval_ms", 5000, 100..=3_600_000)?,
             timeout_ms: fields.number("timeout_ms", 30_000, 1..=3_600_000)?,
+            tls_ca,
         })
     }
 }
@@ -125,10 +144,11 @@ impl ServiceType for ProxyType {
         ctx: &ServiceContext,
         config: &ProxyConfig,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
+        let tls = tls_client(config.tls_ca.as_deref()).map_err(ServiceError::failed)?;
         let upstreams = config
             .upstreams
             .iter()
-            .map(|url| Upstream::parse(url))
+            .map(|url| Upstream::parse(url)?.secured_by(&tls))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServiceError::failed)?;
         let interval = Duration::from_millis(config.health_interval_ms);
@@ -156,6 +176,18 @@ impl ServiceType for ProxyType {
             _checker: checker,
         }))
     }
+}
+
+/// How `https://` upstreams are verified: against the CA certificates in the file at
+/// `ca` (read now: a renewed CA is picked up at the next start), or the public roots.
+fn tls_client(ca: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let pem = match ca {
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|error| format!("cannot read '{path}': {error}"))?)
+        }
+        None => None,
+    };
+    client_config(pem.as_deref())
 }
 
 fn upstream_state(proxy: &Proxy) -> Value {

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -63,12 +63,23 @@ impl Proxy {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip());
         prepare_headers(&mut parts.headers, upgrade);
-        let host = parts.headers.remove(header::HOST);
+        // HTTP/2 clients name the host in the URI's authority, not in `Host`.
+        let host = parts.headers.remove(header::HOST).or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::try_from(authority.as_str()).ok()
+        });
+        let https = parts.extensions.get::<Scheme>() == Some(&Scheme::HTTPS);
         let prefix = parts
             .extensions
             .get::<MountPrefix>()
             .map_or(&self.prefix, MountPrefix::header_value);
-        headers::set_forwarding(&mut parts.headers, client, host, prefix, &self.trusted);
+        headers::set_forwarding(
+            &mut parts.headers,
+            client,
+            (host, https),
+            prefix,
+            &self.trusted,
+        );
         headers::add_via(&mut parts.headers, &self.via);
 
         // Without a body, an idempotent request can be sent again to another upstream
@@ -136,6 +147,13 @@ impl Proxy {
                 StatusCode::GATEWAY_TIMEOUT,
                 "The upstream did not answer in time.\n",
             ),
+            Err(Failure::Tls(error)) => {
+                tracing::warn!(upstream = %self.upstreams[used].url(), %error, "TLS to the upstream failed");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "The upstream's TLS handshake failed (its certificate could not be verified, or it does not speak TLS).\n",
+                )
+            }
             Err(Failure::Other(error)) => {
                 tracing::debug!(upstream = %self.upstreams[used].url(), %error, "upstream request failed");
                 plain(StatusCode::BAD_GATEWAY, "The upstream failed to answer.\n")
@@ -190,14 +208,17 @@ impl Proxy {
             // A pooled connection may have been closed by the upstream since; a request
             // it never sent goes out again on the next one (at worst a fresh one).
             for _ in 0..=MAX_STALE_TRIES {
-                let connecting = upstream
-                    .connections
-                    .lease(&upstream.target, super::CONNECT_TIMEOUT);
+                let connecting = upstream.connections.lease(
+                    &upstream.target,
+                    upstream.tls.as_ref(),
+                    super::CONNECT_TIMEOUT,
+                );
                 let mut lease = match tokio::time::timeout_at(deadline, connecting).await {
                     Ok(Ok(lease)) => lease,
                     Ok(Err(ConnectError::TimedOut(_))) | Err(_) => {
                         return Err(Failure::Unreachable)
                     }
+                    Ok(Err(ConnectError::Tls(error))) => return Err(Failure::Tls(error)),
                     Ok(Err(_)) => return Err(Failure::Refused),
                 };
                 let Some(sender) = lease.sender() else {
@@ -307,6 +328,8 @@ enum Failure {
     /// The connection could not be made in time: the upstream is unreachable.
     Unreachable,
     TimedOut,
+    /// The TLS handshake failed (a certificate not verified, most often).
+    Tls(std::io::Error),
     Other(String),
 }
 

@@ -58,15 +58,16 @@ impl TrustedProxies {
     }
 }
 
-/// Replaces the forwarding headers of a request from `client` for `host`: a client
-/// Herve does not trust cannot pass its own as Herve's.
+/// Replaces the forwarding headers of a request from `client` for `host` (over TLS
+/// with `https`): a client Herve does not trust cannot pass its own as Herve's.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
     client: Option<IpAddr>,
-    host: Option<HeaderValue>,
+    (host, https): (Option<HeaderValue>, bool),
     prefix: &HeaderValue,
     trusted: &TrustedProxies,
 ) {
+    let proto = if https { "https" } else { "http" };
     let from_proxy = client.is_some_and(|ip| trusted.trusts(ip));
     let chain = if from_proxy {
         joined(headers, &X_FORWARDED_FOR)
@@ -92,7 +93,7 @@ pub fn set_forwarding(
         }
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
 
@@ -134,7 +135,7 @@ pub fn set_forwarding(
             }
         }
     }
-    let element = forwarded_element(client, host.as_ref());
+    let element = forwarded_element(client, host.as_ref(), proto);
     let value = match earlier_forwarded {
         Some(earlier) => format!("{earlier}, {element}"),
         None => element,
@@ -155,8 +156,8 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     })
 }
 
-/// `for=…;host=…;proto=http` (RFC 7239); IPv6 addresses and the host quoted.
-fn forwarded_element(client: IpAddr, host: Option<&HeaderValue>) -> String {
+/// `for=…;host=…;proto=…` (RFC 7239); IPv6 addresses and the host quoted.
+fn forwarded_element(client: IpAddr, host: Option<&HeaderValue>, proto: &str) -> String {
     let mut element = match client {
         IpAddr::V4(v4) => format!("for={v4}"),
         IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
@@ -168,7 +169,8 @@ fn forwarded_element(client: IpAddr, host: Option<&HeaderValue>) -> String {
             element.push('"');
         }
     }
-    element.push_str(";proto=http");
+    element.push_str(";proto=");
+    element.push_str(proto);
     element
 }
 
@@ -296,7 +298,7 @@ mod tests {
         set_forwarding(
             &mut headers,
             Some(client),
-            Some(HeaderValue::from_static("app.test")),
+            (Some(HeaderValue::from_static("app.test")), false),
             &HeaderValue::from_static("/x"),
             &TrustedProxies::default(),
         );
@@ -320,7 +322,7 @@ mod tests {
         set_forwarding(
             &mut headers,
             Some(client),
-            None,
+            (None, true),
             &HeaderValue::from_static("/x"),
             &trusted,
         );

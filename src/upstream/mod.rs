@@ -11,6 +11,7 @@ mod forward;
 mod headers;
 mod pool;
 mod probe;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub(crate) use balance::Strategy;
 use balance::{Balancer, Health};
 pub use headers::TrustedProxies;
 pub(crate) use probe::Prober;
+pub(crate) use tls::client_config;
+use tls::UpstreamTls;
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,24 +46,28 @@ pub(crate) struct Upstream {
     target: String,
     /// The value of the `Host` header it gets.
     host: http::HeaderValue,
+    /// Whether it is an `https://` upstream.
+    https: bool,
+    /// How to open TLS to it (see [`Upstream::secured_by`]).
+    tls: Option<UpstreamTls>,
     connections: Arc<pool::ConnPool>,
 }
 
 impl Upstream {
-    /// Parses `http://host[:port][/base]`.
+    /// Parses `http://host[:port][/base]` or `https://host[:port][/base]`.
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: Uri = url.parse().map_err(|_| format!("'{url}' is not a URL"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(format!(
-                "'{url}' must start with http:// (https upstreams are not supported)"
-            ));
-        }
+        let https = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            _ => return Err(format!("'{url}' must start with http:// or https://")),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| format!("'{url}' has no host"))?
             .clone();
         if authority.host().is_empty() || authority.as_str().contains('@') {
-            return Err(format!("'{url}' must be http://host:port[/path]"));
+            return Err(format!("'{url}' must be http(s)://host:port[/path]"));
         }
         let declares_port = authority
             .as_str()
@@ -74,11 +81,29 @@ impl Upstream {
             return Err(format!("'{url}' must not have a query"));
         }
         let base = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream::new(authority, base))
+        Ok(Upstream::new(authority, base, https))
     }
 
-    fn new(authority: Authority, base: String) -> Upstream {
-        let port = authority.port_u16().unwrap_or(80);
+    /// Opens TLS with `config` when this is an `https://` upstream, verifying the
+    /// certificate against the URL's host name.
+    pub fn secured_by(mut self, config: &Arc<rustls::ClientConfig>) -> Result<Upstream, String> {
+        if !self.https {
+            return Ok(self);
+        }
+        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| format!("'{host}' is not a name TLS can verify"))?;
+        self.tls = Some(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::clone(config)),
+            name,
+        });
+        Ok(self)
+    }
+
+    fn new(authority: Authority, base: String, https: bool) -> Upstream {
+        let port = authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
         let target = format!("{}:{port}", authority.host());
         let host = http::HeaderValue::try_from(authority.as_str())
             .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
@@ -88,6 +113,8 @@ impl Upstream {
             health: Health::new(),
             target,
             host,
+            https,
+            tls: None,
             connections: pool::ConnPool::new(),
         }
     }
@@ -96,12 +123,18 @@ impl Upstream {
     pub fn local(port: u16) -> Upstream {
         let authority = Authority::try_from(format!("127.0.0.1:{port}").as_str())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
-        Upstream::new(authority, String::new())
+        Upstream::new(authority, String::new(), false)
     }
 
-    /// `http://host:port/base`, as registered.
+    /// `http(s)://host:port/base`, as registered.
     pub fn url(&self) -> String {
-        format!("http://{}{}", self.authority, self.base)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority, self.base)
+    }
+
+    /// Whether it is an `https://` upstream.
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -111,6 +144,36 @@ impl Upstream {
     /// The `host:port` to connect to.
     fn socket_target(&self) -> &str {
         &self.target
+    }
+
+    /// Whether `GET <base><path>` answers 2xx or 3xx.
+    async fn answers(&self, path: &str) -> bool {
+        /// A health answer is short; a longer one is read no further.
+        const MOST_READ: usize = 64 * 1024;
+        let connecting = self
+            .connections
+            .lease(&self.target, self.tls.as_ref(), CONNECT_TIMEOUT);
+        let Ok(mut lease) = connecting.await else {
+            return false;
+        };
+        let request = http::Request::get(format!("{}{}", self.base, path))
+            .header(http::header::HOST, self.host.clone())
+            .body(axum::body::Body::empty());
+        let (Some(sender), Ok(request)) = (lease.sender(), request) else {
+            return false;
+        };
+        let Ok(response) = sender.send_request(request).await else {
+            lease.discard();
+            return false;
+        };
+        let status = response.status();
+        // Read to its end, so that the connection can serve again.
+        let body = http_body_util::Limited::new(response.into_body(), MOST_READ);
+        if http_body_util::BodyExt::collect(body).await.is_err() {
+            lease.discard();
+            return false;
+        }
+        status.is_success() || status.is_redirection()
     }
 }
 
@@ -312,12 +375,11 @@ impl Proxy {
                 )
             }
             HealthCheck::Active { path, .. } => {
-                let url = format!("http://{}{}{}", upstream.authority, upstream.base, path);
-                Some(
-                    self.prober
-                        .answers(&url, PROBE_TIMEOUT.min(self.timeout))
-                        .await,
-                )
+                // Through the upstream's own pool: the same connections (and TLS) as
+                // its requests.
+                let probe = upstream.answers(path);
+                let timeout = PROBE_TIMEOUT.min(self.timeout);
+                Some(matches!(tokio::time::timeout(timeout, probe).await, Ok(true)))
             }
         }
     }

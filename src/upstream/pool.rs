@@ -20,6 +20,7 @@ use axum::body::Body;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
+use super::tls::UpstreamTls;
 use crate::util::lock;
 
 /// Idle connections kept per upstream; more are closed when their response ends.
@@ -42,6 +43,8 @@ pub(crate) enum ConnectError {
     TimedOut(Duration),
     #[error("HTTP handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
 }
 
 /// The idle connections of one upstream.
@@ -84,10 +87,12 @@ impl ConnPool {
         Arc::new(ConnPool::default())
     }
 
-    /// An idle connection ready for a request, or a new one to `target` (`host:port`).
+    /// An idle connection ready for a request, or a new one to `target` (`host:port`),
+    /// over TLS with `tls`.
     pub async fn lease(
         self: &Arc<Self>,
         target: &str,
+        tls: Option<&UpstreamTls>,
         connect_timeout: Duration,
     ) -> Result<Lease, ConnectError> {
         self.sweeper.get_or_init(|| {
@@ -101,21 +106,25 @@ impl ConnPool {
                 reused: true,
             });
         }
-        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
-            .await
-            .map_err(|_| ConnectError::TimedOut(connect_timeout))??;
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let timed_out = |_| ConnectError::TimedOut(connect_timeout);
+        let stream =
+            tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(target))
+                .await
+                .map_err(timed_out)??;
         // Small requests should leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            // A response read ahead of a slow client stays small.
-            .max_buf_size(READ_AHEAD)
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection ended");
+        let sender = match tls {
+            None => handshake(stream).await?,
+            Some(tls) => {
+                let secured = tls.connector.connect(tls.name.clone(), stream);
+                let stream = tokio::time::timeout_at(deadline, secured)
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(ConnectError::Tls)?;
+                handshake(stream).await?
             }
-        });
+        };
         Ok(Lease {
             sender: Some(sender),
             pool: Arc::clone(self),
@@ -168,6 +177,24 @@ impl ConnPool {
         let index = crate::runtime::current_worker().map_or(0, |worker| (worker + 1) % SHARDS);
         lock(&self.shards[index])
     }
+}
+
+/// HTTP/1.1 on a new connection, served by a task of its own.
+async fn handshake<I>(io: I) -> Result<SendRequest<Body>, hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        // A response read ahead of a slow client stays small.
+        .max_buf_size(READ_AHEAD)
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Closes the idle connections that are past their time or closed already, so that a
@@ -237,7 +264,7 @@ mod tests {
 
         let pool = ConnPool::new();
         let mut lease = pool
-            .lease(&target, Duration::from_secs(5))
+            .lease(&target, None, Duration::from_secs(5))
             .await
             .expect("lease");
         let request = http::Request::get("/")

@@ -16,6 +16,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The TLS crypto Herve uses, for its HTTPS listener and for `https://` upstreams:
+/// ring. It builds with nothing but a C compiler (aws-lc wants cmake and more build
+/// time), and its P-256, X25519 and AES-GCM/ChaCha20 are what handshakes and records
+/// spend their time in.
+pub(crate) fn tls_crypto() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Now, in Unix seconds.
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()

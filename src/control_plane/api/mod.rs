@@ -1,7 +1,8 @@
-//! The admin API: `/health` and the Service Management endpoints under `/services`.
+//! The admin API: `/health`, the Service Management endpoints under `/services`, and
+//! the certificates under `/certificates`.
 //!
 //! Handlers extract, call the [`Registry`] and answer in the JSON envelope. Everything
-//! under `/services` needs the admin credentials. The data plane runs every admin
+//! under `/services` and `/certificates` needs the admin credentials. The data plane runs every admin
 //! request on the control plane's runtime, to its end even if the client goes away.
 
 use std::sync::Arc;
@@ -17,14 +18,21 @@ use axum::routing::{get, post};
 use axum::Router;
 use uuid::Uuid;
 
+mod certificates;
+
 use super::admin_auth::AdminAuth;
+use super::certificates::Certificates;
 use super::registry::{validate_name, Registry, RegistryError};
 use crate::contract::http::{ApiError, Envelope, FormOrJson};
 use crate::data_plane::health_response;
 use crate::util::throttle::client_key;
 
 /// The admin API's router.
-pub(crate) fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
+pub(crate) fn router(
+    registry: Arc<Registry>,
+    auth: Arc<AdminAuth>,
+    certificates: Arc<Certificates>,
+) -> Router {
     let services = Router::new()
         .route("/services", get(list))
         .route("/services/register", post(register))
@@ -34,10 +42,11 @@ pub(crate) fn router(registry: Arc<Registry>, auth: Arc<AdminAuth>) -> Router {
         .route("/services/{uuid}/unregister", post(unregister))
         .route("/services/{uuid}/restart", post(restart))
         .route("/services/{uuid}/logs", get(logs))
+        .with_state(registry)
+        .merge(certificates::routes(certificates))
         // `layer`, not `route_layer`: a wrong method is refused only after the
         // credentials are checked, so nothing under /services answers a stranger.
-        .layer(middleware::from_fn_with_state(auth, require_admin))
-        .with_state(registry);
+        .layer(middleware::from_fn_with_state(auth, require_admin));
     let api = Router::new()
         .route("/health", get(health))
         .merge(services)

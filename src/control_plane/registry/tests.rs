@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::contract::ServiceType;
+use crate::control_plane::store::{CertSource, StoredCertificate};
 use crate::util::sqlite::DbError;
 
 /// A store in memory whose writes fail while asked to.
@@ -77,6 +78,27 @@ impl Store for FlakyStore {
         }
         lock(&self.rows).remove(&uuid);
         Ok(())
+    }
+
+    // The registry keeps no certificates: these are for the certificates' manager.
+    async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn put_certificate(&self, _: &StoredCertificate) -> Result<(), StoreError> {
+        Err(refused())
+    }
+
+    async fn remove_certificate(&self, _: &str, _: CertSource) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    async fn acme_account(&self, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    async fn put_acme_account(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(refused())
     }
 }
 

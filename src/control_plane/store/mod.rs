@@ -93,6 +93,55 @@ pub(crate) struct ServiceRecord {
     pub corrupt: Option<String>,
 }
 
+/// Where a stored certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CertSource {
+    /// `PUT /certificates/{host}`.
+    Upload,
+    /// Obtained by Herve from the ACME server.
+    Acme,
+}
+
+impl CertSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertSource::Upload => "upload",
+            CertSource::Acme => "acme",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CertSource> {
+        match text {
+            "upload" => Some(CertSource::Upload),
+            "acme" => Some(CertSource::Acme),
+            _ => None,
+        }
+    }
+}
+
+/// A certificate kept for a host: its PEM chain and private key, in one text.
+#[derive(Clone, PartialEq)]
+pub(crate) struct StoredCertificate {
+    /// `app.example.com` or `*.example.com`.
+    pub host: String,
+    pub source: CertSource,
+    /// The chain and the key, PEM.
+    pub pem: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for StoredCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("StoredCertificate")
+            .field("host", &self.host)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 /// A failure of the durable store. The API answers 500 and the change is not applied.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -129,4 +178,21 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Forgets a service.
     async fn remove(&self, uuid: Uuid) -> Result<(), StoreError>;
+
+    /// Every stored certificate.
+    async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError>;
+
+    /// Keeps a certificate, replacing the one of the same host and source.
+    async fn put_certificate(&self, certificate: &StoredCertificate) -> Result<(), StoreError>;
+
+    /// Forgets the certificate of `host` from `source`; whether there was one.
+    async fn remove_certificate(&self, host: &str, source: CertSource)
+        -> Result<bool, StoreError>;
+
+    /// The stored credentials (JSON) of the ACME account at `directory`.
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError>;
+
+    /// Keeps the credentials (JSON) of the ACME account at `directory`.
+    async fn put_acme_account(&self, directory: &str, credentials: &str)
+        -> Result<(), StoreError>;
 }

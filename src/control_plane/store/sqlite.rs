@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{ServiceRecord, Status, Store, StoreError};
+use super::{CertSource, ServiceRecord, Status, Store, StoreError, StoredCertificate};
 use crate::util::sqlite::{Database, DbError};
 
 /// The store's schema, one step per version (see `Database::migrate_blocking`).
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "CREATE TABLE services (
          seq         INTEGER PRIMARY KEY AUTOINCREMENT,
          uuid        TEXT NOT NULL UNIQUE,
@@ -26,6 +26,17 @@ const MIGRATIONS: [&str; 3] = [
      ALTER TABLE services ADD COLUMN hosts TEXT NOT NULL DEFAULT '[]';
      ALTER TABLE services ADD COLUMN path TEXT NOT NULL DEFAULT '';
      ALTER TABLE services ADD COLUMN fields TEXT NOT NULL DEFAULT '[]';",
+    "CREATE TABLE certificates (
+         host       TEXT NOT NULL,
+         source     TEXT NOT NULL,
+         pem        TEXT NOT NULL,
+         updated_at INTEGER NOT NULL,
+         PRIMARY KEY (host, source)
+     );
+     CREATE TABLE acme_accounts (
+         directory   TEXT PRIMARY KEY,
+         credentials TEXT NOT NULL
+     );",
 ];
 
 /// A [`Store`] in a SQLite database file.
@@ -194,6 +205,109 @@ impl Store for SqliteStore {
                 conn.execute(
                     "DELETE FROM services WHERE uuid = ?1",
                     params![uuid.to_string()],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+    async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        let rows = self
+            .database
+            .call(|conn| {
+                let mut stmt =
+                    conn.prepare("SELECT host, source, pem, updated_at FROM certificates")?;
+                let rows = stmt.query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(host, source, pem, updated_at)| {
+                let source = CertSource::parse(&source)?;
+                Some(StoredCertificate {
+                    host,
+                    source,
+                    pem,
+                    updated_at,
+                })
+            })
+            .collect())
+    }
+
+    async fn put_certificate(&self, certificate: &StoredCertificate) -> Result<(), StoreError> {
+        let certificate = certificate.clone();
+        self.database
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO certificates (host, source, pem, updated_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (host, source)
+                     DO UPDATE SET pem = excluded.pem, updated_at = excluded.updated_at",
+                    params![
+                        certificate.host,
+                        certificate.source.as_str(),
+                        certificate.pem,
+                        certificate.updated_at
+                    ],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_certificate(
+        &self,
+        host: &str,
+        source: CertSource,
+    ) -> Result<bool, StoreError> {
+        let host = host.to_owned();
+        let removed = self
+            .database
+            .call(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM certificates WHERE host = ?1 AND source = ?2",
+                    params![host, source.as_str()],
+                )?)
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        let directory = directory.to_owned();
+        let credentials = self
+            .database
+            .call(move |conn| {
+                use rusqlite::OptionalExtension;
+                Ok(conn
+                    .query_row(
+                        "SELECT credentials FROM acme_accounts WHERE directory = ?1",
+                        [directory],
+                        |row| row.get::<_, String>(0),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        Ok(credentials)
+    }
+
+    async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<(), StoreError> {
+        let (directory, credentials) = (directory.to_owned(), credentials.to_owned());
+        self.database
+            .call(move |conn| {
+                conn.execute(
+                    "INSERT INTO acme_accounts (directory, credentials) VALUES (?1, ?2)
+                     ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
+                    params![directory, credentials],
                 )?;
                 Ok(())
             })
