@@ -91,11 +91,21 @@ pub struct Config {
 
     /// PEM certificate chain served to names without a certificate of their own
     /// (read again when the file changes). Needs HERVE_TLS_KEY.
-    #[arg(long, env = "HERVE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "HERVE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of HERVE_TLS_CERT.
-    #[arg(long, env = "HERVE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "HERVE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// Seconds a client has to complete a TLS handshake.

@@ -45,13 +45,13 @@ pub use upstream::TrustedProxies;
 
 use contract::ServiceType;
 use control_plane::admin_auth::AdminAuth;
-use control_plane::certificates::acme::{self, AcmeSettings};
+use control_plane::certificates::acme::{self, AcmeSettings, Validation};
 use control_plane::certificates::Certificates;
 use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
 use control_plane::store::{SqliteStore, Store, StoreError};
 use data_plane::{
-    CertTable, DispatchSettings, Dispatcher, Door, Listener, RouteTable, ServerLimits,
-    TlsServing, Workers,
+    CertTable, DispatchSettings, Dispatcher, Door, Listener, RouteTable, ServerLimits, TlsServing,
+    Workers,
 };
 use tokio_util::sync::CancellationToken;
 use util::hashing::HashPool;
@@ -236,7 +236,10 @@ impl HerveBuilder {
                     email: email.clone(),
                     directory: config.acme_directory.clone(),
                     ca_root: config.acme_ca_root.clone(),
-                    challenge: config.acme_challenge,
+                    validation: match config.acme_challenge {
+                        AcmeChallenge::TlsAlpn01 => Validation::TlsAlpn,
+                        AcmeChallenge::Http01 => Validation::Http,
+                    },
                 },
                 background.child_token(),
             );
@@ -252,11 +255,8 @@ impl HerveBuilder {
             None => None,
         };
 
-        let admin = control_plane::api::router(
-            Arc::clone(&registry),
-            Arc::clone(&auth),
-            certificates,
-        );
+        let admin =
+            control_plane::api::router(Arc::clone(&registry), Arc::clone(&auth), certificates);
         // Admin requests run here, on the runtime that calls `bind`, whichever worker
         // reads them; so do the tasks that lifecycle changes start.
         let dispatcher = Arc::new(Dispatcher::new(

@@ -51,13 +51,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             file.display()
         ),
     }
+    let https = herve
+        .tls_addr()
+        .map(|tls| format!(" and https://{tls}"))
+        .unwrap_or_default();
     tracing::info!(
-        "Herve listens on http://{addr} (data in {})",
+        "Herve listens on http://{addr}{https} (data in {})",
         config.data_dir.display()
     );
-    if let Some(tls) = herve.tls_addr() {
-        tracing::info!("and on https://{tls}");
-    }
     if let Some(admin) = herve.admin_addr() {
         tracing::info!("the admin API listens on http://{admin}");
     }

@@ -162,10 +162,9 @@ impl Dispatcher {
             if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PATH) {
                 if let Some(answer) = self.certificates.http_challenge(token) {
                     let mut response = Response::new(Body::from(answer));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(TEXT_PLAIN),
-                    );
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
                     return response;
                 }
             }

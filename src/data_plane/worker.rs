@@ -266,19 +266,18 @@ impl Worker {
                 let (http, h2) = (self.http.clone(), self.h2.clone());
                 tokio::spawn(async move {
                     let handshake = serving.acceptor.accept(stream);
-                    let stream = match tokio::time::timeout(serving.handshake_timeout, handshake)
-                        .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%client, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%client, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let stream =
+                        match tokio::time::timeout(serving.handshake_timeout, handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%client, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%client, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     match stream.get_ref().1.alpn_protocol() {
                         Some(b"h2") => session.serve_h2(&h2, stream).await,
                         // A TLS-ALPN-01 validation: the handshake was all of it.
@@ -369,22 +368,31 @@ impl Session {
         };
         let connection = h2.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let mut idle_check = tokio::time::interval(idle_timeout);
-        idle_check.tick().await;
-        let mut idle_ticks = 0u8;
+        // Idle is counted in whole seconds without a stream open. A connection asked
+        // to close (GOAWAY) gets two more quiet seconds to go, then is dropped: one
+        // that never even sent its preface would otherwise stay.
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_limit = idle_timeout.as_secs().max(1);
+        let mut quiet = 0u64;
+        let mut closing = false;
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break result,
-                () = finishing.cancelled() => {
+                () = finishing.cancelled(), if !closing => {
                     connection.as_mut().graceful_shutdown();
-                    break connection.await;
+                    closing = true;
+                    quiet = 0;
                 }
-                _ = idle_check.tick() => {
-                    // Two quiet checks in a row: idle for at least one whole period.
-                    idle_ticks = if streams.load(Ordering::Relaxed) == 0 { idle_ticks + 1 } else { 0 };
-                    if idle_ticks >= 2 {
+                _ = second.tick() => {
+                    quiet = if streams.load(Ordering::Relaxed) == 0 { quiet + 1 } else { 0 };
+                    if closing && quiet > 2 {
+                        break Ok(());
+                    }
+                    if !closing && quiet > idle_limit {
                         connection.as_mut().graceful_shutdown();
-                        break connection.await;
+                        closing = true;
+                        quiet = 0;
                     }
                 }
             }

@@ -78,7 +78,10 @@ impl ProxyConfig {
                 ));
             }
             tls_client(Some(path)).map_err(|why| {
-                ServiceError::invalid_field("tls_ca", format!("The field 'tls_ca' is invalid: {why}."))
+                ServiceError::invalid_field(
+                    "tls_ca",
+                    format!("The field 'tls_ca' is invalid: {why}."),
+                )
             })?;
         }
         let weights = fields.list("weight");

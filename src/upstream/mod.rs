@@ -90,7 +90,11 @@ impl Upstream {
         if !self.https {
             return Ok(self);
         }
-        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|_| format!("'{host}' is not a name TLS can verify"))?;
         self.tls = Some(UpstreamTls {
@@ -101,9 +105,7 @@ impl Upstream {
     }
 
     fn new(authority: Authority, base: String, https: bool) -> Upstream {
-        let port = authority
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let target = format!("{}:{port}", authority.host());
         let host = http::HeaderValue::try_from(authority.as_str())
             .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
@@ -379,7 +381,10 @@ impl Proxy {
                 // its requests.
                 let probe = upstream.answers(path);
                 let timeout = PROBE_TIMEOUT.min(self.timeout);
-                Some(matches!(tokio::time::timeout(timeout, probe).await, Ok(true)))
+                Some(matches!(
+                    tokio::time::timeout(timeout, probe).await,
+                    Ok(true)
+                ))
             }
         }
     }
@@ -398,10 +403,12 @@ mod tests {
         let bare = Upstream::parse("http://example.test").expect("valid");
         assert_eq!(bare.base, "");
         assert_eq!(bare.socket_target(), "example.test:80");
+        let secure = Upstream::parse("https://example.test/v1").expect("valid");
+        assert_eq!(secure.socket_target(), "example.test:443");
+        assert_eq!(secure.url(), "https://example.test/v1");
         for bad in [
             "",
             "localhost:80",
-            "https://a:1",
             "ftp://a",
             "http://",
             "http://u:p@h:1",

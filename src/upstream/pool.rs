@@ -108,10 +108,9 @@ impl ConnPool {
         }
         let deadline = tokio::time::Instant::now() + connect_timeout;
         let timed_out = |_| ConnectError::TimedOut(connect_timeout);
-        let stream =
-            tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(target))
-                .await
-                .map_err(timed_out)??;
+        let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(target))
+            .await
+            .map_err(timed_out)??;
         // Small requests should leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let sender = match tls {

@@ -19,4 +19,6 @@ mod readme;
 mod routing;
 mod static_type;
 mod support;
+mod tls;
+mod tls_client;
 mod upstream_server;

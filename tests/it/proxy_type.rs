@@ -520,7 +520,7 @@ async fn proxy_registration_is_validated() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "'upstream'"),
         (&[("upstream", "localhost:80")], "'upstream'"),
-        (&[("upstream", "https://example.test")], "'upstream'"),
+        (&[("upstream", "ftp://example.test")], "'upstream'"),
         (
             &[("upstream", "http://a:1,http://b:2"), ("weight", "1")],
             "'weight'",

@@ -21,9 +21,16 @@ use serde_json::Value;
 pub const ADMIN_ID: &str = "root";
 pub const ADMIN_SECRET: &str = "test-secret-0123";
 
+/// The `Authorization` value of the test admin.
+pub fn basic_admin() -> String {
+    basic(ADMIN_ID, ADMIN_SECRET)
+}
+
 /// A Herve running inside the test process.
 pub struct TestHerve {
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, when it has one.
+    pub tls_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     pub client: HttpClient,
@@ -70,6 +77,14 @@ impl TestHerve {
         Self::start_at(data_dir.to_path_buf(), None, |_| {}, |builder| builder).await
     }
 
+    /// Starts a Herve on `data_dir` (which outlives it) with settings of its own.
+    pub async fn start_on_with(
+        data_dir: &Path,
+        tune: impl FnOnce(&mut herve::Config),
+    ) -> TestHerve {
+        Self::start_at(data_dir.to_path_buf(), None, tune, |builder| builder).await
+    }
+
     async fn start_at(
         data_dir: PathBuf,
         temp: Option<tempfile::TempDir>,
@@ -83,12 +98,14 @@ impl TestHerve {
             .await
             .expect("herve starts");
         let addr = herve.local_addr();
+        let tls_addr = herve.tls_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(herve.serve(async move {
             let _ = rx.await;
         }));
         TestHerve {
             addr,
+            tls_addr,
             data_dir,
             _temp: temp,
             client: HttpClient::new(addr),
@@ -425,6 +442,8 @@ pub fn raw_status(response: &[u8]) -> Option<u16> {
 pub struct BinHerve {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, when it has one.
+    pub tls_addr: Option<SocketAddr>,
     pub stdout: Arc<Mutex<String>>,
     pub stderr: Arc<Mutex<String>>,
 }
@@ -479,7 +498,12 @@ impl BinHerve {
                         .next()
                         .unwrap_or_default()
                         .to_owned();
-                    let _ = addr_tx.send(addr);
+                    let tls = rest
+                        .split("and https://")
+                        .nth(1)
+                        .and_then(|tls| tls.split_whitespace().next())
+                        .map(str::to_owned);
+                    let _ = addr_tx.send((addr, tls));
                 }
             }
         });
@@ -492,8 +516,11 @@ impl BinHerve {
                 sink.push('\n');
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listen address"),
+        let (addr, tls_addr) = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((addr, tls)) => (
+                addr.parse().expect("listen address"),
+                tls.map(|tls| tls.parse().expect("HTTPS address")),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -506,6 +533,7 @@ impl BinHerve {
         BinHerve {
             child,
             addr,
+            tls_addr,
             stdout,
             stderr,
         }

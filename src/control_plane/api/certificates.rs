@@ -20,7 +20,10 @@ const MAX_UPLOAD_BYTES: usize = 64 * 1024;
 pub(super) fn routes(certificates: Arc<Certificates>) -> Router {
     Router::new()
         .route("/certificates", get(list))
-        .route("/certificates/{host}", axum::routing::put(upload).delete(remove))
+        .route(
+            "/certificates/{host}",
+            axum::routing::put(upload).delete(remove),
+        )
         .with_state(certificates)
 }
 

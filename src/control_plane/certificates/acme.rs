@@ -25,7 +25,6 @@ use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use super::{AcmeEntry, AcmeStatus, Certificates};
-use crate::config::AcmeChallenge;
 use crate::control_plane::store::{CertSource, StoreError, StoredCertificate};
 use crate::data_plane::{Certificate, RouteTable};
 use crate::util::{lock, unix_now};
@@ -45,7 +44,16 @@ pub(crate) struct AcmeSettings {
     pub email: String,
     pub directory: String,
     pub ca_root: Option<PathBuf>,
-    pub challenge: AcmeChallenge,
+    pub validation: Validation,
+}
+
+/// Which challenge Herve answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Validation {
+    /// TLS-ALPN-01, on the HTTPS port.
+    TlsAlpn,
+    /// HTTP-01, on the plain port.
+    Http,
 }
 
 /// Why a certificate could not be obtained.
@@ -145,7 +153,10 @@ pub(crate) fn spawn(
 impl Certificates {
     fn plan(&self, host: &str, now: i64) -> Plan {
         let held = lock(&self.held);
-        let uploaded = held.uploaded.values().any(|cert| cert.covers(host) && now < cert.not_after);
+        let uploaded = held
+            .uploaded
+            .values()
+            .any(|cert| cert.covers(host) && now < cert.not_after);
         if uploaded {
             return Plan::Skip;
         }
@@ -294,9 +305,9 @@ async fn answer_challenges(
     host: &str,
     tokens: &mut Vec<String>,
 ) -> Result<(), AcmeError> {
-    let kind = match settings.challenge {
-        AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
-        AcmeChallenge::Http01 => ChallengeType::Http01,
+    let kind = match settings.validation {
+        Validation::TlsAlpn => ChallengeType::TlsAlpn01,
+        Validation::Http => ChallengeType::Http01,
     };
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
@@ -310,12 +321,13 @@ async fn answer_challenges(
             .challenge(kind.clone())
             .ok_or(AcmeError::NoChallenge(kind.clone()))?;
         let key_authorization = challenge.key_authorization();
-        match settings.challenge {
-            AcmeChallenge::TlsAlpn01 => {
-                let key = challenge_certificate(host, key_authorization.digest().as_ref(), certificates)?;
+        match settings.validation {
+            Validation::TlsAlpn => {
+                let key =
+                    challenge_certificate(host, key_authorization.digest().as_ref(), certificates)?;
                 certificates.set_challenge(host, key);
             }
-            AcmeChallenge::Http01 => {
+            Validation::Http => {
                 let token = challenge.token.clone();
                 certificates
                     .table

@@ -143,7 +143,8 @@ impl Certificates {
             held.default = Some(read_files(cert, key, &crypto)?);
         }
         for stored in store.certificates().await.map_err(CertSetupError::Store)? {
-            let parsed = Certificate::from_pem(stored.pem.as_bytes(), stored.pem.as_bytes(), &crypto);
+            let parsed =
+                Certificate::from_pem(stored.pem.as_bytes(), stored.pem.as_bytes(), &crypto);
             match (parsed, stored.source) {
                 (Ok(cert), CertSource::Upload) => {
                     held.uploaded.insert(stored.host, cert);
@@ -300,7 +301,11 @@ impl Certificates {
             let held = lock(&self.held);
             if held.uploaded.contains_key(&host) {
                 CertSource::Upload
-            } else if held.acme.get(&host).is_some_and(|entry| entry.cert.is_some()) {
+            } else if held
+                .acme
+                .get(&host)
+                .is_some_and(|entry| entry.cert.is_some())
+            {
                 CertSource::Acme
             } else {
                 return Err(CertificateError::NotFound);
@@ -349,7 +354,12 @@ impl Certificates {
     }
 }
 
-fn view(host: Option<&String>, source: &'static str, cert: &Certificate, now: i64) -> CertificateView {
+fn view(
+    host: Option<&String>,
+    source: &'static str,
+    cert: &Certificate,
+    now: i64,
+) -> CertificateView {
     CertificateView {
         host: host.cloned(),
         source,

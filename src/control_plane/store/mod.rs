@@ -186,13 +186,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn put_certificate(&self, certificate: &StoredCertificate) -> Result<(), StoreError>;
 
     /// Forgets the certificate of `host` from `source`; whether there was one.
-    async fn remove_certificate(&self, host: &str, source: CertSource)
-        -> Result<bool, StoreError>;
+    async fn remove_certificate(&self, host: &str, source: CertSource) -> Result<bool, StoreError>;
 
     /// The stored credentials (JSON) of the ACME account at `directory`.
     async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError>;
 
     /// Keeps the credentials (JSON) of the ACME account at `directory`.
-    async fn put_acme_account(&self, directory: &str, credentials: &str)
-        -> Result<(), StoreError>;
+    async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<(), StoreError>;
 }

@@ -264,11 +264,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn remove_certificate(
-        &self,
-        host: &str,
-        source: CertSource,
-    ) -> Result<bool, StoreError> {
+    async fn remove_certificate(&self, host: &str, source: CertSource) -> Result<bool, StoreError> {
         let host = host.to_owned();
         let removed = self
             .database
