@@ -382,7 +382,15 @@ fn challenge_certificate(
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(failed)?;
     let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    CertifiedKey::from_der(vec![cert.der().clone()], key_der, &certificates.crypto)
-        .map(Arc::new)
-        .map_err(|error| AcmeError::ChallengeCertificate(error.to_string()))
+    // Not `CertifiedKey::from_der`: its check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension this certificate exists for.
+    let signing_key = certificates
+        .crypto
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|error| AcmeError::ChallengeCertificate(error.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing_key,
+    )))
 }
