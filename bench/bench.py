@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,8 @@ LUA = os.path.join(HERE, "report.lua")
 
 PORTS = {
     "herve": 18080,
+    "herve_tls": 18085,
+    "nginx_tls": 18086,    # the same certificate and key, the same worker count
     "nginx": 18081,        # return 200, as many workers as Herve has threads
     "upstream": 18082,     # the upstream every proxy talks to (nginx, one worker)
     "nginx_proxy": 18083,  # nginx proxy_pass with upstream keepalive
@@ -99,8 +102,10 @@ class Admin:
         self.call("POST", f"/services/{uuid}/start", conn=conn)
 
 
-def wrk(url, seconds, threads, connections, host=None):
+def wrk(url, seconds, threads, connections, host=None, close=False):
     headers = ["-H", f"Host: {host}"] if host else []
+    if close:
+        headers += ["-H", "Connection: close"]
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", *headers, "-s", LUA, url],
         capture_output=True, text=True, check=True,
@@ -112,20 +117,21 @@ def wrk(url, seconds, threads, connections, host=None):
     return result
 
 
-def alternate(contenders, args):
+def alternate(contenders, args, close=False):
     """Runs every contender, alternating, `repeat` times each; returns their medians.
 
-    A contender is (label, url) or (label, url, Host header)."""
+    A contender is (label, url) or (label, url, Host header); with `close`, every
+    request comes on a new connection (and, over HTTPS, a new handshake)."""
     contenders = [(c[0], c[1], c[2] if len(c) > 2 else None) for c in contenders]
     results = {label: [] for label, _, _ in contenders}
     for round_ in range(args.repeat):
         for label, url, host in contenders:
             log(f"  round {round_ + 1}: {label}")
-            results[label].append(wrk(url, args.seconds, 2, args.connections, host))
+            results[label].append(wrk(url, args.seconds, 2, args.connections, host, close))
     summary = []
     for label, url, host in contenders:
         runs = results[label]
-        progress = wrk(url, max(3, args.seconds // 2), args.connections, args.connections, host)
+        progress = wrk(url, max(3, args.seconds // 2), args.connections, args.connections, host, close)
         per = progress["per_connection"]
         summary.append({
             "label": label,
@@ -151,7 +157,8 @@ http {{
   keepalive_requests 1000000;
   {extra}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port}{listen} backlog=4096;
+    {server}
     {location}
   }}
 }}
@@ -175,13 +182,64 @@ backend upstream
 """
 
 
-def start_nginx(workdir, name, port, workers, location, extra=""):
+def start_nginx(workdir, name, port, workers, location, extra="", listen="", server=""):
     path = os.path.join(workdir, f"nginx-{name}.conf")
     with open(path, "w") as conf:
-        conf.write(NGINX.format(workers=workers, dir=workdir, name=name, extra=extra, port=port, location=location))
+        conf.write(NGINX.format(workers=workers, dir=workdir, name=name, extra=extra, port=port,
+                                location=location, listen=listen, server=server))
     subprocess.run(["nginx", "-c", path, "-e", os.path.join(workdir, f"nginx-{name}.err")], check=True)
-    wait_port(port)
+    wait_tcp(port)
     return os.path.join(workdir, f"nginx-{name}.pid")
+
+
+def wait_tcp(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def make_certificate(workdir):
+    """An ECDSA P-256 certificate for bench.test, for Herve and nginx alike."""
+    cert, key = os.path.join(workdir, "tls-cert.pem"), os.path.join(workdir, "tls-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test"],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o644)
+    return cert, key
+
+
+def h2load(url, seconds, connections, streams, threads):
+    """HTTP/2 load with h2load (nghttp2): req/s, mean latency, failures."""
+    out = subprocess.run(
+        ["h2load", "-D", str(seconds), "-c", str(connections), "-m", str(streams), "-t", str(threads), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = mean_us = 0.0
+    failed = 0
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("finished in"):
+            rps = float(line.split(",")[1].split()[0])
+        elif line.startswith("requests:"):
+            parts = line.replace(",", "").split()
+            failed = int(parts[parts.index("failed") - 1]) + int(parts[parts.index("errored") - 1])
+        elif line.startswith("time for request:"):
+            mean_us = duration_us(line.split()[4])
+    return {"rps": rps, "mean_us": mean_us, "failed": failed}
+
+
+def duration_us(text):
+    """`512us`, `1.20ms` or `2.1s` in microseconds."""
+    for suffix, scale in (("us", 1), ("ms", 1000), ("s", 1_000_000)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * scale
+    return 0.0
 
 
 def stop_pidfile(path):
@@ -221,6 +279,12 @@ def main():
             workdir, "proxy", PORTS["nginx_proxy"], threads,
             "location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
             extra=f"upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}"))
+        cert, key = make_certificate(workdir)
+        pidfiles.append(start_nginx(
+            workdir, "tls", PORTS["nginx_tls"], threads,
+            'location / { return 200 "{\\"success\\":true,\\"message\\":\\"ok\\"}"; }',
+            listen=" ssl http2",
+            server=f"ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;"))
         haproxy_conf = os.path.join(workdir, "haproxy.cfg")
         with open(haproxy_conf, "w") as conf:
             conf.write(HAPROXY.format(threads=threads, port=PORTS["haproxy"], upstream=PORTS["upstream"]))
@@ -230,7 +294,8 @@ def main():
         env = dict(os.environ, PORT=str(PORTS["herve"]), HERVE_HOST="127.0.0.1",
                    HERVE_DATA_DIR=os.path.join(workdir, "herve-data"), AUTH_ADMIN_ID=ADMIN[0],
                    AUTH_ADMIN_SECRET=ADMIN[1], HERVE_ACCESS_LOG="false", HERVE_LOG="warn",
-                   HERVE_MAX_SERVICES=str(max(args.services + 100, 10_000)))
+                   HERVE_MAX_SERVICES=str(max(args.services + 100, 10_000)),
+                   HERVE_TLS_PORT=str(PORTS["herve_tls"]), HERVE_TLS_CERT=cert, HERVE_TLS_KEY=key)
         herve = subprocess.Popen([herve_bin], env=env, cwd=workdir, stdout=subprocess.DEVNULL)
         children.append(herve)
         wait_port(PORTS["herve"])
@@ -244,10 +309,10 @@ def main():
         admin.start(proxy)
         h = f"http://127.0.0.1:{PORTS['herve']}"
 
-        def scenario(name, contenders, peers=True):
+        def scenario(name, contenders, peers=True, close=False):
             """Runs contenders; with `peers`, the first is Herve and the others its peers."""
             log(f"scenario {name}")
-            results = alternate(contenders, args)
+            results = alternate(contenders, args, close)
             for result in results:
                 rows.append((name, result))
             herve_result = results[0]
@@ -264,6 +329,24 @@ def main():
         three = scenario("3 proxy", [("herve proxy", f"{h}/{proxy}/x"),
                                      ("nginx proxy_pass", f"http://127.0.0.1:{PORTS['nginx_proxy']}/x"),
                                      ("haproxy", f"http://127.0.0.1:{PORTS['haproxy']}/x")])
+
+        hs = f"https://127.0.0.1:{PORTS['herve_tls']}"
+        ns = f"https://127.0.0.1:{PORTS['nginx_tls']}"
+        scenario("7 https /health", [("herve https", f"{hs}/health"), ("nginx https", f"{ns}/health")])
+        scenario("8 TLS handshake per request", [("herve https, new connection", f"{hs}/health"),
+                                                 ("nginx https, new connection", f"{ns}/health")], close=True)
+        log("scenario 9: HTTP/2 (h2load)")
+        h2 = {"herve h2": [], "nginx h2": []}
+        for _ in range(args.repeat):
+            for label, base in (("herve h2", hs), ("nginx h2", ns)):
+                h2[label].append(h2load(f"{base}/health", args.seconds, args.connections, 10, 2))
+        h2_summary = {label: {"rps": statistics.median(r["rps"] for r in runs),
+                              "mean_us": statistics.median(r["mean_us"] for r in runs),
+                              "failed": sum(r["failed"] for r in runs),
+                              "runs": [round(r["rps"]) for r in runs]} for label, runs in h2.items()}
+        ratios.append(("9 http/2", "herve h2 / nginx h2",
+                       h2_summary["herve h2"]["rps"] / h2_summary["nginx h2"]["rps"], 0, 0))
+        memory.append(("after 9 http/2", rss_kib(herve.pid)))
 
         # The routing baseline: a host route (exact, then wildcard) while it is nearly alone.
         routed = admin.register("bench-routed", "ping", hosts="app.bench.test,*.wild.bench.test")
@@ -345,6 +428,13 @@ def main():
         print("|---|---|---:|---:|---:|")
         for name, label, ratio, p99_h, p99_p in ratios:
             print(f"| {name} | {label} | {ratio:.2f} | {fmt_ms(p99_h)} | {fmt_ms(p99_p)} |")
+        print()
+        print(f"Scenario 9 (HTTP/2, h2load -c{args.connections} -m10 -t2 -D{args.seconds}, medians):")
+        print()
+        print("| server | req/s | runs | mean ms | failed |")
+        print("|---|---:|---|---:|---:|")
+        for label, r in h2_summary.items():
+            print(f"| {label} | {r['rps']:,.0f} | {r['runs']} | {fmt_ms(r['mean_us'])} | {r['failed']} |")
         print()
         print(f"Scenario 5 (API, 16 clients): {api['ops_per_s']:,.0f} ops/s, p50 {api['p50_ms']:.2f} ms, "
               f"p99 {api['p99_ms']:.2f} ms")

@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in wrk nginx haproxy python3; do
+for tool in wrk nginx haproxy python3 openssl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
