@@ -85,7 +85,13 @@ impl Pebble {
 
     /// Starts pebble validating against `herve` (its plain and HTTPS ports), issuing
     /// certificates valid for `validity_s` seconds.
-    fn start(ports: &PebblePorts, dir: tempfile::TempDir, herve_http: u16, herve_tls: u16, validity_s: u64) -> Pebble {
+    fn start(
+        ports: &PebblePorts,
+        dir: tempfile::TempDir,
+        herve_http: u16,
+        herve_tls: u16,
+        validity_s: u64,
+    ) -> Pebble {
         let https_root = dir.path().join("ca.pem");
         let config = serde_json::json!({
             "pebble": {
@@ -107,7 +113,9 @@ impl Pebble {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|error| panic!("{name} runs (the CI installs Debian's pebble): {error}"))
+                .unwrap_or_else(|error| {
+                    panic!("{name} runs (the CI installs Debian's pebble): {error}")
+                })
         };
         let dns = spawn(
             Command::new("pebble-challtestsrv")
@@ -141,7 +149,11 @@ impl Pebble {
         // Ready when the directory answers.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (ok, _) = curl(&["--cacert", started.https_root.to_str().expect("path"), &started.directory]);
+            let (ok, _) = curl(&[
+                "--cacert",
+                started.https_root.to_str().expect("path"),
+                &started.directory,
+            ]);
             if ok {
                 break;
             }
@@ -171,7 +183,12 @@ impl Pebble {
 }
 
 /// The entry of `host` in `GET /certificates`, once `ready` holds for it.
-async fn certificate_of(herve: &TestHerve, host: &str, within: Duration, ready: impl Fn(&Value) -> bool) -> Value {
+async fn certificate_of(
+    herve: &TestHerve,
+    host: &str,
+    within: Duration,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let listed = herve.admin_get("/certificates").await.json();
@@ -182,7 +199,10 @@ async fn certificate_of(herve: &TestHerve, host: &str, within: Duration, ready: 
         if let Some(entry) = entry.filter(&ready) {
             return entry;
         }
-        assert!(Instant::now() < deadline, "{host} never got there: {listed}");
+        assert!(
+            Instant::now() < deadline,
+            "{host} never got there: {listed}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -204,7 +224,12 @@ async fn route_host(herve: &TestHerve, name: &str, host: &str) {
         .expect(200, "The service has successfully started.");
 }
 
-fn acme_settings(config: &mut herve::Config, directory: &str, root: &Path, challenge: herve::AcmeChallenge) {
+fn acme_settings(
+    config: &mut herve::Config,
+    directory: &str,
+    root: &Path,
+    challenge: herve::AcmeChallenge,
+) {
     config.tls_port = Some(0);
     config.acme_email = Some("ops@herve.test".to_owned());
     config.acme_directory = directory.to_owned();
@@ -268,7 +293,10 @@ async fn a_routed_host_gets_a_certificate_that_survives_a_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let entry = certificate_of(&again, "acme.test", Duration::from_secs(5), |_| true).await;
     assert_eq!(entry["status"], "valid");
-    assert_eq!(entry["serial"], serial, "a new certificate was ordered after the restart");
+    assert_eq!(
+        entry["serial"], serial,
+        "a new certificate was ordered after the restart"
+    );
     again.stop().await;
 }
 
@@ -300,12 +328,18 @@ async fn certificates_are_renewed_and_a_failing_challenge_says_why() {
     // A host whose validation cannot reach Herve: failed, and why.
     pebble.resolve("unreachable.test", "127.0.0.2");
     route_host(&herve, "nowhere", "unreachable.test").await;
-    let failed = certificate_of(&herve, "unreachable.test", Duration::from_secs(60), |entry| {
-        entry["status"] == "failed"
-    })
+    let failed = certificate_of(
+        &herve,
+        "unreachable.test",
+        Duration::from_secs(60),
+        |entry| entry["status"] == "failed",
+    )
     .await;
     let reason = failed["reason"].as_str().unwrap_or_default().to_owned();
-    assert!(reason.contains("127.0.0.2") || reason.contains("connect"), "{failed}");
+    assert!(
+        reason.contains("127.0.0.2") || reason.contains("connect"),
+        "{failed}"
+    );
     // The others are not affected (renewing, at worst, with the last one still served).
     let short = certificate_of(&herve, "short.test", Duration::from_secs(1), |_| true).await;
     assert_ne!(short["status"], "failed", "{short}");

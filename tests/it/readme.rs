@@ -125,7 +125,7 @@ fn the_matcher_takes_ellipses_for_anything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_tour_runs_as_written() {
-    for tool in ["bash", "curl", "jq"] {
+    for tool in ["bash", "curl", "jq", "openssl"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -137,19 +137,25 @@ async fn the_readme_tour_runs_as_written() {
     let blocks = tour_blocks(&readme);
     assert!(blocks.len() >= 7, "the tour blocks were not found");
     let dir = tempfile::tempdir().expect("tempdir");
-    let herve = BinHerve::spawn(dir.path(), &[("HERVE_ACCESS_LOG", "false")]);
+    let herve = BinHerve::spawn(
+        dir.path(),
+        &[("HERVE_ACCESS_LOG", "false"), ("HERVE_TLS_PORT", "0")],
+    );
     let address = format!("http://{}", herve.addr);
+    let https = format!("https://{}", herve.tls_addr.expect("an HTTPS listener"));
     let admin = format!("{ADMIN_ID}:{ADMIN_SECRET}");
     for (number, steps) in blocks.into_iter().enumerate() {
-        let (address, admin) = (address.clone(), admin.clone());
-        tokio::task::spawn_blocking(move || run_block(number + 1, &steps, &address, &admin))
-            .await
-            .expect("block");
+        let (address, https, admin) = (address.clone(), https.clone(), admin.clone());
+        tokio::task::spawn_blocking(move || {
+            run_block(number + 1, &steps, (&address, &https), &admin)
+        })
+        .await
+        .expect("block");
     }
 }
 
 /// Runs one block in one shell, a marker before each command, and compares.
-fn run_block(number: usize, steps: &[Step], address: &str, admin: &str) {
+fn run_block(number: usize, steps: &[Step], (address, https): (&str, &str), admin: &str) {
     let mut script = String::from("set -e -o pipefail\n");
     for (index, step) in steps.iter().enumerate() {
         script.push_str(&format!(
@@ -161,6 +167,7 @@ fn run_block(number: usize, steps: &[Step], address: &str, admin: &str) {
         .arg("-c")
         .arg(&script)
         .env("H", address)
+        .env("HS", https)
         .env("ADMIN", admin)
         .output()
         .expect("run bash");

@@ -712,3 +712,75 @@ async fn proxies_reach_https_upstreams_verified_against_a_private_ca() {
     task.abort();
     herve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_streams_and_upgrades_work_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("Herve test CA");
+    let herve = https_herve(dir.path(), Some(&ca.issue(&["app.test"])), |_| {}).await;
+    let tls = herve.tls_addr.expect("tls");
+    let www = tempfile::tempdir().expect("tempdir");
+    let blob: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    std::fs::write(www.path().join("blob.bin"), &blob).expect("write");
+    herve
+        .running_with(
+            "files",
+            "static",
+            &[("root", www.path().to_str().expect("path"))],
+        )
+        .await;
+    let upstream = Upstream::start("streamer").await;
+    herve
+        .running_with("stream", "proxy", &[("upstream", &upstream.url())])
+        .await;
+
+    for h2 in [true, false] {
+        let mut connection = HttpsConnection::open(tls, "app.test", ca.roots(), h2).await;
+        let (status, body) = connection.get("/files/blob.bin").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.as_ref(), blob.as_slice());
+        let (status, headers, body) = connection
+            .request(
+                Method::GET,
+                "/files/blob.bin",
+                &[("range", "bytes=10-19")],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(headers["content-range"], "bytes 10-19/100000");
+        assert_eq!(body.as_ref(), &blob[10..20]);
+        // 8 MiB streamed from the upstream through the proxy.
+        let (status, body) = connection.get("/stream/big?mb=8").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), 8 * 1024 * 1024);
+    }
+
+    // A protocol switch through the proxy, over TLS with HTTP/1.1.
+    let mut stream = handshake(tls, "app.test", client_config(ca.roots(), &[b"http/1.1"]))
+        .await
+        .expect("handshake");
+    stream
+        .write_all(b"GET /stream/tunnel HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(b"ping over tls").await.expect("write");
+    let mut echoed = [0u8; 13];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echoed, b"ping over tls");
+    herve.stop().await;
+}
