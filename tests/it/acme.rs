@@ -208,20 +208,7 @@ async fn certificate_of(
 }
 
 async fn route_host(herve: &TestHerve, name: &str, host: &str) {
-    let registered = herve
-        .post_form(
-            "/services/register",
-            &[("name", name), ("type", "ping"), ("hosts", host)],
-        )
-        .await;
-    let uuid = registered.json()["data"]["uuid"]
-        .as_str()
-        .unwrap_or_else(|| panic!("registered: {}", registered.text()))
-        .to_owned();
-    herve
-        .start(&uuid)
-        .await
-        .expect(200, "The service has successfully started.");
+    herve.running_with(name, "ping", &[("hosts", host)]).await;
 }
 
 fn acme_settings(

@@ -86,25 +86,13 @@ async fn the_default_certificate_serves_https_and_http2() {
     // A service over HTTP/2 and HTTP/1.1: bodies both ways, and the proxy tells its
     // upstream the request came over HTTPS.
     let upstream = Upstream::start("tls-up").await;
-    let registered = herve
-        .post_form(
-            "/services/register",
-            &[
-                ("name", "site"),
-                ("type", "proxy"),
-                ("upstream", &upstream.url()),
-                ("hosts", "www.app.test"),
-            ],
+    herve
+        .running_with(
+            "site",
+            "proxy",
+            &[("upstream", &upstream.url()), ("hosts", "www.app.test")],
         )
         .await;
-    let uuid = registered.json()["data"]["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_owned();
-    herve
-        .start(&uuid)
-        .await
-        .expect(200, "The service has successfully started.");
     let echo = herve.register_ok("echo", "echo").await;
     herve.start(&echo).await;
     let big = "x".repeat(300_000);
@@ -566,17 +554,6 @@ async fn the_plain_port_can_redirect_to_https() {
     herve.stop().await;
 }
 
-async fn start_registered(herve: &TestHerve, registered: &crate::support::Reply) {
-    let uuid = registered.json()["data"]["uuid"]
-        .as_str()
-        .expect("uuid")
-        .to_owned();
-    herve
-        .start(&uuid)
-        .await
-        .expect(200, "The service has successfully started.");
-}
-
 /// An HTTPS server with `issued` as its certificate, answering every request with
 /// its path.
 async fn https_upstream(
@@ -633,12 +610,11 @@ async fn proxies_reach_https_upstreams_verified_against_a_private_ca() {
     let herve = TestHerve::start().await;
     let url = format!("https://localhost:{}", addr.port());
 
-    let registered = herve
-        .post_form(
-            "/services/register",
+    herve
+        .running_with(
+            "secure",
+            "proxy",
             &[
-                ("name", "secure"),
-                ("type", "proxy"),
                 ("upstream", &url),
                 ("tls_ca", ca_file.to_str().expect("path")),
                 ("health_path", "/health"),
@@ -646,8 +622,6 @@ async fn proxies_reach_https_upstreams_verified_against_a_private_ca() {
             ],
         )
         .await;
-    registered.expect(201, "The service has been successfully registered.");
-    start_registered(&herve, &registered).await;
     let reply = herve.get("/secure/hello").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "tls upstream /hello");
@@ -659,14 +633,9 @@ async fn proxies_reach_https_upstreams_verified_against_a_private_ca() {
     assert_eq!(runtime["upstreams"][0]["url"], url);
 
     // Without the private CA, the public roots do not vouch for it: 502, said why.
-    let public = herve
-        .post_form(
-            "/services/register",
-            &[("name", "public"), ("type", "proxy"), ("upstream", &url)],
-        )
+    herve
+        .running_with("public", "proxy", &[("upstream", &url)])
         .await;
-    public.expect(201, "The service has been successfully registered.");
-    start_registered(&herve, &public).await;
     let refused = herve.get("/public/hello").await;
     assert_eq!(refused.status, 502);
     assert!(

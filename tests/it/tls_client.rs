@@ -214,9 +214,16 @@ impl HttpsConnection {
             builder = builder.header(*name, *value);
         }
         let request = builder.body(Full::new(body.into())).expect("request");
+        // The connection takes the next request once the last answer is wound up.
         let response = match &mut self.sender {
-            Sender::H1(sender) => sender.send_request(request).await,
-            Sender::H2(sender) => sender.send_request(request).await,
+            Sender::H1(sender) => {
+                sender.ready().await.expect("connection ready");
+                sender.send_request(request).await
+            }
+            Sender::H2(sender) => {
+                sender.ready().await.expect("connection ready");
+                sender.send_request(request).await
+            }
         }
         .expect("response");
         let (parts, body) = response.into_parts();
