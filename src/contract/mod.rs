@@ -16,6 +16,7 @@
 //! | `POST /services/:uuid/unregister` | [`ServiceType::unregister`] | deletes what the type keeps for the service |
 //! | Herve starts | [`ServiceType::recover`] | cleans up after a Herve that was killed |
 //! | `GET /services/:uuid/logs` | [`ServiceType::logs`] | the service's recent output, if it keeps any |
+//! | `POST /services/:uuid/reload` | [`RunningService::reload`] | optional: replaces itself without a gap (else Herve swaps in a new instance) |
 //!
 //! While a service runs, Herve mounts the [`Router`] returned by
 //! [`RunningService::routes`] at `/<uuid>`: a request for `/<uuid>/echo` reaches the
@@ -187,6 +188,18 @@ pub trait RunningService: Send + Sync + 'static {
     /// Requests that were already routed to the instance may still be finishing.
     async fn stop(&self) -> Result<(), ServiceError> {
         Ok(())
+    }
+
+    /// Replaces what answers for the instance, without a gap, when the instance can do
+    /// it better itself (`POST /services/:uuid/reload`): a `process` service starts a
+    /// new copy of its program, moves its requests to it once it is ready and stops
+    /// the old one, copy by copy. An error leaves the instance serving as before.
+    ///
+    /// `None` (the default): Herve starts a new instance beside this one, moves the
+    /// routes to it in one swap, and stops this one once its requests are answered
+    /// (or restarts it, if its type cannot run side by side).
+    async fn reload(&self) -> Option<Result<(), ServiceError>> {
+        None
     }
 }
 

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -301,24 +302,34 @@ fn answer_from(
     Response::from_parts(parts, Body::new(body))
 }
 
-/// One request in flight on an upstream, for `least_conn`; uncounted when dropped.
-struct InFlight(Option<(Arc<Proxy>, usize)>);
+/// One request in flight through a proxy (until its answer's body ends), and on an
+/// upstream for `least_conn`; uncounted when dropped.
+struct InFlight {
+    proxy: Arc<Proxy>,
+    /// The upstream, when its count matters (`least_conn`).
+    upstream: Option<usize>,
+}
 
 impl InFlight {
     fn enter(proxy: &Arc<Proxy>, index: usize) -> InFlight {
-        if !proxy.counts_in_flight() {
-            return InFlight(None);
+        proxy.in_flight.fetch_add(1, Ordering::Relaxed);
+        let upstream = proxy.counts_in_flight().then(|| {
+            proxy.upstreams[index].health.enter();
+            index
+        });
+        InFlight {
+            proxy: Arc::clone(proxy),
+            upstream,
         }
-        proxy.upstreams[index].health.enter();
-        InFlight(Some((Arc::clone(proxy), index)))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some((proxy, index)) = &self.0 {
-            proxy.upstreams[*index].health.leave();
+        if let Some(index) = self.upstream {
+            self.proxy.upstreams[index].health.leave();
         }
+        self.proxy.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

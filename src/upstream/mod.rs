@@ -208,6 +208,8 @@ pub(crate) struct Proxy {
     /// Cancelled when the service stops (or the proxy is dropped): ends its upgraded
     /// connections.
     closed: CancellationToken,
+    /// Requests sent through it whose answers are not done yet.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Proxy {
@@ -260,6 +262,7 @@ impl Proxy {
             prefix: http::HeaderValue::try_from(prefix.as_str())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("/")),
             closed: CancellationToken::new(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -276,6 +279,12 @@ impl Proxy {
             let proxy = Arc::clone(&proxy);
             async move { proxy.forward(request).await }
         })
+    }
+
+    /// Requests sent through this proxy whose answers are not done yet (a replaced
+    /// proxy is drained when this is 0).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn upstreams(&self) -> &[Upstream] {

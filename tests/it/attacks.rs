@@ -716,7 +716,10 @@ async fn a_program_cannot_read_herves_secrets() {
         .iter()
         .filter(|name| {
             (name.starts_with("HERVE_") || name.starts_with("AUTH_"))
-                && !matches!(**name, "HERVE_SERVICE_UUID" | "HERVE_SERVICE_NAME")
+                && !matches!(
+                    **name,
+                    "HERVE_SERVICE_UUID" | "HERVE_SERVICE_NAME" | "HERVE_SERVICE_COPY"
+                )
         })
         .collect();
     assert!(

@@ -4,10 +4,11 @@
 //! environment (so `HERVE_SERVICE_UUID` no longer names them) and outlive their parent
 //! (double fork). Three nets catch them:
 //!
-//! - **cgroups v2**, where Herve may create them: each program runs in a cgroup of its
-//!   own (`herve-<id>/<uuid>` beside Herve's own), which no descendant can leave;
-//!   stopping kills the cgroup, and a Herve started after a crash kills what is left
-//!   in the cgroups of its services.
+//! - **cgroups v2**, where Herve may create them: each copy of a program runs in a
+//!   cgroup of its own (`herve-<id>/<uuid>/<copy>` beside Herve's own), which no
+//!   descendant can leave; stopping a copy kills its cgroup, unregistering a service
+//!   kills all of its, and a Herve started after a crash kills what is left in the
+//!   cgroups of its services.
 //! - **subreapers**: each program is made a child subreaper, so its orphaned
 //!   descendants are re-parented to it and stay in its process tree, which a stop
 //!   walks and kills; when Herve itself is a subreaper (the `herve` binary is, see
@@ -46,6 +47,26 @@ pub fn forget_leader(pid: i32) {
     }
 }
 
+/// One copy of a service's program: a cgroup of its own below the service's
+/// (`<uuid>/<id>`), and a tag in its environment, so that stopping one copy (an old
+/// one being replaced, one of several replicas) leaves the others alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub uuid: Uuid,
+    /// Short and random: `c` and 8 hex digits.
+    pub id: String,
+}
+
+impl Unit {
+    pub fn new(uuid: Uuid) -> Unit {
+        let random = Uuid::new_v4().simple().to_string();
+        Unit {
+            uuid,
+            id: format!("c{}", &random[..8]),
+        }
+    }
+}
+
 /// Where the programs of this Herve's services are kept.
 #[derive(Debug, Clone)]
 pub struct Containment {
@@ -72,13 +93,13 @@ impl Containment {
         Containment { cgroups }
     }
 
-    /// The cgroup of service `uuid`, created if needed: its `cgroup.procs`, which a new
-    /// program writes itself into before it runs anything.
-    pub fn cgroup_procs(&self, uuid: Uuid) -> std::io::Result<Option<CString>> {
+    /// The cgroup of `unit`, created if needed: its `cgroup.procs`, which a new program
+    /// writes itself into before it runs anything.
+    pub fn cgroup_procs(&self, unit: &Unit) -> std::io::Result<Option<CString>> {
         let Some(base) = &self.cgroups else {
             return Ok(None);
         };
-        let dir = base.join(uuid.to_string());
+        let dir = base.join(unit.uuid.to_string()).join(&unit.id);
         match fs::create_dir_all(&dir) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -90,16 +111,38 @@ impl Containment {
             .map_err(|_| std::io::Error::other("a cgroup path with a NUL byte"))
     }
 
-    /// Kills every process of service `uuid` still in its cgroup and removes the
-    /// cgroup. Returns how many there were.
+    /// Kills every process of `unit` still in its cgroup and removes the cgroup (and
+    /// the service's, once empty). Returns how many there were.
+    pub async fn kill_unit(&self, unit: &Unit) -> usize {
+        let Some(base) = self.cgroups.clone() else {
+            return 0;
+        };
+        let service = base.join(unit.uuid.to_string());
+        let dir = service.join(&unit.id);
+        tokio::task::spawn_blocking(move || {
+            let killed = empty_cgroup(&dir);
+            let _ = remove_if_empty(&service);
+            let _ = remove_if_empty(&base);
+            killed
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// Kills every process of service `uuid`, whichever copy it belongs to, and
+    /// removes its cgroups. Returns how many there were.
     pub async fn kill_cgroup(&self, uuid: Uuid) -> usize {
         let Some(base) = self.cgroups.clone() else {
             return 0;
         };
         let dir = base.join(uuid.to_string());
-        tokio::task::spawn_blocking(move || empty_cgroup(&dir))
-            .await
-            .unwrap_or(0)
+        tokio::task::spawn_blocking(move || {
+            let killed = empty_tree(&dir);
+            let _ = remove_if_empty(&base);
+            killed
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// After a crash of Herve: kills what is left in the cgroups of its services (of
@@ -121,7 +164,7 @@ impl Containment {
                         .to_str()
                         .is_some_and(|name| Uuid::try_parse(name).is_ok())
                 })
-                .map(|entry| empty_cgroup(&entry.path()))
+                .map(|entry| empty_tree(&entry.path()))
                 .sum::<usize>()
         })
         .await
@@ -155,12 +198,23 @@ fn empty_cgroup(dir: &Path) -> usize {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Fails while a process is still dying; the next stop or start tries again.
-    if fs::remove_dir(dir).is_ok() {
-        if let Some(base) = dir.parent() {
-            let _ = remove_if_empty(base);
-        }
-    }
+    let _ = fs::remove_dir(dir);
     killed
+}
+
+/// [`empty_cgroup`] for `dir` and every cgroup below it, deepest first.
+fn empty_tree(dir: &Path) -> usize {
+    let children: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().join("cgroup.procs").exists())
+                .map(|entry| entry.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    let below: usize = children.iter().map(|child| empty_tree(child)).sum();
+    below + empty_cgroup(dir)
 }
 
 /// Removes the cgroup `dir` unless it still has cgroups below it.

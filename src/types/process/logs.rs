@@ -7,78 +7,130 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-/// Bytes in one log file before it is rotated.
+/// Bytes in one log file before it is rotated, unless the service says otherwise.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
-/// Rotated files kept besides the current one (`output.log.1` … `.N`).
+/// Rotated files kept besides the current one (`output.log.1` … `.N`), by default.
 pub const KEPT_FILES: usize = 2;
+/// The most rotated files a service may keep.
+pub const MOST_FILES: usize = 100;
 /// A longer output line is cut into pieces of this size.
 const MAX_LINE_BYTES: usize = 16 * 1024;
 
 const CURRENT: &str = "output.log";
 
+/// How much of a service's output is kept: `files` rotated files of `max_bytes` each,
+/// besides the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_bytes: u64,
+    pub files: usize,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        LogLimits {
+            max_bytes: MAX_FILE_BYTES,
+            files: KEPT_FILES,
+        }
+    }
+}
+
 /// Appends lines to `<dir>/output.log`, rotating it when it grows past the limit.
+/// Clones made by [`LogWriter::prefixed`] write to the same file.
 pub struct LogWriter {
+    file: Arc<LogFile>,
+    /// Put before every line (the copy it comes from, with several).
+    prefix: Vec<u8>,
+}
+
+struct LogFile {
     dir: PathBuf,
-    file: Mutex<Option<(File, u64)>>,
+    limits: LogLimits,
+    open: Mutex<Option<(File, u64)>>,
 }
 
 impl LogWriter {
-    pub fn open(dir: &Path) -> std::io::Result<Arc<LogWriter>> {
+    pub fn open(dir: &Path, limits: LogLimits) -> std::io::Result<Arc<LogWriter>> {
         fs::create_dir_all(dir)?;
         Ok(Arc::new(LogWriter {
-            dir: dir.to_path_buf(),
-            file: Mutex::new(None),
+            file: Arc::new(LogFile {
+                dir: dir.to_path_buf(),
+                limits,
+                open: Mutex::new(None),
+            }),
+            prefix: Vec::new(),
         }))
+    }
+
+    /// A writer to the same file that puts `prefix` before each line.
+    pub fn prefixed(&self, prefix: &str) -> Arc<LogWriter> {
+        Arc::new(LogWriter {
+            file: Arc::clone(&self.file),
+            prefix: prefix.as_bytes().to_vec(),
+        })
     }
 
     /// Writes one line (a newline is added). Failures are logged, never fatal: a full
     /// disk must not take the service down.
     pub fn line(&self, line: &[u8]) {
         if let Err(error) = self.try_line(line) {
-            tracing::warn!(dir = %self.dir.display(), %error, "could not write a service log line");
+            tracing::warn!(dir = %self.file.dir.display(), %error, "could not write a service log line");
         }
     }
 
     fn try_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut slot = crate::util::lock(&self.file);
+        let file = &self.file;
+        let mut slot = crate::util::lock(&file.open);
         if slot
             .as_ref()
-            .is_some_and(|(_, size)| *size >= MAX_FILE_BYTES)
+            .is_some_and(|(_, size)| *size >= file.limits.max_bytes)
         {
             *slot = None;
-            self.rotate()?;
+            file.rotate()?;
         }
         if slot.is_none() {
-            let file = OpenOptions::new()
+            let opened = OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.dir.join(CURRENT))?;
-            let size = file.metadata()?.len();
-            *slot = Some((file, size));
+                .open(file.dir.join(CURRENT))?;
+            let size = opened.metadata()?.len();
+            *slot = Some((opened, size));
         }
-        if let Some((file, size)) = slot.as_mut() {
-            let mut record = Vec::with_capacity(line.len() + 1);
+        if let Some((opened, size)) = slot.as_mut() {
+            let mut record = Vec::with_capacity(self.prefix.len() + line.len() + 1);
+            record.extend_from_slice(&self.prefix);
             record.extend_from_slice(line);
             record.push(b'\n');
-            file.write_all(&record)?;
+            opened.write_all(&record)?;
             *size += record.len() as u64;
         }
         Ok(())
     }
+}
 
+impl LogFile {
     fn rotate(&self) -> std::io::Result<()> {
-        for index in (1..KEPT_FILES).rev() {
+        // Files beyond the limit (it may have been lowered) go first.
+        for index in (self.limits.files.max(1)..=MOST_FILES).rev() {
+            let _ = fs::remove_file(self.dir.join(format!("{CURRENT}.{index}")));
+        }
+        for index in (1..self.limits.files).rev() {
             let from = self.dir.join(format!("{CURRENT}.{index}"));
             if from.exists() {
                 fs::rename(&from, self.dir.join(format!("{CURRENT}.{}", index + 1)))?;
             }
+        }
+        if self.limits.files == 0 {
+            return fs::remove_file(self.dir.join(CURRENT));
         }
         fs::rename(
             self.dir.join(CURRENT),
             self.dir.join(format!("{CURRENT}.1")),
         )
     }
+}
 
+impl LogWriter {
     /// Copies `stream` into the log line by line until it ends.
     pub async fn capture(self: Arc<Self>, stream: impl AsyncRead + Unpin) {
         let mut reader = BufReader::new(stream);
@@ -107,7 +159,7 @@ impl LogWriter {
 pub fn tail(dir: &Path, tail: usize) -> std::io::Result<Vec<String>> {
     let mut lines: Vec<String> = Vec::new();
     let names = std::iter::once(CURRENT.to_owned())
-        .chain((1..=KEPT_FILES).map(|index| format!("{CURRENT}.{index}")));
+        .chain((1..=MOST_FILES).map(|index| format!("{CURRENT}.{index}")));
     for name in names {
         let bytes = match fs::read(dir.join(name)) {
             Ok(bytes) => bytes,
@@ -135,7 +187,7 @@ mod tests {
     #[test]
     fn rotates_and_tails_across_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let writer = LogWriter::open(dir.path()).expect("open");
+        let writer = LogWriter::open(dir.path(), LogLimits::default()).expect("open");
         let line = vec![b'x'; 1000];
         let total = (MAX_FILE_BYTES as usize / 1001) * 4;
         for i in 0..total {

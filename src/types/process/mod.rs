@@ -1,31 +1,34 @@
 //! `process`: runs a program, supervises it, and routes `/<uuid>/...` to it.
 
 mod containment;
+mod instance;
 mod logs;
 mod orphans;
 mod sandbox;
 mod supervisor;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::Router;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
-use crate::upstream::{
-    HealthCheck, Prober, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream,
-};
+use crate::upstream::{Prober, Strategy, TrustedProxies};
 pub(crate) use containment::reap_adopted_orphans;
-use containment::Containment;
-use supervisor::{RestartPolicy, RunAs, Spec, Supervisor};
+use containment::{Containment, Unit};
+use instance::{Board, Launcher, RunningProcess};
+use logs::LogLimits;
+use supervisor::{RestartPolicy, RunAs, Spec};
 
+/// The variable that tells a copy of a program from the others (and finds what it
+/// left behind).
+pub(crate) const COPY_ENV: &str = "HERVE_SERVICE_COPY";
 /// Environment variables Herve sets itself.
-const RESERVED_ENV: [&str; 3] = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NAME"];
+const RESERVED_ENV: [&str; 4] = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NAME", COPY_ENV];
+/// The most copies one service may run.
+const MAX_REPLICAS: u64 = 64;
 /// The account programs run as when Herve runs as root and the service names none:
 /// never root unless asked.
 const DEFAULT_USER: &str = "nobody";
@@ -72,6 +75,30 @@ pub(crate) struct ProcessConfig {
     /// The group to run as; `None`: the account's primary group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Copies of the program, each on its own port.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// How requests are spread over the copies.
+    #[serde(default = "Strategy::default")]
+    pub strategy: Strategy,
+    /// Bytes of output in one log file before it is rotated.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// Rotated log files kept besides the current one.
+    #[serde(default = "default_log_files")]
+    pub log_files: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_log_max_bytes() -> u64 {
+    logs::MAX_FILE_BYTES
+}
+
+fn default_log_files() -> usize {
+    logs::KEPT_FILES
 }
 
 impl ProcessConfig {
@@ -171,11 +198,30 @@ impl ProcessConfig {
                 ));
             }
         }
+        let replicas = fields.number("replicas", 1, 1..=MAX_REPLICAS)? as usize;
+        if replicas > 1 && port.is_some() {
+            return Err(ServiceError::invalid_field(
+                "replicas",
+                "The field 'replicas' needs ports of Herve's choosing: several copies cannot share the fixed 'port'.",
+            ));
+        }
         Ok(ProcessConfig {
             command,
             cwd,
             env,
             port,
+            replicas,
+            strategy: fields.choice("strategy", &Strategy::CHOICES)?,
+            log_max_bytes: fields.number(
+                "log_max_bytes",
+                logs::MAX_FILE_BYTES,
+                64 * 1024..=1024 * 1024 * 1024,
+            )?,
+            log_files: fields.number(
+                "log_files",
+                logs::KEPT_FILES as u64,
+                0..=logs::MOST_FILES as u64,
+            )? as usize,
             health_path: fields.url_path("health_path")?,
             restart,
             stop_timeout_ms: fields.number("stop_timeout_ms", 10_000, 0..=600_000)?,
@@ -306,12 +352,6 @@ fn find_program(program: &str, cwd: Option<&str>) -> Option<PathBuf> {
     })
 }
 
-/// A free TCP port on loopback, as the kernel hands them out.
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
 fn logs_dir(ctx: &ServiceContext) -> PathBuf {
     ctx.data_dir().join("logs")
 }
@@ -349,14 +389,11 @@ impl ServiceType for ProcessType {
         if config.command.is_empty() {
             return Err(ServiceError::failed("The stored command is empty."));
         }
-        // A Herve killed with SIGKILL may have left this service's programs behind.
-        orphans::kill_leftovers(ctx.uuid()).await;
-
-        let port = match config.port {
-            Some(port) => port,
-            None => free_port().map_err(|e| ServiceError::failed(format!("No free port: {e}")))?,
+        let limits = LogLimits {
+            max_bytes: config.log_max_bytes,
+            files: config.log_files,
         };
-        let log = logs::LogWriter::open(&logs_dir(ctx))
+        let log = logs::LogWriter::open(&logs_dir(ctx), limits)
             .map_err(|e| ServiceError::failed(format!("Cannot write the service's logs: {e}")))?;
         let identity = config.identity()?;
         let own_dir = work_dir(ctx.uuid(), identity.run_as).map_err(|e| {
@@ -370,74 +407,47 @@ impl ServiceType for ProcessType {
         // A program of another account is kept out by the directory's permissions;
         // one of Herve's own account needs Landlock for that.
         let hide = identity.run_as.is_none().then(|| self.herve_data.clone());
-        let supervisor = Supervisor {
-            spec: Spec {
+        let replicas = config.replicas.clamp(1, MAX_REPLICAS as usize);
+        let launcher = Launcher {
+            template: Spec {
                 argv: config.command.clone(),
                 cwd,
                 env,
                 run_as: identity.run_as,
                 containment: self.containment.clone(),
                 hide,
-                port,
-                uuid: ctx.uuid(),
+                port: 0,
+                unit: Unit::new(ctx.uuid()),
                 health_path: config.health_path.clone(),
                 restart: config.restart,
                 stop_timeout: Duration::from_millis(config.stop_timeout_ms),
                 ready_timeout: Duration::from_millis(config.ready_timeout_ms),
             },
+            fixed_port: config.port,
             log,
-            reporter: ctx.reporter().clone(),
             prober: self.prober.clone(),
+            board: Board::new(ctx.reporter().clone(), replicas),
+            proxy_options: instance::proxy_options(
+                config.strategy,
+                Duration::from_millis(config.timeout_ms),
+                replicas,
+                self.trusted.clone(),
+            ),
+            uuid: ctx.uuid(),
+            dropped: CancellationToken::new(),
         };
         ctx.reporter().report(crate::contract::Report::Starting);
-        let stop = CancellationToken::new();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(supervisor.run(stop.clone(), ready_tx));
-        let ready = tokio::select! {
-            ready = ready_rx => ready,
-            () = ctx.abandoned() => {
-                stop.cancel();
-                let _ = task.await;
-                orphans::kill_leftovers(ctx.uuid()).await;
-                return Err(ServiceError::failed(
-                    "The start was given up: the service was stopped meanwhile.",
-                ));
-            }
+        let abandoned = {
+            let ctx = ctx.clone();
+            async move { ctx.abandoned().await }
         };
-        match ready {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                let _ = task.await;
-                return Err(ServiceError::failed(format!(
-                    "The program did not start: {reason}."
-                )));
-            }
-            Err(_) => {
-                return Err(ServiceError::failed(
-                    "The program's supervisor ended unexpectedly.",
-                ))
-            }
-        }
-        let options = ProxyOptions {
-            strategy: Strategy::RoundRobin,
-            weights: vec![1],
-            timeout: Duration::from_millis(config.timeout_ms),
-            health_check: HealthCheck::Off,
-            trusted: self.trusted.clone(),
-        };
-        let proxy = Proxy::new(
-            self.prober.clone(),
-            vec![Upstream::local(port)],
-            options,
-            ctx.uuid(),
-        );
-        Ok(Box::new(RunningProcess {
-            containment: self.containment.clone(),
-            uuid: ctx.uuid(),
-            proxy,
-            stop,
-            supervisor: tokio::sync::Mutex::new(Some(task)),
-        }))
+        let running = RunningProcess::start(
+            launcher,
+            replicas,
+            futures_util::FutureExt::shared(Box::pin(abandoned)),
+        )
+        .await?;
+        Ok(Box::new(running))
     }
 
     async fn recover(&self, services: &[ServiceContext]) {
@@ -479,43 +489,5 @@ impl ServiceType for ProcessType {
             .map_err(|e| ServiceError::failed(e.to_string()))?
             .map(Some)
             .map_err(|e| ServiceError::failed(format!("Cannot read the service's logs: {e}")))
-    }
-}
-
-struct RunningProcess {
-    containment: Containment,
-    uuid: uuid::Uuid,
-    proxy: Arc<Proxy>,
-    /// Cancelled to stop the supervisor (and with it the program).
-    stop: CancellationToken,
-    supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for RunningProcess {
-    /// An instance dropped without a stop still stops its program.
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-#[async_trait]
-impl RunningService for RunningProcess {
-    fn routes(&self) -> Router {
-        self.proxy.router()
-    }
-
-    /// Answers once the program and everything in its process group are gone.
-    async fn stop(&self) -> Result<(), ServiceError> {
-        self.stop.cancel();
-        self.proxy.close();
-        if let Some(task) = self.supervisor.lock().await.take() {
-            task.await
-                .map_err(|e| ServiceError::failed(format!("The supervisor failed: {e}")))?;
-        }
-        // The group is gone; these also catch descendants that left it (setsid).
-        self.containment.kill_cgroup(self.uuid).await;
-        orphans::kill_leftovers(self.uuid).await;
-        containment::kill_adopted_orphans();
-        Ok(())
     }
 }

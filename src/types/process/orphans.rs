@@ -16,6 +16,12 @@ pub fn find_any(uuids: &[Uuid]) -> Vec<i32> {
         .iter()
         .map(|uuid| format!("HERVE_SERVICE_UUID={uuid}").into_bytes())
         .collect();
+    find_tagged(b"HERVE_SERVICE_UUID=", &needles)
+}
+
+/// The pids of processes whose environment has one of `needles` (`KEY=VALUE`, every
+/// one starting with `key`).
+fn find_tagged(key: &[u8], needles: &[Vec<u8>]) -> Vec<i32> {
     let own = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -30,7 +36,7 @@ pub fn find_any(uuids: &[Uuid]) -> Vec<i32> {
                 .map(|environ| {
                     environ
                         .split(|&b| b == 0)
-                        .filter(|var| var.starts_with(b"HERVE_SERVICE_UUID="))
+                        .filter(|var| var.starts_with(key))
                         .any(|var| needles.iter().any(|needle| needle.as_slice() == var))
                 })
                 .unwrap_or(false)
@@ -45,6 +51,16 @@ pub async fn kill_leftovers(uuid: Uuid) -> usize {
     kill_leftovers_of(vec![uuid]).await
 }
 
+/// Kills what is left of one copy of a program (tagged with its copy id), and waits.
+pub async fn kill_copy_leftovers(copy: &str) -> usize {
+    let key = format!("{}=", super::COPY_ENV).into_bytes();
+    let needle = format!("{}={copy}", super::COPY_ENV).into_bytes();
+    let pids = tokio::task::spawn_blocking(move || find_tagged(&key, &[needle]))
+        .await
+        .unwrap_or_default();
+    kill_and_wait(pids).await
+}
+
 /// [`kill_leftovers`] for several services with one pass over `/proc`.
 pub async fn kill_leftovers_of(uuids: Vec<Uuid>) -> usize {
     if uuids.is_empty() {
@@ -53,6 +69,10 @@ pub async fn kill_leftovers_of(uuids: Vec<Uuid>) -> usize {
     let pids = tokio::task::spawn_blocking(move || find_any(&uuids))
         .await
         .unwrap_or_default();
+    kill_and_wait(pids).await
+}
+
+async fn kill_and_wait(pids: Vec<i32>) -> usize {
     for &pid in &pids {
         // SAFETY: kill(2) with a pid read from /proc; at worst the process is gone.
         unsafe {
@@ -60,10 +80,7 @@ pub async fn kill_leftovers_of(uuids: Vec<Uuid>) -> usize {
         }
     }
     if !pids.is_empty() {
-        tracing::warn!(
-            count = pids.len(),
-            "killed processes left over from an earlier run"
-        );
+        tracing::warn!(count = pids.len(), "killed processes a program left behind");
         for _ in 0..50 {
             let alive = pids.iter().any(|pid| is_alive(*pid));
             if !alive {

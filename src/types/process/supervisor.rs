@@ -13,9 +13,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::containment::{self, Containment};
+use super::containment::{self, Containment, Unit};
 use super::logs::LogWriter;
-use crate::contract::{Report, StatusReporter};
 use crate::sys;
 use crate::upstream::Prober;
 
@@ -65,6 +64,7 @@ pub(crate) struct RunAs {
 }
 
 /// Everything needed to run the program.
+#[derive(Clone)]
 pub(crate) struct Spec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
@@ -75,7 +75,8 @@ pub(crate) struct Spec {
     /// Herve's data directory, hidden from a program that runs as Herve's own user.
     pub hide: Option<PathBuf>,
     pub port: u16,
-    pub uuid: uuid::Uuid,
+    /// Which copy of which service this program is: its cgroup and its tag.
+    pub unit: Unit,
     pub health_path: Option<String>,
     pub restart: RestartPolicy,
     pub stop_timeout: Duration,
@@ -85,8 +86,24 @@ pub(crate) struct Spec {
 pub(crate) struct Supervisor {
     pub spec: Spec,
     pub log: Arc<LogWriter>,
-    pub reporter: StatusReporter,
+    /// What happens to the copy, for whoever keeps the service's status.
+    pub events: Arc<dyn Fn(CopyEvent) + Send + Sync>,
     pub prober: Prober,
+}
+
+/// What a supervisor tells about its copy of the program.
+#[derive(Debug, Clone)]
+pub(crate) enum CopyEvent {
+    /// Its runtime facts changed (pid, port, restarts, last exit).
+    Facts(serde_json::Value),
+    /// It is ready (again).
+    Ready,
+    /// It exited and is being started again.
+    Restarting,
+    /// Herve gave up on it, after it had been ready once.
+    GaveUp(String),
+    /// It ended by itself and is not restarted (its policy says so).
+    Ended { reason: String, success: bool },
 }
 
 /// What the runtime facts of the service are.
@@ -113,7 +130,7 @@ impl Supervisor {
                 Some(ready) => {
                     let _ = ready.send(Err(reason));
                 }
-                None => self.reporter.report(Report::Failed(reason)),
+                None => (self.events)(CopyEvent::GaveUp(reason)),
             }
         };
 
@@ -198,7 +215,7 @@ impl Supervisor {
                 Some(ready) => {
                     let _ = ready.send(Ok(()));
                 }
-                None => self.reporter.report(Report::Running),
+                None => (self.events)(CopyEvent::Ready),
             }
 
             // Until it exits or is stopped.
@@ -221,16 +238,15 @@ impl Supervisor {
                 let reason = format!("it exited ({status})");
                 self.log
                     .line(format!("[herve] {reason}; not restarted").as_bytes());
-                self.reporter.report(if exited_ok {
-                    Report::Exited(reason)
-                } else {
-                    Report::Failed(reason)
+                (self.events)(CopyEvent::Ended {
+                    reason,
+                    success: exited_ok,
                 });
                 return;
             }
             self.log
                 .line(format!("[herve] exited ({status}); restarting in {backoff:?}").as_bytes());
-            self.reporter.report(Report::Starting);
+            (self.events)(CopyEvent::Restarting);
             if self.pause(&stop, backoff).await {
                 return;
             }
@@ -253,8 +269,9 @@ impl Supervisor {
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", &port)
+            .env(super::COPY_ENV, &spec.unit.id)
             .current_dir(&spec.cwd);
-        let cgroup = spec.containment.cgroup_procs(spec.uuid)?;
+        let cgroup = spec.containment.cgroup_procs(&spec.unit)?;
         let mut sandbox = match &spec.hide {
             Some(hidden) => super::sandbox::hiding(hidden).map_err(std::io::Error::other)?,
             None => None,
@@ -362,7 +379,7 @@ impl Supervisor {
         for pid in &started {
             sys::kill(*pid, libc::SIGKILL);
         }
-        self.spec.containment.kill_cgroup(self.spec.uuid).await;
+        self.spec.containment.kill_unit(&self.spec.unit).await;
         containment::kill_adopted_orphans();
         let status = status.unwrap_or_else(|error| format!("unknown ({error})"));
         self.log
@@ -378,7 +395,7 @@ impl Supervisor {
     }
 
     fn report_facts(&self, facts: &Facts) {
-        self.reporter.report(Report::Runtime(json!({
+        (self.events)(CopyEvent::Facts(json!({
             "pid": facts.pid,
             "port": self.spec.port,
             "restarts": facts.restarts,
@@ -424,7 +441,7 @@ async fn reap(
         containment::forget_leader(pgid);
         kill_group(pgid, libc::SIGKILL);
     }
-    spec.containment.kill_cgroup(spec.uuid).await;
+    spec.containment.kill_unit(&spec.unit).await;
     containment::kill_adopted_orphans();
     match status {
         Ok(status) => (Some(status), status.to_string()),
