@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use super::{Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType};
 
 /// A [`ServiceType`] whose configuration is JSON.
 #[async_trait]
@@ -27,6 +27,11 @@ pub(crate) trait AnyServiceType: Send + Sync + 'static {
         config: &Value,
         tail: usize,
     ) -> Result<Option<Vec<String>>, ServiceError>;
+    async fn follow_logs(
+        &self,
+        ctx: &ServiceContext,
+        config: &Value,
+    ) -> Result<Option<LogLines>, ServiceError>;
 }
 
 /// The stored configuration of a service, typed again.
@@ -85,5 +90,14 @@ impl<T: ServiceType> AnyServiceType for T {
     ) -> Result<Option<Vec<String>>, ServiceError> {
         let config = typed::<T>(config)?;
         ServiceType::logs(self, ctx, &config, tail).await
+    }
+
+    async fn follow_logs(
+        &self,
+        ctx: &ServiceContext,
+        config: &Value,
+    ) -> Result<Option<LogLines>, ServiceError> {
+        let config = typed::<T>(config)?;
+        ServiceType::follow_logs(self, ctx, &config).await
     }
 }

@@ -159,6 +159,19 @@ pub trait ServiceType: Send + Sync + 'static {
         let _ = services;
     }
 
+    /// Each new line of the service's output as it is written, from now on, for
+    /// `GET /services/:uuid/logs?follow=true`; `None` when the type keeps no logs (the
+    /// default). Herve ends the stream when the client leaves or the service is
+    /// unregistered; a type that keeps logs should support it.
+    async fn follow_logs(
+        &self,
+        ctx: &ServiceContext,
+        config: &Self::Config,
+    ) -> Result<Option<LogLines>, ServiceError> {
+        let _ = (ctx, config);
+        Ok(None)
+    }
+
     /// The last `tail` lines of the service's output, oldest first, for
     /// `GET /services/:uuid/logs`; `None` when the type keeps no logs (the default).
     /// Called whether or not the service runs.
@@ -363,6 +376,10 @@ impl MountPrefix {
 
 /// A boxed error, the source of a [`ServiceError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Lines of a service's output as they are written, without their newline: what
+/// [`ServiceType::follow_logs`] returns.
+pub type LogLines = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
 
 /// Why a hook failed. Herve turns it into the API's answer.
 #[derive(Debug, thiserror::Error)]

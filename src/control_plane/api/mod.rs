@@ -19,6 +19,7 @@ use axum::Router;
 use uuid::Uuid;
 
 mod certificates;
+mod operate;
 
 use super::admin_auth::AdminAuth;
 use super::certificates::Certificates;
@@ -42,6 +43,9 @@ pub(crate) fn router(
         .route("/services/{uuid}/unregister", post(unregister))
         .route("/services/{uuid}/restart", post(restart))
         .route("/services/{uuid}/logs", get(logs))
+        .route("/services/{uuid}/reload", post(operate::reload))
+        .route("/services/status", get(operate::status))
+        .route("/services/apply", get(operate::export).post(operate::apply))
         .with_state(registry)
         .merge(certificates::routes(certificates))
         // `layer`, not `route_layer`: a wrong method is refused only after the
@@ -150,12 +154,14 @@ const MAX_TAIL: usize = 10_000;
 #[derive(serde::Deserialize)]
 struct LogsQuery {
     tail: Option<String>,
+    follow: Option<String>,
 }
 
 async fn logs(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
     query: Result<Query<LogsQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let bad_tail = || {
         ApiError::new(
@@ -163,13 +169,38 @@ async fn logs(
             format!("The parameter 'tail' must be a whole number from 1 to {MAX_TAIL}."),
         )
     };
-    let tail = match query.map_err(|_| bad_tail())?.0.tail {
+    let query = query.map_err(|_| bad_tail())?.0;
+    let follow = match query
+        .follow
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("false" | "0" | "no") => false,
+        Some("true" | "1" | "yes" | "") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "The parameter 'follow' must be true or false.",
+            ))
+        }
+    };
+    let tail = match query.tail {
+        // Following starts from the last few lines, as `tail -f` does.
+        None if follow => 10,
         None => 100,
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=MAX_TAIL).contains(&n) => n,
             _ => return Err(bad_tail()),
         },
     };
+    if follow {
+        let (last, lines) = registry
+            .follow_logs(uuid.0, tail)
+            .await
+            .map_err(api_error)?;
+        return Ok(operate::stream_lines(last, lines, &headers));
+    }
     let lines = registry.logs(uuid.0, tail).await.map_err(api_error)?;
     Ok(Envelope::data(lines).respond(StatusCode::OK))
 }
@@ -181,7 +212,10 @@ fn api_error(error: RegistryError) -> ApiError {
         RegistryError::NotFound | RegistryError::UnknownType | RegistryError::NoLogs => {
             StatusCode::NOT_FOUND
         }
-        RegistryError::InvalidField { .. } | RegistryError::StillRunning => StatusCode::BAD_REQUEST,
+        RegistryError::InvalidField { .. }
+        | RegistryError::StillRunning
+        | RegistryError::NotRunning
+        | RegistryError::Plan(_) => StatusCode::BAD_REQUEST,
         RegistryError::NameTaken(_)
         | RegistryError::TooMany(_)
         | RegistryError::RouteTaken { .. } => StatusCode::CONFLICT,
@@ -190,6 +224,7 @@ fn api_error(error: RegistryError) -> ApiError {
         | RegistryError::Hook(_)
         | RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RegistryError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        RegistryError::TooManyFollowers(_) => StatusCode::TOO_MANY_REQUESTS,
     };
     let answer = ApiError::new(status, error.to_string());
     if status.is_server_error() {

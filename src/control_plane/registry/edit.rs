@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::definition::{merged, Definition, Generic};
-use super::{Registry, RegistryError, ServiceView, Slot, Status};
-use crate::contract::{Fields, RunningService};
+use super::{Life, Registry, RegistryError, ServiceView, Slot, Status};
+use crate::contract::{AnyServiceType, Fields, RunningService};
 use crate::data_plane::Target;
 use crate::util::lock;
 
@@ -29,6 +29,7 @@ const DRAIN_CHECK: Duration = Duration::from_millis(20);
 impl Registry {
     /// Edits service `uuid` with `edit`'s fields; the service as it is now.
     pub async fn edit(&self, uuid: Uuid, edit: &Fields) -> Result<ServiceView, RegistryError> {
+        let _shared = self.gate.read().await;
         let (slot, mut life) = self.locked(uuid, false).await?;
         for key in ["name", "type"] {
             let current = if key == "name" {
@@ -43,6 +44,19 @@ impl Registry {
                 });
             }
         }
+        let fields = merged(&slot.definition().fields, edit);
+        self.redefine(&slot, &mut life, &fields).await
+    }
+
+    /// Replaces the definition of `slot` by the one `fields` make, checked as a
+    /// registration; the caller holds its lifecycle lock.
+    pub(super) async fn redefine(
+        &self,
+        slot: &Arc<Slot>,
+        life: &mut Life,
+        fields: &Fields,
+    ) -> Result<ServiceView, RegistryError> {
+        let uuid = slot.uuid;
         if let Some(problem) = &slot.corrupt {
             return Err(RegistryError::Corrupt(problem.clone()));
         }
@@ -50,15 +64,14 @@ impl Registry {
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
         let current = slot.definition();
-        let fields = merged(&current.fields, edit);
-        let generic = Generic::read(&fields)?;
+        let generic = Generic::read(fields)?;
         let ctx = self.context(
             uuid,
             &slot.name,
             crate::contract::StatusReporter::detached(),
         );
-        let config = service_type.register(&ctx, &fields).await?;
-        let next = Definition::new(generic, &fields, config);
+        let config = service_type.register(&ctx, fields).await?;
+        let next = Definition::new(generic, fields, config);
         let claims = next.claims();
         if let Some((route, owner)) = lock(&self.services).conflict(uuid, &claims) {
             return Err(RegistryError::RouteTaken { route, owner });
@@ -69,57 +82,74 @@ impl Registry {
         let mut restarted = false;
         if !running || !reconfigured {
             self.store.update(&slot.record(&next)).await?;
-            self.adopt(&slot, &current, next);
+            self.adopt(slot, &current, next);
         } else if service_type.runs_side_by_side(&next.config) {
-            let old_epoch = lock(&slot.state).epoch;
-            let (epoch, abandon) = {
-                let mut state = lock(&slot.state);
-                let abandon = CancellationToken::new();
-                state.abandon = Some(abandon.clone());
-                (state.next_epoch(), abandon)
-            };
-            let ctx = self
-                .context(uuid, &slot.name, self.reporter(&slot, epoch))
-                .with_abandon(abandon);
-            let started = service_type.start(&ctx, &next.config).await;
-            let back_to_old = || {
-                let mut state = lock(&slot.state);
-                state.abandon = None;
-                // The old instance answers on: its reports count again.
-                state.epoch = old_epoch;
-            };
-            let instance = match started {
-                Ok(instance) => instance,
-                Err(error) => {
-                    back_to_old();
-                    return Err(error.into());
-                }
-            };
-            if let Err(error) = self.store.update(&slot.record(&next)).await {
-                back_to_old();
-                if let Err(stop_error) = instance.stop().await {
-                    tracing::warn!(%uuid, error = %stop_error, "stop of a new instance after a failed save failed");
-                }
-                return Err(error.into());
-            }
-            lock(&slot.state).abandon = None;
-            let old_target = lock(&slot.state).target.clone();
-            let old = life.instance.take();
-            self.adopt(&slot, &current, next);
-            self.go_live(&slot, &mut life, instance, epoch)?;
-            if let Some(old) = old {
-                self.drain(uuid, old, old_target);
-            }
+            self.replace_beside(slot, life, &service_type, &current, next)
+                .await?;
         } else {
             self.store.update(&slot.record(&next)).await?;
-            self.adopt(&slot, &current, next);
-            self.halt(&slot, &mut life).await;
+            self.adopt(slot, &current, next);
+            self.halt(slot, life).await;
             restarted = true;
-            self.start_locked(&slot, &mut life).await?;
+            self.start_locked(slot, life).await?;
         }
         let mut view = slot.view(false);
         view.restarted = restarted.then_some(true);
         Ok(view)
+    }
+
+    /// Starts an instance of `next` beside the running one, saves `next`, moves the
+    /// routes to the new instance in one swap and stops the old one once its requests
+    /// are answered. If the new instance does not start, the old one answers on.
+    pub(super) async fn replace_beside(
+        &self,
+        slot: &Arc<Slot>,
+        life: &mut Life,
+        service_type: &Arc<dyn AnyServiceType>,
+        current: &Definition,
+        next: Definition,
+    ) -> Result<(), RegistryError> {
+        let uuid = slot.uuid;
+        let old_epoch = lock(&slot.state).epoch;
+        let (epoch, abandon) = {
+            let mut state = lock(&slot.state);
+            let abandon = CancellationToken::new();
+            state.abandon = Some(abandon.clone());
+            (state.next_epoch(), abandon)
+        };
+        let ctx = self
+            .context(uuid, &slot.name, self.reporter(slot, epoch))
+            .with_abandon(abandon);
+        let started = service_type.start(&ctx, &next.config).await;
+        let back_to_old = || {
+            let mut state = lock(&slot.state);
+            state.abandon = None;
+            // The old instance answers on: its reports count again.
+            state.epoch = old_epoch;
+        };
+        let instance = match started {
+            Ok(instance) => instance,
+            Err(error) => {
+                back_to_old();
+                return Err(error.into());
+            }
+        };
+        if let Err(error) = self.store.update(&slot.record(&next)).await {
+            back_to_old();
+            if let Err(stop_error) = instance.stop().await {
+                tracing::warn!(%uuid, error = %stop_error, "stop of a new instance after a failed save failed");
+            }
+            return Err(error.into());
+        }
+        lock(&slot.state).abandon = None;
+        let old_target = lock(&slot.state).target.clone();
+        let old = life.instance.take();
+        self.adopt(slot, current, next);
+        self.go_live(slot, life, instance, epoch)?;
+        if let Some(old) = old {
+            self.drain(uuid, old, old_target);
+        }
+        Ok(())
     }
 
     /// Makes `next` the definition of `slot` (saved already): its routes claimed, and

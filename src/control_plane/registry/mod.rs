@@ -18,6 +18,7 @@
 //! is applied only while its epoch is current: a late report of a stopped instance
 //! changes nothing.
 
+mod apply;
 mod catalog;
 mod definition;
 mod edit;
@@ -34,15 +35,20 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub(crate) use apply::DesiredState;
 pub(crate) use catalog::TypeCatalog;
 use definition::{check_routable_name, Claim, Definition, Generic};
 
 use super::store::{ServiceRecord, Status, Store, StoreError};
 use crate::contract::{
-    AnyServiceType, Fields, Report, RunningService, ServiceContext, ServiceError, StatusReporter,
+    AnyServiceType, Fields, LogLines, Report, RunningService, ServiceContext, ServiceError,
+    StatusReporter,
 };
 use crate::data_plane::{HostPattern, RouteTable, ServiceRoutes, Target};
 use crate::util::{lock, unix_now};
+
+/// The most clients following logs at once, over every service.
+pub(crate) const MAX_FOLLOWERS: usize = 64;
 
 /// The longest service name, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 63;
@@ -62,6 +68,13 @@ pub(crate) enum RegistryError {
     TooMany(usize),
     #[error("The service should be stopped before being unregistered")]
     StillRunning,
+    #[error("The service is not running: start it instead.")]
+    NotRunning,
+    #[error("Too many clients follow logs ({0} at most); try again later.")]
+    TooManyFollowers(usize),
+    /// A desired state was refused: every problem it has.
+    #[error("The desired state has {} problem(s); nothing was changed.", .0.len())]
+    Plan(Vec<apply::Problem>),
     #[error("The service type '{0}' is not available in this Herve.")]
     TypeUnavailable(String),
     #[error("This service keeps no logs.")]
@@ -109,6 +122,9 @@ pub(crate) struct ServiceView {
     /// Why the service failed or ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the running instance started (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
     /// What the running instance reports about itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Value>,
@@ -119,6 +135,14 @@ pub(crate) struct ServiceView {
     /// type cannot run two instances side by side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarted: Option<bool>,
+}
+
+/// The registry at a glance (`GET /services/status`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Summary {
+    pub services: usize,
+    pub by_status: std::collections::BTreeMap<Status, usize>,
+    pub uptime_s: u64,
 }
 
 /// What changes about a service between hooks; under a short lock.
@@ -139,6 +163,8 @@ struct State {
     ended_epoch: u64,
     /// Set while a start runs: cancelling it asks the start to give up.
     abandon: Option<CancellationToken>,
+    /// When the instance that answers went live (Unix seconds).
+    started_at: Option<u64>,
 }
 
 impl State {
@@ -165,6 +191,8 @@ struct Slot {
     state: Mutex<State>,
     /// Held for the whole of a start, stop or unregister of this service.
     life: Arc<tokio::sync::Mutex<Life>>,
+    /// Cancelled when the service is unregistered: whoever follows it stops.
+    gone: CancellationToken,
 }
 
 #[derive(Default)]
@@ -215,6 +243,7 @@ impl Slot {
                 .collect(),
             path: definition.path.clone(),
             reason: (!state.reason.is_empty()).then(|| state.reason.clone()),
+            started_at: state.started_at,
             runtime: state.runtime.clone(),
             config: (with_config && !definition.config.is_null())
                 .then(|| definition.config.clone()),
@@ -295,6 +324,13 @@ pub(crate) struct Registry {
     closing_token: CancellationToken,
     /// Replaced instances finishing their requests before they stop.
     draining: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Every change takes it shared; an apply takes it whole, so that its plan and its
+    /// changes are one step for every other caller.
+    gate: tokio::sync::RwLock<()>,
+    /// When this registry was loaded, for the server's uptime.
+    loaded_at: std::time::Instant,
+    /// One permit per client following logs.
+    followers: Arc<tokio::sync::Semaphore>,
     /// The control plane's runtime: reports may come from any thread, and their
     /// recording runs here.
     runtime: tokio::runtime::Handle,
@@ -349,6 +385,9 @@ impl Registry {
             closing: AtomicBool::new(false),
             closing_token: CancellationToken::new(),
             draining: Mutex::new(Vec::new()),
+            gate: tokio::sync::RwLock::new(()),
+            loaded_at: std::time::Instant::now(),
+            followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -417,7 +456,21 @@ impl Registry {
             .cloned()
             .ok_or(RegistryError::UnknownType)?;
         let generic = Generic::read(fields)?;
+        let _shared = self.gate.read().await;
+        self.register_unguarded(name, service_type, generic, fields)
+            .await
+    }
 
+    /// Registers a service; the caller holds the gate.
+    async fn register_unguarded(
+        &self,
+        name: &str,
+        service_type: Arc<dyn AnyServiceType>,
+        generic: Generic,
+        fields: &Fields,
+    ) -> Result<ServiceView, RegistryError> {
+        let type_name = service_type.name().to_owned();
+        let type_name = type_name.as_str();
         let _registering = self.registering.lock().await;
         self.check_room_for(name)?;
         let uuid = Uuid::new_v4();
@@ -464,6 +517,7 @@ impl Registry {
 
     /// Starts a service; starting a running service does nothing.
     pub async fn start(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let _shared = self.gate.read().await;
         let (slot, mut life) = self.locked(uuid, false).await?;
         self.start_locked(&slot, &mut life).await?;
         Ok(slot.view(false))
@@ -472,6 +526,12 @@ impl Registry {
     /// Stops a service; stopping a service that does not run does nothing. The stop
     /// is saved first: if the store refuses it, the service goes on as it was.
     pub async fn stop(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let _shared = self.gate.read().await;
+        self.stop_unguarded(uuid).await
+    }
+
+    /// Stops a service; the caller holds the gate.
+    async fn stop_unguarded(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
         let (slot, mut life) = self.locked(uuid, true).await?;
         // Record `stopped` whenever the status says anything else than "not running":
         // also after a start or stop that failed halfway. One that never ran stays
@@ -489,6 +549,7 @@ impl Registry {
 
     /// Stops a service if it runs, then starts it.
     pub async fn restart(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let _shared = self.gate.read().await;
         let (slot, mut life) = self.locked(uuid, true).await?;
         self.halt(&slot, &mut life).await;
         self.start_locked(&slot, &mut life).await?;
@@ -497,6 +558,12 @@ impl Registry {
 
     /// Forgets a stopped service.
     pub async fn unregister(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let _shared = self.gate.read().await;
+        self.unregister_unguarded(uuid).await
+    }
+
+    /// Forgets a stopped service; the caller holds the gate.
+    async fn unregister_unguarded(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
         let (slot, mut life) = self.locked(uuid, false).await?;
         if life.instance.is_some() {
             if slot.status().should_run() {
@@ -509,6 +576,7 @@ impl Registry {
         // happens to the type's cleanup, which can only leave files behind.
         self.store.remove(uuid).await?;
         life.removed = true;
+        slot.gone.cancel();
         let definition = slot.definition();
         {
             let mut services = lock(&self.services);
@@ -536,6 +604,110 @@ impl Registry {
             .logs(&ctx, &slot.definition().config, tail)
             .await?
             .ok_or(RegistryError::NoLogs)
+    }
+
+    /// Replaces what answers for a running service without a gap: the type's own
+    /// reload if it has one, else a new instance beside the old one (or a restart, for a
+    /// type that cannot run two). If the new instance does not get ready, the old one
+    /// answers on and the error says why.
+    pub async fn reload(&self, uuid: Uuid) -> Result<ServiceView, RegistryError> {
+        let _shared = self.gate.read().await;
+        let (slot, mut life) = self.locked(uuid, false).await?;
+        if let Some(problem) = &slot.corrupt {
+            return Err(RegistryError::Corrupt(problem.clone()));
+        }
+        let Some(service_type) = slot.service_type.clone() else {
+            return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
+        };
+        let Some(instance) = life
+            .instance
+            .as_ref()
+            .filter(|_| slot.status().should_run())
+        else {
+            return Err(RegistryError::NotRunning);
+        };
+        if let Some(reloaded) = instance.reload().await {
+            reloaded?;
+            return Ok(slot.view(false));
+        }
+        let current = slot.definition();
+        let mut restarted = false;
+        if service_type.runs_side_by_side(&current.config) {
+            self.replace_beside(
+                &slot,
+                &mut life,
+                &service_type,
+                &current,
+                (*current).clone(),
+            )
+            .await?;
+        } else {
+            self.halt(&slot, &mut life).await;
+            restarted = true;
+            self.start_locked(&slot, &mut life).await?;
+        }
+        let mut view = slot.view(false);
+        view.restarted = restarted.then_some(true);
+        Ok(view)
+    }
+
+    /// The last `tail` lines of a service's output, then each new line as it is
+    /// written, until the service is unregistered or Herve shuts down.
+    pub async fn follow_logs(
+        &self,
+        uuid: Uuid,
+        tail: usize,
+    ) -> Result<(Vec<String>, LogLines), RegistryError> {
+        let slot = self.slot(uuid)?;
+        let Some(service_type) = &slot.service_type else {
+            return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
+        };
+        let permit = Arc::clone(&self.followers)
+            .try_acquire_owned()
+            .map_err(|_| RegistryError::TooManyFollowers(MAX_FOLLOWERS))?;
+        let ctx = self.context(uuid, &slot.name, StatusReporter::detached());
+        let config = &slot.definition().config;
+        // Followed from here first: a line written while the tail is read is not lost
+        // (it may show twice).
+        let lines = service_type
+            .follow_logs(&ctx, config)
+            .await?
+            .ok_or(RegistryError::NoLogs)?;
+        let last = service_type
+            .logs(&ctx, config, tail)
+            .await?
+            .ok_or(RegistryError::NoLogs)?;
+        let until = {
+            let gone = slot.gone.clone();
+            let closing = self.closing_token.clone();
+            async move {
+                tokio::select! {
+                    () = gone.cancelled() => {}
+                    () = closing.cancelled() => {}
+                }
+            }
+        };
+        let lines = futures_util::StreamExt::take_until(lines, Box::pin(until));
+        // The permit goes with the stream.
+        let lines = futures_util::StreamExt::map(lines, move |line| {
+            let _held = &permit;
+            line
+        });
+        Ok((last, Box::pin(lines)))
+    }
+
+    /// How many services there are in each status, and how long this Herve has run.
+    pub fn summary(&self) -> Summary {
+        let services = lock(&self.services);
+        let mut by_status = std::collections::BTreeMap::new();
+        for slot in services.by_uuid.values() {
+            *by_status.entry(slot.status()).or_insert(0) += 1;
+        }
+        Summary {
+            services: services.by_uuid.len(),
+            by_status,
+            uptime_s: self.loaded_at.elapsed().as_secs(),
+        }
     }
 
     /// Stops every running instance without recording it, so that the next start of
@@ -712,6 +884,7 @@ impl Registry {
         state.target = Some(target);
         state.status = Status::Running;
         state.reason.clear();
+        state.started_at = Some(unix_now().max(0).unsigned_abs());
         Ok(())
     }
 
@@ -724,6 +897,7 @@ impl Registry {
             state.next_epoch();
             state.target = None;
             state.runtime = None;
+            state.started_at = None;
         }
         let Some(instance) = life.instance.take() else {
             return;
@@ -771,8 +945,10 @@ impl Slot {
                 target: None,
                 ended_epoch: 0,
                 abandon: None,
+                started_at: None,
             }),
             life: Arc::new(tokio::sync::Mutex::new(Life::default())),
+            gone: CancellationToken::new(),
         }
     }
 }

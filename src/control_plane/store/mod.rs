@@ -17,7 +17,9 @@ pub(crate) use sqlite::SqliteStore;
 use crate::util::sqlite::DbError;
 
 /// Where a service is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     /// Registered and never started.

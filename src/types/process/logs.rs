@@ -1,7 +1,7 @@
 //! A service's captured output: size-bounded, rotated files, and reading their tail.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -155,29 +155,150 @@ impl LogWriter {
     }
 }
 
-/// The last `tail` lines of the log in `dir`, oldest first (empty if none yet).
+/// The last `tail` lines of the log in `dir`, oldest first (empty if none yet). Reads
+/// each file from its end, as little as it needs: a file may be large.
 pub fn tail(dir: &Path, tail: usize) -> std::io::Result<Vec<String>> {
     let mut lines: Vec<String> = Vec::new();
     let names = std::iter::once(CURRENT.to_owned())
         .chain((1..=MOST_FILES).map(|index| format!("{CURRENT}.{index}")));
     for name in names {
-        let bytes = match fs::read(dir.join(name)) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
-            Err(error) => return Err(error),
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        let older: Vec<String> = text.lines().map(str::to_owned).collect();
-        let wanted = tail - lines.len();
-        let start = older.len().saturating_sub(wanted);
-        let mut merged = older[start..].to_vec();
-        merged.append(&mut lines);
-        lines = merged;
         if lines.len() >= tail {
             break;
         }
+        let mut file = match File::open(dir.join(name)) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+            Err(error) => return Err(error),
+        };
+        let mut older = last_lines(&mut file, tail - lines.len())?;
+        older.append(&mut lines);
+        lines = older;
     }
     Ok(lines)
+}
+
+/// The last `wanted` lines of `file`, read backwards in blocks.
+fn last_lines(file: &mut File, wanted: usize) -> std::io::Result<Vec<String>> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = file.seek(SeekFrom::End(0))?;
+    let mut kept: Vec<u8> = Vec::new();
+    // One more newline than lines: the one before the first line kept.
+    while end > 0 && kept.iter().filter(|&&b| b == b'\n').count() <= wanted {
+        let start = end.saturating_sub(BLOCK);
+        let mut block = vec![0; usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(&kept);
+        kept = block;
+        end = start;
+    }
+    let text = String::from_utf8_lossy(&kept);
+    let all: Vec<&str> = text.lines().collect();
+    // The first piece is part of a line unless the file was read from its start.
+    let whole = if end == 0 {
+        &all[..]
+    } else {
+        &all[1.min(all.len())..]
+    };
+    let from = whole.len().saturating_sub(wanted);
+    Ok(whole[from..]
+        .iter()
+        .map(|line| (*line).to_owned())
+        .collect())
+}
+
+/// Follows `<dir>/output.log` from its current end: each call of [`Follower::read`]
+/// returns the lines written since, across a rotation (the file followed is read to its
+/// end before the new one). A file rotated in and out again between two reads is
+/// skipped: followers read often, and a file holds `log_max_bytes`.
+pub struct Follower {
+    path: PathBuf,
+    /// The file followed, its identity (device, inode) and how far it was read.
+    open: Option<(File, (u64, u64), u64)>,
+    /// The start of a line not ended yet.
+    partial: Vec<u8>,
+}
+
+/// The most bytes one read of a follower takes in (the rest waits for the next).
+const FOLLOW_READ: u64 = 256 * 1024;
+
+impl Follower {
+    pub fn at_end(dir: &Path) -> Follower {
+        let path = dir.join(CURRENT);
+        let open = File::open(&path).ok().and_then(|mut file| {
+            let identity = identity(&file.metadata().ok()?);
+            let end = file.seek(SeekFrom::End(0)).ok()?;
+            Some((file, identity, end))
+        });
+        Follower {
+            path,
+            open,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The lines written since the last call.
+    pub fn read(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.drain(&mut lines) == FOLLOW_READ {
+            // More to read in this file before looking for a newer one.
+            return lines;
+        }
+        // Rotated (or made anew): the rest of the old file is read above, then the new
+        // one from its start.
+        let now = fs::metadata(&self.path).ok().map(|meta| identity(&meta));
+        let followed = self.open.as_ref().map(|(_, identity, _)| *identity);
+        if now.is_some() && now != followed {
+            self.open = File::open(&self.path).ok().and_then(|file| {
+                let identity = identity(&file.metadata().ok()?);
+                Some((file, identity, 0))
+            });
+            self.partial.clear();
+            self.drain(&mut lines);
+        }
+        lines
+    }
+
+    /// Reads what was added to the file followed (at most [`FOLLOW_READ`] bytes);
+    /// how many bytes it read.
+    fn drain(&mut self, lines: &mut Vec<String>) -> u64 {
+        let Some((file, _, position)) = self.open.as_mut() else {
+            return 0;
+        };
+        let Ok(size) = file.metadata().map(|meta| meta.len()) else {
+            return 0;
+        };
+        if size < *position {
+            // Truncated: what is there now is new.
+            *position = 0;
+            self.partial.clear();
+        }
+        let want = (size - *position).min(FOLLOW_READ);
+        if want == 0 || file.seek(SeekFrom::Start(*position)).is_err() {
+            return 0;
+        }
+        let mut chunk = vec![0; usize::try_from(want).unwrap_or(0)];
+        let Ok(read) = file.read(&mut chunk) else {
+            return 0;
+        };
+        chunk.truncate(read);
+        *position += read as u64;
+        self.partial.extend_from_slice(&chunk);
+        let complete = match self.partial.iter().rposition(|&b| b == b'\n') {
+            Some(at) => at + 1,
+            None if self.partial.len() >= MAX_LINE_BYTES => self.partial.len(),
+            None => return read as u64,
+        };
+        let rest = self.partial.split_off(complete);
+        let done = std::mem::replace(&mut self.partial, rest);
+        lines.extend(String::from_utf8_lossy(&done).lines().map(str::to_owned));
+        read as u64
+    }
+}
+
+fn identity(meta: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 #[cfg(test)]
@@ -215,5 +336,33 @@ mod tests {
             .collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1));
         assert!(tail(&dir.path().join("none"), 3).expect("tail").is_empty());
+    }
+
+    #[test]
+    fn a_follower_sees_new_lines_across_rotations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = LogLimits {
+            max_bytes: 100,
+            files: 1,
+        };
+        let writer = LogWriter::open(dir.path(), limits).expect("open");
+        writer.line(b"before");
+        let mut follower = Follower::at_end(dir.path());
+        assert!(follower.read().is_empty());
+        let mut seen = Vec::new();
+        for i in 0..50 {
+            writer.line(format!("line {i:02} {}", "x".repeat(20)).as_bytes());
+            if i % 3 == 0 {
+                seen.extend(follower.read());
+            }
+        }
+        seen.extend(follower.read());
+        let numbers: Vec<usize> = seen
+            .iter()
+            .map(|line| line[5..7].parse().expect("number"))
+            .collect();
+        // Each line once, in order; none lost to a rotation between two reads (a
+        // rotation per four lines, a read per three: some are read from the old file).
+        assert_eq!(numbers, (0..50).collect::<Vec<_>>());
     }
 }

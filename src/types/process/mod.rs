@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::{
+    Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType,
+};
 use crate::upstream::{Prober, Strategy, TrustedProxies};
 pub(crate) use containment::reap_adopted_orphans;
 use containment::{Containment, Unit};
@@ -27,6 +29,8 @@ use supervisor::{RestartPolicy, RunAs, Spec};
 pub(crate) const COPY_ENV: &str = "HERVE_SERVICE_COPY";
 /// Environment variables Herve sets itself.
 const RESERVED_ENV: [&str; 4] = ["PORT", "HERVE_SERVICE_UUID", "HERVE_SERVICE_NAME", COPY_ENV];
+/// How often a followed log is looked at for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// The most copies one service may run.
 const MAX_REPLICAS: u64 = 64;
 /// The account programs run as when Herve runs as root and the service names none:
@@ -475,6 +479,37 @@ impl ServiceType for ProcessType {
                 "Cannot remove the service's files: {error}"
             ))),
         }
+    }
+
+    async fn follow_logs(
+        &self,
+        ctx: &ServiceContext,
+        _config: &ProcessConfig,
+    ) -> Result<Option<LogLines>, ServiceError> {
+        let dir = logs_dir(ctx);
+        let follower = tokio::task::spawn_blocking(move || logs::Follower::at_end(&dir))
+            .await
+            .map_err(|e| ServiceError::failed(e.to_string()))?;
+        let lines = futures_util::stream::unfold(
+            (follower, std::collections::VecDeque::new()),
+            |(mut follower, mut pending)| async move {
+                loop {
+                    if let Some(line) = pending.pop_front() {
+                        return Some((line, (follower, pending)));
+                    }
+                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    let (back, lines) = tokio::task::spawn_blocking(move || {
+                        let lines = follower.read();
+                        (follower, lines)
+                    })
+                    .await
+                    .ok()?;
+                    follower = back;
+                    pending.extend(lines);
+                }
+            },
+        );
+        Ok(Some(Box::pin(lines)))
     }
 
     async fn logs(
