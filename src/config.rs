@@ -57,7 +57,9 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
     name = "herve",
     version,
     about = "One binary to register, run, supervise and route to your services.",
-    after_help = "Settings are read from flags, then the environment, then ./.env."
+    after_help = "Settings are read from flags, then the environment, then ./.env.\n\
+                  This runs the server (also `herve serve`); `herve help` lists the commands \
+                  that drive a running one (ls, logs, apply, …)."
 )]
 pub struct Config {
     /// TCP port of the HTTP server (admin API and service routes).
@@ -244,6 +246,11 @@ pub struct Config {
           value_parser = crate::TrustedProxies::parse)]
     pub trusted_proxies: crate::TrustedProxies,
 
+    /// A `herve.toml` applied at start (without pruning): the services it declares are
+    /// created, updated, started or stopped to match it.
+    #[arg(long, env = "HERVE_SERVICES_FILE", value_name = "FILE")]
+    pub services_file: Option<PathBuf>,
+
     /// Log verbosity.
     #[arg(long, env = "HERVE_LOG", value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -265,6 +272,7 @@ impl Default for Config {
             port: 5000,
             host: IpAddr::from([0, 0, 0, 0]),
             admin_addr: None,
+            services_file: None,
             tls_port: None,
             tls_redirect: false,
             tls_cert: None,
@@ -314,13 +322,23 @@ impl Config {
     /// Reads `.env` from the working directory (if any) into the environment, without
     /// overriding what is set already, then parses flags and environment.
     pub fn load() -> Result<Config, ConfigError> {
+        Config::load_from(std::env::args_os())
+    }
+
+    /// As [`Config::load`], with these command-line arguments (the first is the
+    /// program's name).
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         // `from_path`, not `dotenv()`: the latter also searches parent directories.
         match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(error) if error.not_found() => {}
             Err(error) => return Err(ConfigError::DotEnv(error)),
         }
-        Ok(Config::try_parse()?)
+        Ok(Config::try_parse_from(args)?)
     }
 
     /// How long a client has to send a request head.

@@ -24,6 +24,7 @@ pub mod contract;
 mod control_plane;
 mod data_plane;
 pub mod host;
+pub mod manifest;
 mod runtime;
 mod sys;
 #[doc(hidden)]
@@ -105,6 +106,14 @@ pub enum StartError {
     /// could not be read.
     #[error("could not load the certificates: {0}")]
     Certificates(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The services file (`HERVE_SERVICES_FILE`) could not be read or is invalid.
+    #[error("the services file {path} cannot be applied:\n{problems}")]
+    ServicesFile {
+        /// The file.
+        path: PathBuf,
+        /// Every problem, one per line.
+        problems: String,
+    },
     /// The threads of the data plane or of the hashing pool could not start.
     #[error("could not start Herve's threads: {0}")]
     Threads(#[source] std::io::Error),
@@ -210,6 +219,9 @@ impl HerveBuilder {
             .await?,
         );
         registry.resume().await;
+        if let Some(file) = &config.services_file {
+            apply_services_file(&registry, file).await?;
+        }
 
         let crypto = util::tls_crypto();
         let cert_table = Arc::new(CertTable::default());
@@ -413,5 +425,60 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StartError> {
             path: data_dir.to_path_buf(),
         }),
         Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
+}
+
+/// Applies `HERVE_SERVICES_FILE` at start: a file that cannot be read or is invalid
+/// stops the start; a service that does not start is logged, as at any start.
+async fn apply_services_file(registry: &Registry, path: &Path) -> Result<(), StartError> {
+    let refuse = |problems: String| StartError::ServicesFile {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|error| refuse(error.to_string()))?;
+    let manifest = manifest::Manifest::parse(&text).map_err(|problems| {
+        refuse(
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let desired = serde_json::from_value(manifest.desired_state(false, false))
+        .map_err(|error| refuse(error.to_string()))?;
+    match registry.apply(desired).await {
+        Ok(changes) => {
+            for change in changes {
+                match &change.error {
+                    None => {
+                        tracing::info!(action = ?change.action, service = %change.name, "services file applied")
+                    }
+                    Some(error) => {
+                        tracing::error!(action = ?change.action, service = %change.name, %error, "a change of the services file failed")
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(control_plane::registry::RegistryError::Plan(problems)) => Err(refuse(
+            problems
+                .iter()
+                .map(|problem| {
+                    let line = problem
+                        .index
+                        .map_or(0, |index| manifest.line_of(index, problem.field.as_deref()));
+                    manifest::FileProblem {
+                        line,
+                        message: problem.message.clone(),
+                    }
+                    .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+        Err(error) => Err(refuse(error.to_string())),
     }
 }

@@ -1,16 +1,41 @@
-//! The `herve` binary: configuration, logs, and the server until a signal stops it.
+//! The `herve` binary: the server (no command, or `herve serve`) until a signal stops
+//! it, or a client of a running one (`herve ls`, `herve apply`, … see `herve help`).
+
+mod cli;
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use herve::{host, Config, CredentialSource, HerveBuilder, LogFormat, LogLevel};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if cli::is_client(&args) {
+        return cli::run(args);
+    }
+    match args.get(1).and_then(|arg| arg.to_str()) {
+        Some("serve") => {
+            args.remove(1);
+        }
+        _ => {}
+    }
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     // First of all, before any secret is read: no process of the same user (a program
     // Herve runs) may read this one's memory or environment through /proc.
     if let Err(error) = host::make_non_dumpable() {
         eprintln!("warning: could not make Herve non-dumpable: {error}");
     }
     host::tune_allocator();
-    let config = Config::load().unwrap_or_else(|error| error.exit());
+    let config = Config::load_from(args).unwrap_or_else(|error| error.exit());
     // Held until the end of main: dropping it flushes the lines still queued.
     let _log_writer = init_logs(&config);
     host::raise_open_file_limit();
