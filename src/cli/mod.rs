@@ -246,8 +246,8 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             lifecycle(&client, &out, &services, "unregister").await
         }
         Command::Edit { service, fields } => {
-            let uuid = client.resolve(&service).await?;
             let pairs = key_values(&fields)?;
+            let uuid = client.resolve(&service).await?;
             let answer = client
                 .patch_form(&format!("/services/{uuid}"), &pairs)
                 .await?;

@@ -5,6 +5,7 @@
 mod acme;
 mod attacks;
 mod binary;
+mod cli;
 mod concurrency;
 mod contract_api;
 mod custom_type;
