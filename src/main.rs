@@ -13,11 +13,8 @@ fn main() -> ExitCode {
     if cli::is_client(&args) {
         return cli::run(args);
     }
-    match args.get(1).and_then(|arg| arg.to_str()) {
-        Some("serve") => {
-            args.remove(1);
-        }
-        _ => {}
+    if args.get(1).and_then(|arg| arg.to_str()) == Some("serve") {
+        args.remove(1);
     }
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,

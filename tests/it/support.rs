@@ -252,6 +252,48 @@ impl HttpClient {
         }
     }
 
+    /// An admin GET whose body streams: its content type and its first `events`
+    /// blank-line-separated chunks, as lines (the connection is then dropped).
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        events: usize,
+    ) -> (Option<String>, Vec<String>) {
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("authorization", basic_admin());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .expect("answer in time")
+            .expect("request sent");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = response.into_body();
+        let mut text = String::new();
+        while text.matches("\n\n").count() < events {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("a frame in time")
+                .expect("more body")
+                .expect("frame");
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        (content_type, text.lines().map(str::to_owned).collect())
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Auth::None, &[], Bytes::new())
             .await
