@@ -17,7 +17,7 @@ use client::{Client, Failure};
 use herve::manifest::{self, FileProblem, Manifest};
 
 /// The commands, for the dispatch in `main`: anything else runs the server.
-pub const COMMANDS: [&str; 20] = [
+pub const COMMANDS: [&str; 17] = [
     "ls",
     "show",
     "register",
@@ -34,10 +34,8 @@ pub const COMMANDS: [&str; 20] = [
     "diff",
     "export",
     "completions",
+    // `herve --help` is the server's, with its settings; `herve help` is this one.
     "help",
-    "--help",
-    "-h",
-    "version",
 ];
 
 /// Whether `args` (the program's name first) name a client command, after the
