@@ -27,6 +27,12 @@ fn tour_blocks(readme: &str) -> Vec<Vec<Step>> {
             if line.trim() == "```" {
                 break;
             }
+            // Inside a here-document every line is the document's, as written.
+            if open_heredoc(&pending) {
+                pending.push('\n');
+                pending.push_str(line);
+                continue;
+            }
             if let Some(output) = line.strip_prefix("#>") {
                 let output = output.strip_prefix(' ').unwrap_or(output);
                 if !pending.is_empty() {
@@ -72,6 +78,20 @@ fn tour_blocks(readme: &str) -> Vec<Vec<Step>> {
         blocks.push(steps);
     }
     blocks
+}
+
+/// Whether `text` opened a here-document (`<<'EOF'` or `<<EOF`) whose end line has not
+/// come yet.
+fn open_heredoc(text: &str) -> bool {
+    let Some(at) = text.rfind("<<") else {
+        return false;
+    };
+    let word: String = text[at + 2..]
+        .trim_start_matches(['\'', '"', '-'])
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    !word.is_empty() && !text[at..].lines().skip(1).any(|line| line.trim() == word)
 }
 
 /// `for`/`while`/`if` opened and not yet closed in `text`.
@@ -154,6 +174,16 @@ async fn the_readme_tour_runs_as_written() {
     }
 }
 
+/// PATH, with the directory of the `herve` binary first.
+fn path_with_herve() -> std::ffi::OsString {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_herve"));
+    let mut dirs = vec![binary.parent().expect("a directory").to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).expect("a PATH")
+}
+
 /// Runs one block in one shell, a marker before each command, and compares.
 fn run_block(number: usize, steps: &[Step], (address, https): (&str, &str), admin: &str) {
     let mut script = String::from("set -e -o pipefail\n");
@@ -169,6 +199,8 @@ fn run_block(number: usize, steps: &[Step], (address, https): (&str, &str), admi
         .env("H", address)
         .env("HS", https)
         .env("ADMIN", admin)
+        // The Day-to-day block runs `herve`, the binary built with the tests.
+        .env("PATH", path_with_herve())
         .output()
         .expect("run bash");
     let stdout = String::from_utf8_lossy(&output.stdout);
