@@ -323,3 +323,108 @@ async fn replicas_share_requests_and_a_killed_copy_loses_none_and_comes_back() {
     assert!(listing.ok().contains("3/3"), "{}", listing.stdout);
     herve.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_retention_is_per_service_and_bounded() {
+    let herve = TestHerve::start().await;
+    for (fields, field) in [
+        (vec![("replicas", "0")], "replicas"),
+        (vec![("replicas", "65")], "replicas"),
+        (vec![("replicas", "2"), ("port", "4999")], "replicas"),
+        (vec![("log_max_bytes", "100")], "log_max_bytes"),
+        (vec![("log_files", "101")], "log_files"),
+        (vec![("strategy", "random")], "strategy"),
+    ] {
+        let mut all = vec![
+            ("name", "chatty"),
+            ("type", "process"),
+            ("command", "python3 -c pass"),
+        ];
+        all.extend(fields.iter().copied());
+        let reply = herve.post_form("/services/register", &all).await;
+        assert_eq!(reply.status, 400, "{fields:?}: {}", reply.text());
+        assert!(
+            reply.message().contains(&format!("'{field}'")),
+            "{}",
+            reply.text()
+        );
+    }
+    // 64 KiB files, one kept: a program printing ~1 MiB leaves at most two files.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("chatty.py");
+    std::fs::write(
+        &app,
+        r#"
+import http.server, os
+for i in range(10000):
+    print(f"line {i:05} " + "x" * 100)
+print("done", flush=True)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(204)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#,
+    )
+    .expect("write");
+    let uuid = herve
+        .running_with(
+            "chatty",
+            "process",
+            &[
+                ("command", &format!("python3 {}", app.display())),
+                ("log_max_bytes", "65536"),
+                ("log_files", "1"),
+            ],
+        )
+        .await;
+    let logs_dir = herve.data_dir.join("services").join(&uuid).join("logs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tail = herve
+            .admin_get(&format!("/services/{uuid}/logs?tail=3"))
+            .await
+            .json();
+        if tail["data"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|line| line == "done"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the program did not finish printing: {tail}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files: Vec<(String, u64)> = std::fs::read_dir(&logs_dir)
+        .expect("logs dir")
+        .filter_map(Result::ok)
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.metadata().map_or(0, |m| m.len()),
+            )
+        })
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files.iter().all(|(_, size)| *size <= 65536 + 200),
+        "{files:?}"
+    );
+    // The tail reaches across the rotated file, in order.
+    let tail = herve
+        .admin_get(&format!("/services/{uuid}/logs?tail=700"))
+        .await
+        .json();
+    let numbers: Vec<u32> = tail["data"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|line| line.as_str()?.strip_prefix("line ")?.get(..5)?.parse().ok())
+        .collect();
+    assert!(numbers.len() > 500, "{}", numbers.len());
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(numbers.last(), Some(&9999));
+    herve.stop().await;
+}
