@@ -293,21 +293,6 @@ async fn credentials_come_from_the_servers_settings_and_a_hash_from_hash_secret(
     assert_eq!(run.json()["data"]["services"], 0);
 }
 
-const SLOW_APP: &str = r#"
-import http.server, os, sys, time
-time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = str(os.getpid()).encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
-
 fn services_file(dir: &Path, app: &Path, description: &str, with_echo: bool) -> std::path::PathBuf {
     let mut text = format!(
         r#"# the shop
@@ -354,7 +339,7 @@ async fn apply_diff_and_export_converge_and_keep_what_did_not_change() {
     let herve = TestHerve::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let app = dir.path().join("app.py");
-    std::fs::write(&app, SLOW_APP).expect("write app");
+    std::fs::write(&app, crate::operations::PID_APP).expect("write app");
     let env = env_for(&herve);
     let env = borrowed(&env);
     let file = services_file(dir.path(), &app, "the shop", true);
@@ -543,7 +528,7 @@ type = "ping"
 async fn other_api_calls_wait_for_an_apply_and_a_file_is_applied_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = dir.path().join("app.py");
-    std::fs::write(&app, SLOW_APP).expect("write app");
+    std::fs::write(&app, crate::operations::PID_APP).expect("write app");
     let file = dir.path().join("herve.toml");
     std::fs::write(
         &file,

@@ -11,14 +11,15 @@ use tokio::io::AsyncBufReadExt;
 use crate::cli::env_for;
 use crate::support::{HttpClient, TestHerve};
 
-/// Answers with its pid; says it is ready only once `ready_after` seconds passed, and
-/// never when the file named by BROKEN exists (a bad build).
-const APP: &str = r#"
+/// Answers with its pid. Waits the seconds its first argument says before it listens,
+/// and never listens when the file named by BROKEN exists (a bad build).
+pub const PID_APP: &str = r#"
 import http.server, os, sys, time
 broken = os.environ.get("BROKEN")
 if broken and os.path.exists(broken):
     print("this build is broken", flush=True)
     time.sleep(3600)
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = str(os.getpid()).encode()
@@ -145,7 +146,7 @@ async fn reloads_under_load_lose_no_request_and_a_bad_build_leaves_the_old_one()
     let herve = TestHerve::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let app = dir.path().join("app.py");
-    std::fs::write(&app, APP).expect("write");
+    std::fs::write(&app, PID_APP).expect("write");
     let broken = dir.path().join("broken");
     let uuid = herve
         .running_with(
@@ -232,7 +233,7 @@ async fn replicas_share_requests_and_a_killed_copy_loses_none_and_comes_back() {
     let herve = TestHerve::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let app = dir.path().join("app.py");
-    std::fs::write(&app, APP).expect("write");
+    std::fs::write(&app, PID_APP).expect("write");
     let uuid = herve
         .running_with(
             "spread",
