@@ -246,6 +246,11 @@ pub struct Config {
           value_parser = crate::TrustedProxies::parse)]
     pub trusted_proxies: crate::TrustedProxies,
 
+    /// An address of its own for `GET /metrics`, without credentials, for Prometheus
+    /// (`127.0.0.1:9100`); the admin API's `/metrics` needs them.
+    #[arg(long, env = "HERVE_METRICS_ADDR", value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// A `herve.toml` applied at start (without pruning): the services it declares are
     /// created, updated, started or stopped to match it.
     #[arg(long, env = "HERVE_SERVICES_FILE", value_name = "FILE")]
@@ -273,6 +278,7 @@ impl Default for Config {
             host: IpAddr::from([0, 0, 0, 0]),
             admin_addr: None,
             services_file: None,
+            metrics_addr: None,
             tls_port: None,
             tls_redirect: false,
             tls_cert: None,

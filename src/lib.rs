@@ -215,6 +215,7 @@ impl HerveBuilder {
                 routes: Arc::clone(&routes),
                 services_dir: data_dir.join("services"),
                 max_services: config.max_services as usize,
+                workers: config.worker_count(),
             })
             .await?,
         );
@@ -267,8 +268,21 @@ impl HerveBuilder {
             None => None,
         };
 
-        let admin =
-            control_plane::api::router(Arc::clone(&registry), Arc::clone(&auth), certificates);
+        let server_meter = Arc::new(data_plane::ServerMeter::default());
+        let metrics = Arc::new(control_plane::metrics::Sources {
+            registry: Arc::clone(&registry),
+            server: Arc::clone(&server_meter),
+            certificates: Arc::clone(&certificates),
+        });
+        if let Some(addr) = config.metrics_addr {
+            serve_metrics(addr, Arc::clone(&metrics), background.child_token()).await?;
+        }
+        let admin = control_plane::api::router(
+            Arc::clone(&registry),
+            Arc::clone(&auth),
+            certificates,
+            metrics,
+        );
         // Admin requests run here, on the runtime that calls `bind`, whichever worker
         // reads them; so do the tasks that lifecycle changes start.
         let dispatcher = Arc::new(Dispatcher::new(
@@ -282,6 +296,7 @@ impl HerveBuilder {
                 redirect_to_tls: tls_addr
                     .filter(|_| config.tls_redirect)
                     .map(|addr| addr.port()),
+                meter: server_meter,
             },
         ));
         let limits = ServerLimits {
@@ -481,4 +496,26 @@ async fn apply_services_file(registry: &Registry, path: &Path) -> Result<(), Sta
         )),
         Err(error) => Err(refuse(error.to_string())),
     }
+}
+
+/// `GET /metrics` without credentials on an address of its own (`HERVE_METRICS_ADDR`),
+/// for scrapers; nothing else is served there.
+async fn serve_metrics(
+    addr: SocketAddr,
+    sources: Arc<control_plane::metrics::Sources>,
+    stop: CancellationToken,
+) -> Result<(), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let router = control_plane::api::metrics_routes(sources);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }

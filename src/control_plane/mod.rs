@@ -8,5 +8,6 @@
 pub(crate) mod admin_auth;
 pub(crate) mod api;
 pub(crate) mod certificates;
+pub(crate) mod metrics;
 pub(crate) mod registry;
 pub(crate) mod store;

@@ -68,6 +68,8 @@ pub(crate) struct Dispatcher {
     certificates: Arc<CertTable>,
     /// The HTTPS port plain requests are sent to (`HERVE_TLS_REDIRECT`).
     redirect_to_tls: Option<u16>,
+    /// Connections and refusals, for the metrics.
+    meter: Arc<super::ServerMeter>,
 }
 
 /// Where ACME's HTTP-01 challenges are asked (RFC 8555 §8.3).
@@ -80,6 +82,7 @@ pub(crate) struct DispatchSettings {
     pub access_log: bool,
     pub certificates: Arc<CertTable>,
     pub redirect_to_tls: Option<u16>,
+    pub meter: Arc<super::ServerMeter>,
 }
 
 impl Dispatcher {
@@ -90,6 +93,7 @@ impl Dispatcher {
             control_plane: settings.control_plane,
             body_limits: settings.body_limits,
             access_log: settings.access_log,
+            meter: settings.meter,
             certificates: settings.certificates,
             redirect_to_tls: settings.redirect_to_tls,
         }
@@ -127,7 +131,13 @@ impl Dispatcher {
     /// Writes the access line of a request that never reached [`Dispatcher::handle`]:
     /// one hyper refused while reading it (it answered `status` itself and closed), or
     /// a connection refused before it was served.
+    /// The counters of connections and refusals.
+    pub fn server_meter(&self) -> &Arc<super::ServerMeter> {
+        &self.meter
+    }
+
     pub fn log_refused(&self, client: SocketAddr, status: StatusCode) {
+        self.meter.refused(status);
         if self.access_log {
             access_line(client, status, "-", "-", 0);
         }
@@ -207,6 +217,7 @@ impl Dispatcher {
         }
         if declared_length(&request).is_some_and(|length| length > self.body_limits.max_bytes) {
             linger(request.into_body());
+            self.meter.refused(StatusCode::PAYLOAD_TOO_LARGE);
             return too_large(true);
         }
         let (request, cut) = self.guard(request);
@@ -223,20 +234,30 @@ impl Dispatcher {
         } else {
             Scheme::HTTP
         });
+        let meter = found.target.meter();
+        let in_flight = meter.begin();
+        let started = Instant::now();
+        let method = request.method().clone();
         let response = match found.target.router().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
         // The answer holds its service's instance until its body ends: an instance
         // being replaced is stopped only once its last answer is out.
-        let target = found.target;
+        let target = Arc::clone(&found.target);
         let response = response.map(|body| {
             Body::new(Held {
                 body,
                 _target: target,
+                _in_flight: in_flight,
             })
         });
-        answer_for_cut(response, cut.as_deref(), true)
+        let response = answer_for_cut(response, cut.as_deref(), true);
+        if matches!(response.status().as_u16(), 408 | 413) {
+            self.meter.refused(response.status());
+        }
+        meter.record(&method, response.status(), started.elapsed());
+        response
     }
 
     /// An admin request: bounded as any other, with the client's address (the admin
@@ -475,6 +496,7 @@ fn not_served() -> Response<Body> {
 struct Held {
     body: Body,
     _target: Arc<Target>,
+    _in_flight: super::metrics::InFlight,
 }
 
 impl HttpBody for Held {

@@ -14,6 +14,7 @@ mod access_log;
 mod admission;
 mod body;
 mod dispatch;
+mod metrics;
 mod routes;
 mod timed_io;
 mod tls;
@@ -22,6 +23,9 @@ mod worker;
 pub(crate) use accept::{serve, Listener, ServerLimits};
 pub(crate) use body::BodyLimits;
 pub(crate) use dispatch::{health_response, service_uuid, DispatchSettings, Dispatcher, Door};
+pub(crate) use metrics::{
+    MeterReading, ServerMeter, ServiceMeter, CLASSES, LATENCY_BOUNDS, METHODS, REFUSALS,
+};
 pub(crate) use routes::{
     parse_path_prefix, HostPattern, RouteTable, ServiceRoutes, Target, OWN_PATHS,
 };

@@ -42,17 +42,24 @@ pub(crate) const OWN_PATHS: [&str; 7] = [
 /// body ends, so that an instance being replaced knows when its last request is done.
 pub(crate) struct Target {
     router: Router,
+    meter: Arc<super::ServiceMeter>,
 }
 
 impl Target {
     /// The target of an instance's routes.
-    pub fn new(router: Router) -> Arc<Target> {
+    pub fn new(router: Router, meter: Arc<super::ServiceMeter>) -> Arc<Target> {
         // Herve bounds bodies itself (`HERVE_MAX_BODY_BYTES`, in `body`); axum's own
         // 2 MiB default would otherwise cut in first. A router that sets its own limit
         // keeps it: its layer runs after this one.
         Arc::new(Target {
             router: router.layer(DefaultBodyLimit::disable()),
+            meter,
         })
+    }
+
+    /// The counters of the service this answers for.
+    pub fn meter(&self) -> &Arc<super::ServiceMeter> {
+        &self.meter
     }
 
     /// The router, for one request.

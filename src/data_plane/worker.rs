@@ -247,6 +247,11 @@ impl Worker {
             }
         };
         let stream = TimedStream::new(stream, self.send_timeout);
+        let meter = Arc::clone(self.dispatcher.server_meter());
+        meter
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let counted = Closed(Arc::clone(&meter));
         let session = Session {
             peer,
             dispatcher: Arc::clone(&self.dispatcher),
@@ -259,21 +264,34 @@ impl Worker {
                 tokio::spawn(async move {
                     session.serve_h1(&http, stream).await;
                     drop(open);
+                    drop(counted);
                 });
             }
             (true, Some(serving)) => {
                 let serving = serving.clone();
                 let (http, h2) = (self.http.clone(), self.h2.clone());
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let handshake = serving.acceptor.accept(stream);
                     let stream =
                         match tokio::time::timeout(serving.handshake_timeout, handshake).await {
-                            Ok(Ok(stream)) => stream,
+                            Ok(Ok(stream)) => {
+                                meter
+                                    .tls_handshakes
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                stream
+                            }
                             Ok(Err(error)) => {
+                                meter
+                                    .tls_failures
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::debug!(%client, %error, "TLS handshake failed");
                                 return;
                             }
                             Err(_) => {
+                                meter
+                                    .tls_failures
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::debug!(%client, "TLS handshake timed out");
                                 return;
                             }
@@ -289,6 +307,17 @@ impl Worker {
             }
             (true, None) => tracing::error!(%client, "a TLS connection without TLS set up"),
         }
+    }
+}
+
+/// Counts its connection closed when dropped, however the connection ended.
+struct Closed(Arc<super::ServerMeter>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

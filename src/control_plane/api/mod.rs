@@ -23,6 +23,7 @@ mod operate;
 
 use super::admin_auth::AdminAuth;
 use super::certificates::Certificates;
+use super::metrics::Sources;
 use super::registry::{validate_name, Registry, RegistryError};
 use crate::contract::http::{ApiError, Envelope, FormOrJson};
 use crate::data_plane::health_response;
@@ -33,6 +34,7 @@ pub(crate) fn router(
     registry: Arc<Registry>,
     auth: Arc<AdminAuth>,
     certificates: Arc<Certificates>,
+    metrics: Arc<Sources>,
 ) -> Router {
     let services = Router::new()
         .route("/services", get(list))
@@ -48,6 +50,7 @@ pub(crate) fn router(
         .route("/services/apply", get(operate::export).post(operate::apply))
         .with_state(registry)
         .merge(certificates::routes(certificates))
+        .merge(metrics_routes(metrics))
         // `layer`, not `route_layer`: a wrong method is refused only after the
         // credentials are checked, so nothing under /services answers a stranger.
         .layer(middleware::from_fn_with_state(auth, require_admin));
@@ -62,6 +65,20 @@ pub(crate) fn router(
     Router::new()
         .fallback_service(api)
         .layer(middleware::map_response(explain_method_not_allowed))
+}
+
+/// `GET /metrics`, for the admin API, or alone on `HERVE_METRICS_ADDR`.
+pub(crate) fn metrics_routes(sources: Arc<Sources>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(sources)
+}
+
+async fn scrape(State(sources): State<Arc<Sources>>) -> Response {
+    let text = tokio::task::spawn_blocking(move || super::metrics::render(&sources))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// The dispatcher answers `/health` before routing; this route exists for its 405s.

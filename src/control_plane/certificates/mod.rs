@@ -89,6 +89,9 @@ pub(crate) struct CertificateView {
     pub not_before: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
+    /// `not_after` in Unix seconds, for the metrics.
+    #[serde(skip)]
+    pub expires_at: Option<i64>,
 }
 
 /// Where ACME stands for one host.
@@ -232,6 +235,7 @@ impl Certificates {
                     serial: None,
                     not_before: None,
                     not_after: None,
+                    expires_at: None,
                 },
             };
             match &entry.status {
@@ -374,6 +378,7 @@ fn view(
         serial: Some(cert.serial.clone()),
         not_before: Some(rfc3339(cert.not_before)),
         not_after: Some(rfc3339(cert.not_after)),
+        expires_at: Some(cert.not_after),
     }
 }
 

@@ -44,7 +44,7 @@ use crate::contract::{
     AnyServiceType, Fields, LogLines, Report, RunningService, ServiceContext, ServiceError,
     StatusReporter,
 };
-use crate::data_plane::{HostPattern, RouteTable, ServiceRoutes, Target};
+use crate::data_plane::{HostPattern, RouteTable, ServiceMeter, ServiceRoutes, Target};
 use crate::util::{lock, unix_now};
 
 /// The most clients following logs at once, over every service.
@@ -137,6 +137,15 @@ pub(crate) struct ServiceView {
     pub restarted: Option<bool>,
 }
 
+/// A service and its counters, for `GET /metrics`.
+pub(crate) struct Metered {
+    pub name: String,
+    pub type_name: String,
+    pub status: Status,
+    pub runtime: Option<Value>,
+    pub reading: crate::data_plane::MeterReading,
+}
+
 /// The registry at a glance (`GET /services/status`).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Summary {
@@ -193,6 +202,8 @@ struct Slot {
     life: Arc<tokio::sync::Mutex<Life>>,
     /// Cancelled when the service is unregistered: whoever follows it stops.
     gone: CancellationToken,
+    /// What its traffic counts, across its instances.
+    meter: Arc<ServiceMeter>,
 }
 
 #[derive(Default)]
@@ -331,6 +342,8 @@ pub(crate) struct Registry {
     loaded_at: std::time::Instant,
     /// One permit per client following logs.
     followers: Arc<tokio::sync::Semaphore>,
+    /// Data-plane workers, for the services' counters.
+    workers: usize,
     /// The control plane's runtime: reports may come from any thread, and their
     /// recording runs here.
     runtime: tokio::runtime::Handle,
@@ -343,6 +356,8 @@ pub(crate) struct RegistrySetup {
     pub routes: Arc<RouteTable>,
     pub services_dir: PathBuf,
     pub max_services: usize,
+    /// Data-plane workers: each service's counters have a slot per worker.
+    pub workers: usize,
 }
 
 impl Registry {
@@ -356,6 +371,7 @@ impl Registry {
             routes,
             services_dir,
             max_services,
+            workers,
         } = setup;
         let records = store.load().await?;
         let mut services = Services::default();
@@ -368,7 +384,7 @@ impl Registry {
                     "service of a type this Herve does not have; it is kept but cannot start"
                 );
             }
-            let slot = Slot::from_record(record, service_type);
+            let slot = Slot::from_record(record, service_type, ServiceMeter::new(workers));
             services.names.insert(slot.name.clone());
             let claims = slot.definition().claims();
             services.reclaim(slot.uuid, &[], claims);
@@ -388,6 +404,7 @@ impl Registry {
             gate: tokio::sync::RwLock::new(()),
             loaded_at: std::time::Instant::now(),
             followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
+            workers,
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -506,7 +523,11 @@ impl Registry {
                 return Err(error.into());
             }
         };
-        let slot = Arc::new(Slot::from_record(record, Some(service_type)));
+        let slot = Arc::new(Slot::from_record(
+            record,
+            Some(service_type),
+            ServiceMeter::new(self.workers),
+        ));
         let view = slot.view(true);
         let mut services = lock(&self.services);
         services.names.insert(slot.name.clone());
@@ -696,6 +717,24 @@ impl Registry {
         Ok((last, Box::pin(lines)))
     }
 
+    /// Every service with what its traffic counted, for the metrics.
+    pub fn metered(&self) -> Vec<Metered> {
+        let slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();
+        slots
+            .iter()
+            .map(|slot| {
+                let state = lock(&slot.state);
+                Metered {
+                    name: slot.name.clone(),
+                    type_name: slot.type_name.clone(),
+                    status: state.status,
+                    runtime: state.runtime.clone(),
+                    reading: slot.meter.read(),
+                }
+            })
+            .collect()
+    }
+
     /// How many services there are in each status, and how long this Herve has run.
     pub fn summary(&self) -> Summary {
         let services = lock(&self.services);
@@ -869,7 +908,7 @@ impl Registry {
         instance: Box<dyn RunningService>,
         epoch: u64,
     ) -> Result<(), RegistryError> {
-        let target = Target::new(instance.routes());
+        let target = Target::new(instance.routes(), Arc::clone(&slot.meter));
         life.instance = Some(instance);
         let mut state = lock(&slot.state);
         if state.ended_epoch == epoch {
@@ -911,7 +950,11 @@ impl Registry {
 }
 
 impl Slot {
-    fn from_record(record: ServiceRecord, service_type: Option<Arc<dyn AnyServiceType>>) -> Slot {
+    fn from_record(
+        record: ServiceRecord,
+        service_type: Option<Arc<dyn AnyServiceType>>,
+        meter: Arc<ServiceMeter>,
+    ) -> Slot {
         let definition = Definition::stored(&record);
         let description = service_type
             .as_ref()
@@ -949,6 +992,7 @@ impl Slot {
             }),
             life: Arc::new(tokio::sync::Mutex::new(Life::default())),
             gone: CancellationToken::new(),
+            meter,
         }
     }
 }

@@ -187,6 +187,7 @@ async fn fixture() -> Fixture {
         routes: Arc::clone(&routes),
         services_dir: dir.path().to_path_buf(),
         max_services: 10,
+        workers: 2,
     })
     .await
     .expect("load");
