@@ -432,7 +432,7 @@ mod tests {
                 .map(|h| HostPattern::parse(h).expect("host"))
                 .collect(),
             path: path.map(str::to_owned),
-            target: Target::new(Router::new()),
+            target: Target::new(Router::new(), crate::data_plane::ServiceMeter::new(1)),
         }
     }
 
