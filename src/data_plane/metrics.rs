@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(reading.requests[7][3], 1);
         assert_eq!(reading.total(), 2);
         assert_eq!(reading.in_flight, 1);
-        assert_eq!(reading.latency[3], 1, "2 ms falls in the 2.5 ms bucket");
+        assert_eq!(reading.latency[2], 1, "2 ms falls in the 2.5 ms bucket");
         assert_eq!(reading.latency[LATENCY_BOUNDS.len()], 1);
         drop(guard);
         assert_eq!(meter.read().in_flight, 0);

@@ -14,6 +14,7 @@ mod examples;
 mod hostile;
 mod http_limits;
 mod layers;
+mod metrics;
 mod operations;
 mod process_type;
 mod properties;
