@@ -234,30 +234,27 @@ impl Dispatcher {
         } else {
             Scheme::HTTP
         });
-        let meter = found.target.meter();
-        let in_flight = meter.begin();
+        let slot = found.target.meter().begin();
         let started = Instant::now();
         let method = request.method().clone();
         let response = match found.target.router().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        // The answer holds its service's instance until its body ends: an instance
-        // being replaced is stopped only once its last answer is out.
-        let target = Arc::clone(&found.target);
-        let response = response.map(|body| {
-            Body::new(Held {
-                body,
-                _target: target,
-                _in_flight: in_flight,
-            })
-        });
         let response = answer_for_cut(response, cut.as_deref(), true);
         if matches!(response.status().as_u16(), 408 | 413) {
             self.meter.refused(response.status());
         }
-        meter.record(&method, response.status(), started.elapsed());
-        response
+        found
+            .target
+            .meter()
+            .record(&method, response.status(), started.elapsed());
+        // The answer holds its service's instance until its body ends: an instance
+        // being replaced is stopped only once its last answer is out. It counts as in
+        // flight until then, through the target it holds anyway (no other reference
+        // to count).
+        let target = found.target;
+        response.map(|body| Body::new(Held { body, target, slot }))
     }
 
     /// An admin request: bounded as any other, with the client's address (the admin
@@ -495,8 +492,15 @@ fn not_served() -> Response<Body> {
 /// A service's answer body, holding the instance that made it until it ends.
 struct Held {
     body: Body,
-    _target: Arc<Target>,
-    _in_flight: super::metrics::InFlight,
+    target: Arc<Target>,
+    /// The meter's slot the request was counted in flight in.
+    slot: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.target.meter().end(self.slot);
+    }
 }
 
 impl HttpBody for Held {

@@ -75,13 +75,18 @@ impl ServiceMeter {
         &self.slots[self.slot_index()]
     }
 
-    /// Counts a request in flight until the returned guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// Counts a request in flight, in this thread's slot; the caller passes the slot
+    /// to [`ServiceMeter::end`] when the answer is out (possibly on another thread).
+    pub fn begin(&self) -> usize {
         let slot = self.slot_index();
         self.slots[slot].in_flight.fetch_add(1, Relaxed);
-        InFlight {
-            meter: Arc::clone(self),
-            slot,
+        slot
+    }
+
+    /// A request counted by [`ServiceMeter::begin`] is no longer in flight.
+    pub fn end(&self, slot: usize) {
+        if let Some(slot) = self.slots.get(slot) {
+            slot.in_flight.fetch_sub(1, Relaxed);
         }
     }
 
@@ -131,19 +136,6 @@ impl ServiceMeter {
     }
 }
 
-/// A request in flight; dropped when its answer is out (or abandoned). It decrements
-/// the slot it incremented, whichever thread drops it.
-pub(crate) struct InFlight {
-    meter: Arc<ServiceMeter>,
-    slot: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.meter.slots[self.slot].in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
 /// Counters of connections, shared by every worker: they change once per connection.
 #[derive(Default)]
 pub(crate) struct ServerMeter {
@@ -179,7 +171,7 @@ mod tests {
     #[test]
     fn counts_add_up_over_slots() {
         let meter = ServiceMeter::new(2);
-        let guard = meter.begin();
+        let slot = meter.begin();
         meter.record(&Method::GET, StatusCode::OK, Duration::from_millis(2));
         meter.record(
             &Method::from_bytes(b"PURGE").expect("method"),
@@ -193,7 +185,7 @@ mod tests {
         assert_eq!(reading.in_flight, 1);
         assert_eq!(reading.latency[2], 1, "2 ms falls in the 2.5 ms bucket");
         assert_eq!(reading.latency[LATENCY_BOUNDS.len()], 1);
-        drop(guard);
+        meter.end(slot);
         assert_eq!(meter.read().in_flight, 0);
     }
 }

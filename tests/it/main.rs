@@ -8,6 +8,7 @@ mod binary;
 mod cli;
 mod concurrency;
 mod contract_api;
+mod csrf;
 mod custom_type;
 mod data_types;
 mod examples;

@@ -53,7 +53,9 @@ pub(crate) fn router(
         .merge(metrics_routes(metrics))
         // `layer`, not `route_layer`: a wrong method is refused only after the
         // credentials are checked, so nothing under /services answers a stranger.
-        .layer(middleware::from_fn_with_state(auth, require_admin));
+        .layer(middleware::from_fn_with_state(auth, require_admin))
+        // Outermost: a cross-site request is refused before its credentials count.
+        .layer(middleware::from_fn(refuse_cross_site));
     let api = Router::new()
         .route("/health", get(health))
         .merge(services)
@@ -332,6 +334,54 @@ async fn require_admin(
         return Err(unauthorized());
     }
     Ok(next.run(request).await)
+}
+
+/// Refuses a state-changing request that a browser sent for another site: a browser
+/// that holds the admin's Basic credentials would send them along with a form another
+/// site makes it post. Browsers say where a request comes from (`Origin`,
+/// `Sec-Fetch-Site`); curl and the CLI send neither, and are let through.
+async fn refuse_cross_site(request: Request, next: Next) -> Result<Response, ApiError> {
+    let method = request.method();
+    let safe = matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && is_cross_site(&request) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Cross-site requests to the admin API are refused.",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// Whether the browser that sent `request` says it comes from another origin.
+fn is_cross_site(request: &Request) -> bool {
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        // `none`: typed by the user; `same-origin`: Herve's own pages.
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return true;
+        }
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(ToString::to_string));
+    let origin_authority = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, authority)| authority.trim_end_matches('/'));
+    match (origin_authority, host) {
+        (Some(from), Some(host)) => !from.eq_ignore_ascii_case(&host),
+        // `Origin: null` (a sandboxed frame, a file) or no Host to compare with.
+        _ => true,
+    }
 }
 
 /// 401 with the Basic challenge.
