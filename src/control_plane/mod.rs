@@ -10,4 +10,5 @@ pub(crate) mod api;
 pub(crate) mod certificates;
 pub(crate) mod metrics;
 pub(crate) mod registry;
+pub(crate) mod sessions;
 pub(crate) mod store;

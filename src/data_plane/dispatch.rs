@@ -270,6 +270,12 @@ impl Dispatcher {
         }
         let (mut request, cut) = self.guard(request);
         request.extensions_mut().insert(ConnectInfo(peer.addr));
+        // The dashboard marks its cookie `Secure` over HTTPS.
+        request.extensions_mut().insert(if peer.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         let response = self.run_admin(request).await;
         answer_for_cut(response, cut.as_deref(), false)
     }

@@ -33,13 +33,18 @@ async fn cross_site_requests_are_refused_on_every_state_changing_endpoint() {
         (Method::PUT, "/certificates/evil.example".to_owned(), "x"),
         (Method::DELETE, "/certificates/evil.example".to_owned(), ""),
     ];
-    let hostile: [&[(&str, &str)]; 4] = [
+    let hostile: [&[(&str, &str)]; 5] = [
         &[("origin", "http://evil.example")],
         &[("origin", "null")],
         &[("sec-fetch-site", "cross-site")],
         &[
             ("sec-fetch-site", "same-site"),
             ("origin", "http://sub.evil.example"),
+        ],
+        // Sec-Fetch-Site decides when a browser sends it, whatever Origin says.
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "http://127.0.0.1"),
         ],
     ];
     for (method, path, body) in &endpoints {

@@ -10,6 +10,7 @@ mod concurrency;
 mod contract_api;
 mod csrf;
 mod custom_type;
+mod dashboard;
 mod data_types;
 mod examples;
 mod hostile;

@@ -20,11 +20,13 @@ use uuid::Uuid;
 
 mod certificates;
 mod operate;
+mod ui;
 
 use super::admin_auth::AdminAuth;
 use super::certificates::Certificates;
 use super::metrics::Sources;
 use super::registry::{validate_name, Registry, RegistryError};
+use super::sessions::Sessions;
 use crate::contract::http::{ApiError, Envelope, FormOrJson};
 use crate::data_plane::health_response;
 use crate::util::throttle::client_key;
@@ -36,6 +38,11 @@ pub(crate) fn router(
     certificates: Arc<Certificates>,
     metrics: Arc<Sources>,
 ) -> Router {
+    let sessions = Arc::new(Sessions::default());
+    let gate = Gate {
+        auth: Arc::clone(&auth),
+        sessions: Arc::clone(&sessions),
+    };
     let services = Router::new()
         .route("/services", get(list))
         .route("/services/register", post(register))
@@ -53,12 +60,13 @@ pub(crate) fn router(
         .merge(metrics_routes(metrics))
         // `layer`, not `route_layer`: a wrong method is refused only after the
         // credentials are checked, so nothing under /services answers a stranger.
-        .layer(middleware::from_fn_with_state(auth, require_admin))
+        .layer(middleware::from_fn_with_state(gate, require_admin))
         // Outermost: a cross-site request is refused before its credentials count.
         .layer(middleware::from_fn(refuse_cross_site));
     let api = Router::new()
         .route("/health", get(health))
         .merge(services)
+        .merge(ui::routes(ui::Ui { auth, sessions }))
         .fallback(unknown_path)
         // The dispatcher bounds bodies (HERVE_MAX_BODY_BYTES); no second, smaller limit.
         .layer(DefaultBodyLimit::disable());
@@ -289,11 +297,34 @@ impl<S: Send + Sync> FromRequestParts<S> for ServiceId {
     }
 }
 
+/// What admits a request to the admin API: Basic credentials, or a dashboard session.
+#[derive(Clone)]
+struct Gate {
+    auth: Arc<AdminAuth>,
+    sessions: Arc<Sessions>,
+}
+
 async fn require_admin(
-    State(auth): State<Arc<AdminAuth>>,
+    State(gate): State<Gate>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let auth = &gate.auth;
+    if request.headers().get(header::AUTHORIZATION).is_none() {
+        if let Some((_, valid)) = ui::session_of(&gate.sessions, request.headers()) {
+            let safe = matches!(
+                *request.method(),
+                axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+            );
+            if !safe && !ui::carries_token(&valid, request.headers()) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "The dashboard's CSRF token is missing or wrong.",
+                ));
+            }
+            return Ok(next.run(request).await);
+        }
+    }
     let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -359,10 +390,10 @@ async fn refuse_cross_site(request: Request, next: Next) -> Result<Response, Api
 fn is_cross_site(request: &Request) -> bool {
     let headers = request.headers();
     if let Some(site) = headers.get("sec-fetch-site") {
-        // `none`: typed by the user; `same-origin`: Herve's own pages.
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return true;
-        }
+        // A browser that says where the request comes from says it best (its `Origin`
+        // may be `null` under a strict referrer policy). `none`: typed by the user;
+        // `same-origin`: Herve's own pages.
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
