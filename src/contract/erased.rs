@@ -5,13 +5,16 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType};
+use super::{
+    FieldSpec, Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType,
+};
 
 /// A [`ServiceType`] whose configuration is JSON.
 #[async_trait]
 pub(crate) trait AnyServiceType: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn description(&self) -> &str;
+    fn fields(&self) -> Vec<FieldSpec>;
     async fn register(&self, ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError>;
     async fn start(
         &self,
@@ -50,6 +53,10 @@ impl<T: ServiceType> AnyServiceType for T {
 
     fn description(&self) -> &str {
         ServiceType::description(self)
+    }
+
+    fn fields(&self) -> Vec<FieldSpec> {
+        ServiceType::fields(self)
     }
 
     async fn register(&self, ctx: &ServiceContext, fields: &Fields) -> Result<Value, ServiceError> {

@@ -92,6 +92,55 @@ use uuid::Uuid;
 pub(crate) use erased::AnyServiceType;
 pub use fields::Fields;
 
+/// One registration field of a service type, as [`ServiceType::fields`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldSpec {
+    /// The field's key.
+    pub name: &'static str,
+    /// What it means, in a sentence.
+    pub help: &'static str,
+    /// Whether a registration must give it.
+    pub required: bool,
+    /// Whether it may be given several times (a list).
+    pub repeated: bool,
+    /// The value used when it is left out, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<&'static str>,
+}
+
+impl FieldSpec {
+    /// An optional, single field.
+    pub const fn optional(name: &'static str, help: &'static str) -> Self {
+        FieldSpec {
+            name,
+            help,
+            required: false,
+            repeated: false,
+            default: None,
+        }
+    }
+
+    /// A field a registration must give.
+    pub const fn required(name: &'static str, help: &'static str) -> Self {
+        FieldSpec {
+            required: true,
+            ..FieldSpec::optional(name, help)
+        }
+    }
+
+    /// With a default value.
+    pub const fn or(mut self, default: &'static str) -> Self {
+        self.default = Some(default);
+        self
+    }
+
+    /// May be given several times.
+    pub const fn many(mut self) -> Self {
+        self.repeated = true;
+        self
+    }
+}
+
 /// A kind of service that Herve can register, start and route to.
 ///
 /// Implementations must be cheap to share: Herve keeps one value per type and calls
@@ -108,6 +157,12 @@ pub trait ServiceType: Send + Sync + 'static {
 
     /// A one-line description shown in every service of this type.
     fn description(&self) -> &str;
+
+    /// The registration fields this type reads, for forms (the dashboard builds its
+    /// register form from them) and documents. The default: none described.
+    fn fields(&self) -> Vec<FieldSpec> {
+        Vec::new()
+    }
 
     /// Validates the type-specific registration fields and returns the configuration.
     ///

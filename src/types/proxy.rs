@@ -8,7 +8,9 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::contract::{Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::{
+    FieldSpec, Fields, Report, RunningService, ServiceContext, ServiceError, ServiceType,
+};
 use crate::upstream::{
     client_config, HealthCheck, Prober, Proxy, ProxyOptions, Strategy, TrustedProxies, Upstream,
 };
@@ -132,6 +134,30 @@ impl ServiceType for ProxyType {
 
     fn description(&self) -> &str {
         "A service routing requests to existing HTTP servers"
+    }
+
+    fn fields(&self) -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::required(
+                "upstream",
+                "http://host:port[/base] or https://host[:port][/base].",
+            )
+            .many(),
+            FieldSpec::optional("weight", "One whole number per upstream (for weighted).").many(),
+            FieldSpec::optional("strategy", "round_robin, weighted or least_conn.")
+                .or("round_robin"),
+            FieldSpec::optional(
+                "health_path",
+                "A path every upstream answers 2xx on when healthy.",
+            ),
+            FieldSpec::optional("health_interval_ms", "How often health is checked.").or("5000"),
+            FieldSpec::optional("timeout_ms", "How long an upstream has to start answering.")
+                .or("30000"),
+            FieldSpec::optional(
+                "tls_ca",
+                "A PEM file of CA certificates for https upstreams.",
+            ),
+        ]
     }
 
     async fn register(

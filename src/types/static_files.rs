@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::contract::http::plain;
-use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::{
+    FieldSpec, Fields, RunningService, ServiceContext, ServiceError, ServiceType,
+};
 
 /// Bytes read from a file per chunk of the answer: what a client that reads slowly
 /// holds, with the connection's own buffer.
@@ -99,6 +101,14 @@ impl ServiceType for StaticType {
 
     fn description(&self) -> &str {
         "A service serving the files of a directory"
+    }
+
+    fn fields(&self) -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::required("root", "The directory to serve."),
+            FieldSpec::optional("index", "The file a directory answers with.").or("index.html"),
+            FieldSpec::optional("spa", "true: unknown paths answer with the index.").or("false"),
+        ]
     }
 
     async fn register(

@@ -146,6 +146,23 @@ async fn sessions_need_their_csrf_token_and_pages_are_locked_down() {
         .await;
     assert_eq!(made.status, 201, "{}", made.text());
 
+    // Types describe their fields, for the register form.
+    let types = herve.admin_get("/services/types").await.json();
+    let process = types["data"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .find(|t| t["name"] == "process")
+        .expect("process")
+        .clone();
+    assert_eq!(process["fields"][0]["name"], "command");
+    assert_eq!(process["fields"][0]["required"], true);
+    assert!(process["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .any(|f| f["name"] == "env" && f["repeated"] == true));
+
     // Signing out ends the session.
     let out = herve
         .send(

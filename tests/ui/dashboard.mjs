@@ -53,7 +53,7 @@ try {
   await page.evaluate(() => { document.querySelector("#register").open = true; });
   await page.fill('#register-form input[name="name"]', "ui-echo");
   await page.selectOption("#types", "echo");
-  await page.fill('#register-form textarea[name="fields"]', "description=<img src=x id=pwned onerror=alert(1)>");
+  await page.fill('#register-form input[name="description"]', "<img src=x id=pwned onerror=alert(1)>");
   await page.click('#register-form button[type="submit"]');
   const row = 'tr[data-name="ui-echo"]';
   await page.waitForSelector(row);
@@ -87,10 +87,15 @@ try {
   await page.evaluate(() => { document.querySelector("#register").open = true; });
   await page.fill('#register-form input[name="name"]', "ui-ticker");
   await page.selectOption("#types", "process");
-  await page.fill('#register-form textarea[name="fields"]', "command=python3 " + app);
+  // The form has the inputs the process type describes.
+  await page.fill('#register-form input[name="command"]', "python3 " + app);
+  await page.fill('#register-form textarea[name="env"]', "MODE=test\nOTHER=1");
   await page.click('#register-form button[type="submit"]');
   const ticker = 'tr[data-name="ui-ticker"]';
   await page.waitForSelector(ticker);
+  const tickerUuid = (await page.getAttribute(ticker + " a", "href")).split("/").pop();
+  const registered = await (await page.context().request.get(base + "/services/" + tickerUuid)).json();
+  check(JSON.stringify(registered.data.config.env) === JSON.stringify(["MODE=test", "OTHER=1"]), "a list field became repeated values: " + JSON.stringify(registered.data.config.env));
   await page.click(ticker + ' button[data-action="start"]');
   await page.waitForFunction((r) => document.querySelector(r + " td:nth-child(3)")?.textContent === "running", ticker, { timeout: 20000 });
   await page.click(ticker + " a");

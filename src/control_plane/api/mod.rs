@@ -54,6 +54,7 @@ pub(crate) fn router(
         .route("/services/{uuid}/logs", get(logs))
         .route("/services/{uuid}/reload", post(operate::reload))
         .route("/services/status", get(operate::status))
+        .route("/services/types", get(operate::types))
         .route("/services/apply", get(operate::export).post(operate::apply))
         .with_state(registry)
         .merge(certificates::routes(certificates))

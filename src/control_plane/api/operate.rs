@@ -43,6 +43,11 @@ pub(super) async fn status(State(registry): State<Arc<Registry>>) -> Response {
     .respond(StatusCode::OK)
 }
 
+/// Every service type, its description and the fields it describes.
+pub(super) async fn types(State(registry): State<Arc<Registry>>) -> Response {
+    Envelope::data(registry.types()).respond(StatusCode::OK)
+}
+
 /// The current state, as `POST /services/apply` takes it.
 pub(super) async fn export(State(registry): State<Arc<Registry>>) -> Response {
     Envelope::data(json!({ "services": registry.export() })).respond(StatusCode::OK)

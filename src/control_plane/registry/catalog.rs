@@ -28,6 +28,13 @@ impl TypeCatalog {
         self.types.extend(other.types);
     }
 
+    /// Every type, by name.
+    pub fn all(&self) -> Vec<&Arc<dyn AnyServiceType>> {
+        let mut all: Vec<_> = self.types.values().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
     /// The type registered under `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn AnyServiceType>> {
         self.types.get(name)

@@ -717,6 +717,21 @@ impl Registry {
         Ok((last, Box::pin(lines)))
     }
 
+    /// Every type this Herve can register, with the fields it describes.
+    pub fn types(&self) -> Vec<serde_json::Value> {
+        self.types
+            .all()
+            .into_iter()
+            .map(|service_type| {
+                serde_json::json!({
+                    "name": service_type.name(),
+                    "description": service_type.description(),
+                    "fields": service_type.fields(),
+                })
+            })
+            .collect()
+    }
+
     /// Every service with what its traffic counted, for the metrics.
     pub fn metered(&self) -> Vec<Metered> {
         let slots: Vec<Arc<Slot>> = lock(&self.services).by_uuid.values().cloned().collect();

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::contract::http::{fields_from_body, media_type, ApiError, BodyError, Envelope};
-use crate::contract::{Fields, RunningService, ServiceContext, ServiceError, ServiceType};
+use crate::contract::{
+    FieldSpec, Fields, RunningService, ServiceContext, ServiceError, ServiceType,
+};
 use crate::util::hashing::{Busy, HashPool, Lane};
 use crate::util::sqlite::DbError;
 use crate::util::throttle::{client_key, Throttle};
@@ -82,6 +84,13 @@ impl ServiceType for AuthType {
 
     fn description(&self) -> &str {
         "A service keeping user accounts and bearer tokens"
+    }
+
+    fn fields(&self) -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::optional("token_ttl_s", "How long a login token lasts, in seconds.")
+                .or("86400"),
+        ]
     }
 
     async fn register(

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::contract::http::{fields_from_body, media_type, ApiError, Envelope};
 use crate::contract::{
-    Fields, MountPrefix, RunningService, ServiceContext, ServiceError, ServiceType,
+    FieldSpec, Fields, MountPrefix, RunningService, ServiceContext, ServiceError, ServiceType,
 };
 use crate::util::sqlite::DbError;
 use db::{After, ModelsDb, Row};
@@ -61,6 +61,16 @@ impl ServiceType for ModelsType {
 
     fn description(&self) -> &str {
         "A service storing instances of a data model behind a CRUD API"
+    }
+
+    fn fields(&self) -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::required("model", "The model's name, in its paths."),
+            FieldSpec::required(
+                "fields",
+                "name:type[:max][:required],... (string, int, float, bool).",
+            ),
+        ]
     }
 
     async fn register(

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::{
-    Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType,
+    FieldSpec, Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType,
 };
 use crate::upstream::{Prober, Strategy, TrustedProxies};
 pub(crate) use containment::reap_adopted_orphans;
@@ -370,6 +370,38 @@ impl ServiceType for ProcessType {
 
     fn description(&self) -> &str {
         "A service running a program and routing requests to it"
+    }
+
+    fn fields(&self) -> Vec<FieldSpec> {
+        vec![
+            FieldSpec::required(
+                "command",
+                "The program and its arguments; $PORT is the port it must listen on.",
+            ),
+            FieldSpec::optional("cwd", "Its working directory (an existing one)."),
+            FieldSpec::optional("env", "KEY=VALUE, one per entry.").many(),
+            FieldSpec::optional(
+                "port",
+                "A fixed port for it; Herve picks a free one when left out.",
+            ),
+            FieldSpec::optional("health_path", "A path that answers 2xx when it is ready."),
+            FieldSpec::optional("restart", "always, on-failure or never.").or("always"),
+            FieldSpec::optional("replicas", "Copies of the program, 1 to 64.").or("1"),
+            FieldSpec::optional("strategy", "round_robin, weighted or least_conn.")
+                .or("round_robin"),
+            FieldSpec::optional("user", "The account it runs as."),
+            FieldSpec::optional("group", "The group it runs as."),
+            FieldSpec::optional("stop_timeout_ms", "After SIGTERM, how long before SIGKILL.")
+                .or("10000"),
+            FieldSpec::optional("ready_timeout_ms", "How long a start may take.").or("30000"),
+            FieldSpec::optional(
+                "timeout_ms",
+                "How long it has to start answering a request.",
+            )
+            .or("30000"),
+            FieldSpec::optional("log_max_bytes", "Bytes of output in one log file.").or("1048576"),
+            FieldSpec::optional("log_files", "Rotated log files kept.").or("2"),
+        ]
     }
 
     async fn register(

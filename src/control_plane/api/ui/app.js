@@ -181,31 +181,63 @@ function route() {
   }
 }
 
+let types = [];
+
+// The register form's inputs for the chosen type, from the fields it describes.
+function renderTypeFields() {
+  const type = types.find((t) => t.name === $("types").value);
+  const box = $("type-fields");
+  box.replaceChildren();
+  $("type-help").textContent = type ? type.description : "";
+  for (const field of (type && type.fields) || []) {
+    const label = document.createElement("label");
+    label.textContent = field.name + (field.required ? " (required)" : "") + ": " + field.help + " ";
+    const input = document.createElement(field.repeated ? "textarea" : "input");
+    input.name = field.name;
+    if (field.repeated) { input.rows = 2; input.dataset.repeated = "1"; }
+    if (field.required) { input.required = true; }
+    if (field.default !== undefined) { input.placeholder = field.default; }
+    label.appendChild(input);
+    box.appendChild(label);
+  }
+}
+
 async function loadTypes() {
   const status = await api("GET", "/services/status");
   $("server").textContent = "Herve " + status.data.version;
+  types = (await api("GET", "/services/types")).data;
   const select = $("types");
-  for (const type of ["echo", "ping", "proxy", "process", "static", "models", "auth"]) {
+  for (const type of types) {
     const option = document.createElement("option");
-    option.value = type;
-    option.textContent = type;
+    option.value = type.name;
+    option.textContent = type.name;
     select.appendChild(option);
   }
+  select.addEventListener("change", renderTypeFields);
+  renderTypeFields();
 }
 
 $("register-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const form = new FormData(event.target);
   const body = new URLSearchParams();
-  body.append("name", form.get("name"));
-  body.append("type", form.get("type"));
-  for (const line of String(form.get("fields") || "").split("\n")) {
-    const at = line.indexOf("=");
-    if (at > 0) { body.append(line.slice(0, at).trim(), line.slice(at + 1)); }
+  for (const input of event.target.querySelectorAll("input[name], select[name], textarea[name]")) {
+    if (input.name === "extra") {
+      for (const line of input.value.split("\n")) {
+        const at = line.indexOf("=");
+        if (at > 0) { body.append(line.slice(0, at).trim(), line.slice(at + 1)); }
+      }
+    } else if (input.dataset.repeated) {
+      for (const line of input.value.split("\n")) {
+        if (line.trim()) { body.append(input.name, line.trim()); }
+      }
+    } else if (input.value !== "") {
+      body.append(input.name, input.value);
+    }
   }
   try {
     await api("POST", "/services/register", body.toString());
     event.target.reset();
+    renderTypeFields();
     showError("");
   } catch (error) { showError("register: " + error.message); }
   refresh();
