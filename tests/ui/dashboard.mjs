@@ -80,6 +80,9 @@ try {
   await page.waitForSelector('dd[data-key="description"]');
   check((await page.textContent('dd[data-key="description"]')) === "<img src=x id=pwned onerror=alert(1)>", "markup shows as text");
   check((await page.$("#pwned")) === null, "no element was made of a service's fields");
+  // Its charts: requests per second and mean latency, drawn from the metrics.
+  await page.waitForFunction(() => /ms\)/.test(document.querySelector("#latency-now")?.textContent || ""), null, { timeout: 10000 });
+  check((await page.getAttribute("#chart-line", "points")).length > 0, "a rate chart");
 
   step("process");
   // A process service's page shows its logs live.

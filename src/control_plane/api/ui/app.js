@@ -6,6 +6,8 @@ const csrf = document.querySelector('meta[name="csrf"]').content;
 const $ = (id) => document.getElementById(id);
 let rates = {};        // service name -> requests/s
 let history = {};      // service name -> recent requests/s
+let latencies = {};    // service name -> recent mean latency (ms)
+let lastLatency = {};  // service name -> [sum of seconds, count] at lastTime
 let lastCounts = null; // service name -> requests total, at lastTime
 let lastTime = 0;
 let logSource = null;
@@ -99,10 +101,26 @@ function renderList(services) {
 async function measureRates() {
   const text = await api("GET", "/metrics");
   const counts = {};
+  const latency = {};
   for (const line of text.split("\n")) {
     const match = /^herve_requests_total\{service="((?:[^"\\]|\\.)*)",[^}]*\} (\S+)$/.exec(line);
     if (match) { counts[match[1]] = (counts[match[1]] || 0) + Number(match[2]); }
+    const timing = /^herve_request_duration_seconds_(sum|count)\{service="((?:[^"\\]|\\.)*)"\} (\S+)$/.exec(line);
+    if (timing) {
+      const entry = latency[timing[2]] = latency[timing[2]] || [0, 0];
+      entry[timing[1] === "sum" ? 0 : 1] = Number(timing[3]);
+    }
   }
+  for (const name of Object.keys(latency)) {
+    const before = lastLatency[name];
+    if (before) {
+      const served = latency[name][1] - before[1];
+      const mean = served > 0 ? ((latency[name][0] - before[0]) / served) * 1000 : 0;
+      (latencies[name] = latencies[name] || []).push(mean);
+      if (latencies[name].length > 90) { latencies[name].shift(); }
+    }
+  }
+  lastLatency = latency;
   const now = Date.now();
   if (lastCounts) {
     const seconds = Math.max((now - lastTime) / 1000, 0.001);
@@ -127,9 +145,15 @@ async function refresh() {
 }
 
 function drawChart(name) {
-  const points = history[name] || [];
+  plot("chart-line", history[name] || []);
+  const recent = latencies[name] || [];
+  plot("latency-line", recent);
+  $("latency-now").textContent = recent.length ? "(now " + recent[recent.length - 1].toFixed(2) + " ms)" : "";
+}
+
+function plot(line, points) {
   const top = Math.max(1, ...points);
-  $("chart-line").setAttribute("points", points.map((value, i) => {
+  $(line).setAttribute("points", points.map((value, i) => {
     const x = (i / 89) * 300;
     const y = 60 - (value / top) * 56 - 2;
     return x.toFixed(1) + "," + y.toFixed(1);
