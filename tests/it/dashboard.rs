@@ -219,6 +219,18 @@ async fn the_dashboard_works_in_headless_chromium() {
         assert!(installed.success(), "npm ci in tests/ui failed");
     }
     let herve = TestHerve::start().await;
+    // A certificate, for the certificates view.
+    let issued = crate::tls_client::TestCa::new("Dashboard CA").issue(&["ui.test"]);
+    let stored = herve
+        .send(
+            Method::PUT,
+            "/certificates/ui.test",
+            Auth::Admin,
+            &[("content-type", "application/x-pem-file")],
+            format!("{}{}", issued.chain, issued.key),
+        )
+        .await;
+    assert_eq!(stored.status, 200, "{}", stored.text());
     let scripts = tempfile::tempdir().expect("tempdir");
     let app = scripts.path().join("ticker.py");
     std::fs::write(&app, TICKER).expect("write");

@@ -44,6 +44,9 @@ try {
   await page.fill('input[name="secret"]', secret);
   await page.click('button[type="submit"]');
   await page.waitForSelector("#services");
+  // The certificate the test uploaded, with its state.
+  await page.waitForSelector('#certificates tr[data-host="ui.test"]');
+  check((await page.textContent('#certificates tr[data-host="ui.test"] td:nth-child(3)')) === "valid", "the certificate is valid");
   const cookies = await page.context().cookies();
   const session = cookies.find((c) => c.name === "herve_session");
   check(session && session.httpOnly && session.sameSite === "Strict", "the session cookie is HttpOnly and SameSite=Strict");

@@ -134,11 +134,27 @@ async function measureRates() {
   lastTime = now;
 }
 
+function renderCertificates(certificates) {
+  $("certs").hidden = certificates.length === 0;
+  const body = $("certificates").querySelector("tbody");
+  body.replaceChildren();
+  for (const certificate of certificates) {
+    const row = document.createElement("tr");
+    row.dataset.host = certificate.host || "(default)";
+    cell(row, certificate.host || "(default)");
+    cell(row, certificate.source);
+    cell(row, certificate.status + (certificate.reason ? ": " + certificate.reason : ""), certificate.status === "valid" ? "running" : "failed");
+    cell(row, certificate.not_after || "-");
+    body.appendChild(row);
+  }
+}
+
 async function refresh() {
   try {
     await measureRates();
     const list = await api("GET", "/services");
     renderList(list.data);
+    renderCertificates((await api("GET", "/certificates")).data);
     const route = location.hash.match(/^#\/service\/([0-9a-f-]{36})$/);
     if (route) { await renderDetail(route[1], false); }
   } catch (error) { showError(error.message); }
