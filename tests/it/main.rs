@@ -17,6 +17,7 @@ mod hostile;
 mod http_limits;
 mod layers;
 mod metrics;
+mod openapi;
 mod operations;
 mod process_type;
 mod properties;

@@ -27,10 +27,18 @@ pub(super) fn routes(certificates: Arc<Certificates>) -> Router {
         .with_state(certificates)
 }
 
+#[utoipa::path(get, path = "/certificates", tag = "certificates",
+    responses((status = 200, description = "Every certificate kept", body = super::openapi::WithData)))]
 async fn list(State(certificates): State<Arc<Certificates>>) -> Response {
     Envelope::data(certificates.list()).respond(StatusCode::OK)
 }
 
+#[utoipa::path(put, path = "/certificates/{host}", tag = "certificates",
+    params(("host" = String, Path, description = "A host name, or *.parent")),
+    request_body(description = "The PEM chain and its private key", content((String = "text/plain"), (String = "application/x-pem-file"))),
+    responses((status = 200, description = "Stored", body = super::openapi::WithData),
+        (status = 400, description = "Invalid", body = super::openapi::Said),
+        (status = 413, description = "Over 64 KiB", body = super::openapi::Said)))]
 async fn upload(
     State(certificates): State<Arc<Certificates>>,
     Path(host): Path<String>,
@@ -59,6 +67,11 @@ async fn upload(
         .respond(StatusCode::OK))
 }
 
+#[utoipa::path(delete, path = "/certificates/{host}", tag = "certificates",
+    params(("host" = String, Path, description = "A host name, or *.parent")),
+    responses((status = 200, description = "Removed", body = super::openapi::Said),
+        (status = 400, description = "Invalid host", body = super::openapi::Said),
+        (status = 404, description = "None kept for this host", body = super::openapi::Said)))]
 async fn remove(
     State(certificates): State<Arc<Certificates>>,
     Path(host): Path<String>,

@@ -19,6 +19,7 @@ use axum::Router;
 use uuid::Uuid;
 
 mod certificates;
+mod openapi;
 mod operate;
 mod ui;
 
@@ -30,6 +31,7 @@ use super::sessions::Sessions;
 use crate::contract::http::{ApiError, Envelope, FormOrJson};
 use crate::data_plane::health_response;
 use crate::util::throttle::client_key;
+use openapi::{Lines, OneService, Said, ServiceList};
 
 /// The admin API's router.
 pub(crate) fn router(
@@ -55,6 +57,7 @@ pub(crate) fn router(
         .route("/services/{uuid}/reload", post(operate::reload))
         .route("/services/status", get(operate::status))
         .route("/services/types", get(operate::types))
+        .route("/openapi.json", get(openapi::document))
         .route("/services/apply", get(operate::export).post(operate::apply))
         .with_state(registry)
         .merge(certificates::routes(certificates))
@@ -85,6 +88,8 @@ pub(crate) fn metrics_routes(sources: Arc<Sources>) -> Router {
         .with_state(sources)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn scrape(State(sources): State<Arc<Sources>>) -> Response {
     let text = tokio::task::spawn_blocking(move || super::metrics::render(&sources))
         .await
@@ -97,10 +102,14 @@ async fn health(method: axum::http::Method) -> Response {
     health_response(method == axum::http::Method::HEAD)
 }
 
+#[utoipa::path(get, path = "/services", tag = "services",
+    responses((status = 200, description = "Every service, newest first", body = ServiceList)))]
 async fn list(State(registry): State<Arc<Registry>>) -> Response {
     Envelope::data(registry.list()).respond(StatusCode::OK)
 }
 
+#[utoipa::path(get, path = "/services/{uuid}", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    responses((status = 200, description = "The service, with its configuration", body = OneService), (status = 404, description = "No such service", body = Said)))]
 async fn show(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -109,6 +118,15 @@ async fn show(
     Ok(Envelope::data(service).respond(StatusCode::OK))
 }
 
+#[utoipa::path(post, path = "/services/register", tag = "services",
+    request_body(description = "`name`, `type`, and the type's fields", content(
+        (Object = "application/x-www-form-urlencoded"), (Object = "application/json"))),
+    responses(
+        (status = 201, description = "Registered", body = OneService),
+        (status = 400, description = "A field is missing or invalid", body = Said),
+        (status = 404, description = "No such type", body = Said),
+        (status = 409, description = "The name or a route is taken, or no room is left", body = Said),
+        (status = 415, description = "Not a form or JSON", body = Said)))]
 async fn register(
     State(registry): State<Arc<Registry>>,
     FormOrJson(fields): FormOrJson,
@@ -130,6 +148,15 @@ async fn register(
         .respond(StatusCode::CREATED))
 }
 
+#[utoipa::path(patch, path = "/services/{uuid}", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    request_body(description = "The fields to change", content(
+        (Object = "application/x-www-form-urlencoded"), (Object = "application/json"))),
+    responses(
+        (status = 200, description = "Edited", body = OneService),
+        (status = 400, description = "A field is invalid", body = Said),
+        (status = 404, description = "No such service", body = Said),
+        (status = 409, description = "A route is taken", body = Said),
+        (status = 415, description = "Not a form or JSON", body = Said)))]
 async fn edit(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -141,6 +168,8 @@ async fn edit(
         .respond(StatusCode::OK))
 }
 
+#[utoipa::path(post, path = "/services/{uuid}/start", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    responses((status = 200, description = "Started (or already running)", body = Said), (status = 404, description = "No such service", body = Said)))]
 async fn start(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -149,6 +178,8 @@ async fn start(
     Ok(Envelope::message("The service has successfully started.").respond(StatusCode::OK))
 }
 
+#[utoipa::path(post, path = "/services/{uuid}/stop", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    responses((status = 200, description = "Stopped (or not running)", body = Said), (status = 404, description = "No such service", body = Said)))]
 async fn stop(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -157,6 +188,9 @@ async fn stop(
     Ok(Envelope::message("The service has successfully stopped.").respond(StatusCode::OK))
 }
 
+#[utoipa::path(post, path = "/services/{uuid}/unregister", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    responses((status = 200, description = "Unregistered", body = Said),
+        (status = 400, description = "It still runs", body = Said), (status = 404, description = "No such service", body = Said)))]
 async fn unregister(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -168,6 +202,8 @@ async fn unregister(
     )
 }
 
+#[utoipa::path(post, path = "/services/{uuid}/restart", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    responses((status = 200, description = "Stopped if it ran, then started", body = Said), (status = 404, description = "No such service", body = Said)))]
 async fn restart(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -185,6 +221,11 @@ struct LogsQuery {
     follow: Option<String>,
 }
 
+#[utoipa::path(get, path = "/services/{uuid}/logs", tag = "services",
+    params(("uuid" = String, Path, description = "The service's uuid"), ("tail" = Option<u32>, Query, description = "How many of the last lines (1 to 10000)")),
+    responses((status = 200, description = "The last lines, oldest first", body = Lines),
+        (status = 400, description = "A parameter is invalid", body = Said),
+        (status = 404, description = "No such service, or it keeps no logs", body = Said)))]
 async fn logs(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,

@@ -13,6 +13,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::openapi::{OneService, Said, WithData};
 use super::{api_error, ServiceId};
 use crate::contract::http::{ApiError, Envelope};
 use crate::contract::LogLines;
@@ -22,6 +23,9 @@ use crate::control_plane::registry::{DesiredState, Registry, RegistryError};
 /// proxies keep the connection and a client that left is noticed.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
+#[utoipa::path(post, path = "/services/{uuid}/reload", tag = "services", params(("uuid" = String, Path, description = "The service's uuid")),
+    responses((status = 200, description = "Reloaded", body = OneService),
+        (status = 400, description = "It does not run", body = Said), (status = 404, description = "No such service", body = Said)))]
 pub(super) async fn reload(
     State(registry): State<Arc<Registry>>,
     uuid: ServiceId,
@@ -32,6 +36,8 @@ pub(super) async fn reload(
         .respond(StatusCode::OK))
 }
 
+#[utoipa::path(get, path = "/services/status", tag = "services",
+    responses((status = 200, description = "Version, uptime, services by status", body = WithData)))]
 pub(super) async fn status(State(registry): State<Arc<Registry>>) -> Response {
     let summary = registry.summary();
     Envelope::data(json!({
@@ -44,15 +50,23 @@ pub(super) async fn status(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 /// Every service type, its description and the fields it describes.
+#[utoipa::path(get, path = "/services/types", tag = "services",
+    responses((status = 200, description = "Every type and the fields it describes", body = WithData)))]
 pub(super) async fn types(State(registry): State<Arc<Registry>>) -> Response {
     Envelope::data(registry.types()).respond(StatusCode::OK)
 }
 
 /// The current state, as `POST /services/apply` takes it.
+#[utoipa::path(get, path = "/services/apply", tag = "services",
+    responses((status = 200, description = "The current state, as POST /services/apply takes it", body = WithData)))]
 pub(super) async fn export(State(registry): State<Arc<Registry>>) -> Response {
     Envelope::data(json!({ "services": registry.export() })).respond(StatusCode::OK)
 }
 
+#[utoipa::path(post, path = "/services/apply", tag = "services",
+    request_body(description = "`{services, prune, dry_run}`", content((Object = "application/json"))),
+    responses((status = 200, description = "The changes, made or planned", body = WithData),
+        (status = 400, description = "Not a desired state, or its problems", body = WithData)))]
 pub(super) async fn apply(State(registry): State<Arc<Registry>>, body: Bytes) -> Response {
     let desired: DesiredState = match serde_json::from_slice(&body) {
         Ok(desired) => desired,

@@ -105,7 +105,7 @@ impl From<ServiceError> for RegistryError {
 
 /// A service as the API shows it. The first five keys, in this order, are the
 /// contract's; the others are left out when empty.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub(crate) struct ServiceView {
     pub uuid: Uuid,
     pub name: String,
@@ -127,9 +127,11 @@ pub(crate) struct ServiceView {
     pub started_at: Option<u64>,
     /// What the running instance reports about itself.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub runtime: Option<Value>,
     /// The type-specific configuration (only when one service is shown).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub config: Option<Value>,
     /// In the answer to an edit: the service was stopped and started again, as its
     /// type cannot run two instances side by side.
