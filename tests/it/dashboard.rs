@@ -260,7 +260,7 @@ async fn the_dashboard_works_in_headless_chromium() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for shot in ["sign-in.png", "services.png", "service.png"] {
+    for shot in ["sign-in.png", "services.png", "service.png", "phone.png"] {
         assert!(shots.join(shot).is_file(), "{shot}");
     }
     herve.stop().await;

@@ -83,6 +83,12 @@ try {
   await page.waitForSelector('dd[data-key="description"]');
   check((await page.textContent('dd[data-key="description"]')) === "<img src=x id=pwned onerror=alert(1)>", "markup shows as text");
   check((await page.$("#pwned")) === null, "no element was made of a service's fields");
+  // Edit it: the form holds its fields; a new description is saved and shown.
+  await page.evaluate(() => { document.querySelector("#edit").open = true; });
+  await page.waitForFunction(() => document.querySelector('#edit-form textarea').value.includes("description=<img"));
+  await page.fill("#edit-form textarea", "description=edited from the dashboard");
+  await page.click('#edit-form button[type="submit"]');
+  await page.waitForFunction(() => document.querySelector('dd[data-key="description"]')?.textContent === "edited from the dashboard", null, { timeout: 10000 });
   // Its charts: requests per second and mean latency, drawn from the metrics.
   await page.waitForFunction(() => /ms\)/.test(document.querySelector("#latency-now")?.textContent || ""), null, { timeout: 10000 });
   check((await page.getAttribute("#chart-line", "points")).length > 0, "a rate chart");
@@ -109,6 +115,12 @@ try {
   const first = (await page.textContent("#logs")).match(/tick (\d+)/g).length;
   await page.waitForFunction((n) => (document.querySelector("#logs").textContent.match(/tick (\d+)/g) || []).length > n, first, { timeout: 5000 });
   await page.screenshot({ path: shots + "/service.png" });
+  // On a phone.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(base + "/ui/#/");
+  await page.waitForSelector('tr[data-name="ui-ticker"]');
+  await page.screenshot({ path: shots + "/phone.png" });
+  await page.setViewportSize({ width: 1200, height: 800 });
 
   step("unregister");
   // Stop and unregister both (the confirmation is accepted).

@@ -176,9 +176,26 @@ function plot(line, points) {
   }).join(" "));
 }
 
+let editing = null; // the uuid whose edit form is filled
+
+// The edit form, filled with the service's fields as they are defined.
+async function fillEdit(service) {
+  if (editing === service.uuid) { return; }
+  editing = service.uuid;
+  const state = await api("GET", "/services/apply");
+  const defined = state.data.services.find((s) => s.name === service.name);
+  const lines = [];
+  for (const [key, value] of Object.entries((defined && defined.fields) || {})) {
+    for (const one of Array.isArray(value) ? value : [value]) { lines.push(key + "=" + one); }
+  }
+  $("edit-form").elements.fields.value = lines.join("\n");
+  $("edit-form").dataset.uuid = service.uuid;
+}
+
 async function renderDetail(uuid, openLogs) {
   const reply = await api("GET", "/services/" + uuid);
   const service = reply.data;
+  await fillEdit(service);
   $("list").hidden = true;
   $("detail").hidden = false;
   $("detail-name").textContent = service.name;
@@ -215,6 +232,7 @@ function route() {
   if (match) {
     renderDetail(match[1], true).catch((error) => showError(error.message));
   } else {
+    editing = null;
     if (logSource) { logSource.close(); logSource = null; }
     $("detail").hidden = true;
     $("list").hidden = false;
@@ -281,6 +299,21 @@ $("register-form").addEventListener("submit", async (event) => {
     showError("");
   } catch (error) { showError("register: " + error.message); }
   refresh();
+});
+
+$("edit-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = new URLSearchParams();
+  for (const line of event.target.elements.fields.value.split("\n")) {
+    const at = line.indexOf("=");
+    if (at > 0) { body.append(line.slice(0, at).trim(), line.slice(at + 1)); }
+  }
+  try {
+    await api("PATCH", "/services/" + event.target.dataset.uuid, body.toString());
+    showError("");
+    editing = null;
+    await renderDetail(event.target.dataset.uuid, false);
+  } catch (error) { showError("edit: " + error.message); }
 });
 
 $("signout").addEventListener("click", async () => {
