@@ -187,23 +187,6 @@ async fn sessions_need_their_csrf_token_and_pages_are_locked_down() {
     herve.stop().await;
 }
 
-/// Prints a numbered line every 200 ms, and answers on its port.
-const TICKER: &str = r#"
-import http.server, os, threading, time
-def tick():
-    n = 0
-    while True:
-        print(f"tick {n}", flush=True)
-        n += 1
-        time.sleep(0.2)
-threading.Thread(target=tick, daemon=True).start()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(204)
-        self.end_headers()
-http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_headless_chromium() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -233,7 +216,7 @@ async fn the_dashboard_works_in_headless_chromium() {
     assert_eq!(stored.status, 200, "{}", stored.text());
     let scripts = tempfile::tempdir().expect("tempdir");
     let app = scripts.path().join("ticker.py");
-    std::fs::write(&app, TICKER).expect("write");
+    std::fs::write(&app, crate::operations::TICKER).expect("write");
     // As root, programs run as `nobody`: it must read the script.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(scripts.path(), std::fs::Permissions::from_mode(0o755))

@@ -33,7 +33,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
 "#;
 
 /// Prints a numbered line every 200 ms.
-const TICKER: &str = r#"
+pub const TICKER: &str = r#"
 import http.server, os, threading, time
 def tick():
     n = 0
