@@ -12,6 +12,15 @@ pub(crate) fn current_worker() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// Per-worker counters have this many slots (on cache lines of their own): workers
+/// share a slot only beyond it, and every other thread uses the last one.
+pub(crate) const SLOTS: usize = 16;
+
+/// This thread's slot among [`SLOTS`].
+pub(crate) fn slot() -> usize {
+    current_worker().map_or(SLOTS - 1, |worker| worker % (SLOTS - 1))
+}
+
 /// Marks this thread as the data-plane worker `index` (called once, by the worker).
 pub(crate) fn set_current_worker(index: usize) {
     WORKER.with(|worker| worker.set(Some(index)));

@@ -92,6 +92,17 @@ use uuid::Uuid;
 pub(crate) use erased::AnyServiceType;
 pub use fields::Fields;
 
+/// An upstream of a running instance, as [`RunningService::upstreams`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamState {
+    /// Where it is.
+    pub url: String,
+    /// Whether requests go to it.
+    pub healthy: bool,
+    /// Requests on it now.
+    pub in_flight: usize,
+}
+
 /// One registration field of a service type, as [`ServiceType::fields`] describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldSpec {
@@ -268,6 +279,13 @@ pub trait RunningService: Send + Sync + 'static {
     /// (or restarts it, if its type cannot run side by side).
     async fn reload(&self) -> Option<Result<(), ServiceError>> {
         None
+    }
+
+    /// The servers this instance forwards to, and their state now, for the metrics
+    /// (`herve_upstream_healthy`, `herve_upstream_in_flight`). Called at each scrape, on
+    /// a thread of its own: it must be quick and must not block. The default: none.
+    fn upstreams(&self) -> Vec<UpstreamState> {
+        Vec::new()
     }
 }
 

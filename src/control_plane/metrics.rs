@@ -102,6 +102,11 @@ pub(crate) fn render(sources: &Sources) -> Vec<u8> {
         "1 while an upstream of a proxy or process service is healthy, else 0.",
         MetricType::GAUGE,
     );
+    let mut upstream_load = family(
+        "herve_upstream_in_flight",
+        "Requests on each upstream of a proxy or process service now.",
+        MetricType::GAUGE,
+    );
     for service in &services {
         let name = service.name.as_str();
         for (method, classes) in service.reading.requests.iter().enumerate() {
@@ -158,18 +163,26 @@ pub(crate) fn render(sources: &Sources) -> Vec<u8> {
                     .push(gauge(&[("service", name), ("state", state)], count as f64));
             }
         }
-        for upstream in runtime["upstreams"].as_array().into_iter().flatten() {
-            if let Some(url) = upstream["url"].as_str() {
-                let healthy = upstream["healthy"].as_bool().unwrap_or(false);
-                upstreams.mut_metric().push(gauge(
-                    &[("service", name), ("upstream", url)],
-                    if healthy { 1.0 } else { 0.0 },
-                ));
-            }
+        for upstream in &service.upstreams {
+            let labels = [("service", name), ("upstream", upstream.url.as_str())];
+            upstreams
+                .mut_metric()
+                .push(gauge(&labels, if upstream.healthy { 1.0 } else { 0.0 }));
+            upstream_load
+                .mut_metric()
+                .push(gauge(&labels, upstream.in_flight as f64));
         }
     }
     families.extend([
-        requests, latency, in_flight, up, restarts, copies, exits, upstreams,
+        requests,
+        latency,
+        in_flight,
+        up,
+        restarts,
+        copies,
+        exits,
+        upstreams,
+        upstream_load,
     ]);
 
     let server = &sources.server;

@@ -244,4 +244,8 @@ impl RunningService for RunningProxy {
         self.proxy.close();
         Ok(())
     }
+
+    fn upstreams(&self) -> Vec<crate::contract::UpstreamState> {
+        self.proxy.states()
+    }
 }

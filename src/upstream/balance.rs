@@ -24,19 +24,50 @@ impl Strategy {
     ];
 }
 
+/// A counter on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicUsize);
+
 /// The live state of one upstream.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     healthy: AtomicBool,
+    /// Requests on it now, for `least_conn` (shared: the strategy needs it now).
     in_flight: AtomicUsize,
+    /// Requests on it now, whatever the strategy, one slot per worker (summed when
+    /// read): no request touches a counter another worker writes.
+    by_worker: [Padded; crate::runtime::SLOTS],
 }
 
 impl Health {
     pub fn new() -> Self {
         Health {
             healthy: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
+            ..Health::default()
         }
+    }
+
+    /// Counts a request on this upstream in this thread's slot, which it returns for
+    /// [`Health::finished`].
+    pub fn started(&self) -> usize {
+        let slot = crate::runtime::slot();
+        self.by_worker[slot].0.fetch_add(1, Ordering::Relaxed);
+        slot
+    }
+
+    pub fn finished(&self, slot: usize) {
+        if let Some(counter) = self.by_worker.get(slot) {
+            counter.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests on this upstream now (summed over the workers).
+    pub fn requests_now(&self) -> usize {
+        self.by_worker
+            .iter()
+            .map(|counter| counter.0.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn is_healthy(&self) -> bool {

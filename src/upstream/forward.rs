@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -306,30 +305,37 @@ fn answer_from(
 /// upstream for `least_conn`; uncounted when dropped.
 struct InFlight {
     proxy: Arc<Proxy>,
-    /// The upstream, when its count matters (`least_conn`).
-    upstream: Option<usize>,
+    upstream: usize,
+    /// The worker slot it is counted in.
+    slot: usize,
+    /// Whether `least_conn`'s count has it too.
+    balanced: bool,
 }
 
 impl InFlight {
     fn enter(proxy: &Arc<Proxy>, index: usize) -> InFlight {
-        proxy.in_flight.fetch_add(1, Ordering::Relaxed);
-        let upstream = proxy.counts_in_flight().then(|| {
-            proxy.upstreams[index].health.enter();
-            index
-        });
+        let health = &proxy.upstreams[index].health;
+        let slot = health.started();
+        let balanced = proxy.counts_in_flight();
+        if balanced {
+            health.enter();
+        }
         InFlight {
             proxy: Arc::clone(proxy),
-            upstream,
+            upstream: index,
+            slot,
+            balanced,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(index) = self.upstream {
-            self.proxy.upstreams[index].health.leave();
+        let health = &self.proxy.upstreams[self.upstream].health;
+        if self.balanced {
+            health.leave();
         }
-        self.proxy.in_flight.fetch_sub(1, Ordering::Relaxed);
+        health.finished(self.slot);
     }
 }
 

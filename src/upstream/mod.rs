@@ -208,8 +208,6 @@ pub(crate) struct Proxy {
     /// Cancelled when the service stops (or the proxy is dropped): ends its upgraded
     /// connections.
     closed: CancellationToken,
-    /// Requests sent through it whose answers are not done yet.
-    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Proxy {
@@ -262,7 +260,6 @@ impl Proxy {
             prefix: http::HeaderValue::try_from(prefix.as_str())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("/")),
             closed: CancellationToken::new(),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -284,7 +281,22 @@ impl Proxy {
     /// Requests sent through this proxy whose answers are not done yet (a replaced
     /// proxy is drained when this is 0).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+        self.upstreams
+            .iter()
+            .map(|upstream| upstream.health.requests_now())
+            .sum()
+    }
+
+    /// Each upstream's state now, for the metrics.
+    pub fn states(&self) -> Vec<crate::contract::UpstreamState> {
+        self.upstreams
+            .iter()
+            .map(|upstream| crate::contract::UpstreamState {
+                url: upstream.url(),
+                healthy: upstream.is_healthy(),
+                in_flight: upstream.health.requests_now(),
+            })
+            .collect()
     }
 
     pub fn upstreams(&self) -> &[Upstream] {

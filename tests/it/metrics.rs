@@ -135,6 +135,57 @@ async fn counters_match_known_traffic_and_promtool_accepts_the_output() {
         String::from_utf8_lossy(&checked.stderr)
     );
 
+    // Upstreams: the copies' health and load, and a request held by a silent upstream
+    // counted in flight on it until the upstream lets go.
+    assert_eq!(
+        text.lines()
+            .filter(
+                |l| l.starts_with(r#"herve_upstream_healthy{service="copies","#)
+                    && l.ends_with(" 1")
+            )
+            .count(),
+        2,
+        "{text}"
+    );
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = silent.accept() {
+            let _ = held_tx.send(stream);
+        }
+    });
+    herve
+        .running_with(
+            "slow",
+            "proxy",
+            &[("upstream", &format!("http://127.0.0.1:{silent_port}"))],
+        )
+        .await;
+    let waiting = {
+        let client = HttpClient::new(herve.addr);
+        tokio::spawn(async move { client.get("/slow/").await.status })
+    };
+    let series = format!(
+        r#"herve_upstream_in_flight{{service="slow",upstream="http://127.0.0.1:{silent_port}"}}"#
+    );
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = sample(&scrape(&herve).await, &series);
+        if seen == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen,
+        Some(1.0),
+        "the held request is in flight on its upstream"
+    );
+    drop(held_rx.recv().expect("the upstream got the request"));
+    assert_eq!(waiting.await.expect("request"), 502);
+    assert_eq!(sample(&scrape(&herve).await, &series), Some(0.0));
+
     // Refusals are counted: a body over the limit.
     let big = vec![b'x'; 11 * 1024 * 1024];
     let reply = herve

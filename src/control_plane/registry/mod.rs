@@ -146,6 +146,7 @@ pub(crate) struct Metered {
     pub status: Status,
     pub runtime: Option<Value>,
     pub reading: crate::data_plane::MeterReading,
+    pub upstreams: Vec<crate::contract::UpstreamState>,
 }
 
 /// The registry at a glance (`GET /services/status`).
@@ -740,8 +741,17 @@ impl Registry {
         slots
             .iter()
             .map(|slot| {
+                // A start or stop under way holds the instance: its upstreams are left
+                // out of this scrape rather than waited for.
+                let upstreams = slot
+                    .life
+                    .try_lock()
+                    .ok()
+                    .and_then(|life| life.instance.as_ref().map(|instance| instance.upstreams()))
+                    .unwrap_or_default();
                 let state = lock(&slot.state);
                 Metered {
+                    upstreams,
                     name: slot.name.clone(),
                     type_name: slot.type_name.clone(),
                     status: state.status,

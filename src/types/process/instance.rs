@@ -241,6 +241,10 @@ impl RunningService for RunningProcess {
         Ok(())
     }
 
+    fn upstreams(&self) -> Vec<crate::contract::UpstreamState> {
+        self.routing.load().proxy.states()
+    }
+
     /// Replaces the copies one at a time, each only once its successor is ready.
     async fn reload(&self) -> Option<Result<(), ServiceError>> {
         // A program on a fixed port cannot run beside its successor.
