@@ -155,7 +155,19 @@ async fn login(State(ui): State<Ui>, request: Request) -> Response {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
     );
-    let granted = matches!(ui.auth.check_async(Some(basic.as_bytes())).await, Ok(true));
+    let granted = match ui.auth.check_async(Some(basic.as_bytes())).await {
+        Ok(granted) => granted,
+        // Busy checking others: not a wrong secret, and not counted as one.
+        Err(_busy) => {
+            return html(
+                StatusCode::TOO_MANY_REQUESTS,
+                LOGIN.replace(
+                    "{{message}}",
+                    "Too many sign-ins are being checked; try again shortly.",
+                ),
+            )
+        }
+    };
     if !granted {
         if let Some(client) = client {
             ui.auth.throttle().failed(client);

@@ -181,17 +181,20 @@ pub fn tail(dir: &Path, tail: usize) -> std::io::Result<Vec<String>> {
 fn last_lines(file: &mut File, wanted: usize) -> std::io::Result<Vec<String>> {
     const BLOCK: u64 = 64 * 1024;
     let mut end = file.seek(SeekFrom::End(0))?;
-    let mut kept: Vec<u8> = Vec::new();
+    // Blocks from the end backwards, each read and counted once.
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0;
     // One more newline than lines: the one before the first line kept.
-    while end > 0 && kept.iter().filter(|&&b| b == b'\n').count() <= wanted {
+    while end > 0 && newlines <= wanted {
         let start = end.saturating_sub(BLOCK);
         let mut block = vec![0; usize::try_from(end - start).unwrap_or(0)];
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(&mut block)?;
-        block.extend_from_slice(&kept);
-        kept = block;
+        newlines += block.iter().filter(|&&b| b == b'\n').count();
+        blocks.push(block);
         end = start;
     }
+    let kept: Vec<u8> = blocks.into_iter().rev().flatten().collect();
     let text = String::from_utf8_lossy(&kept);
     let all: Vec<&str> = text.lines().collect();
     // The first piece is part of a line unless the file was read from its start.
