@@ -216,6 +216,7 @@ impl HerveBuilder {
                 services_dir: data_dir.join("services"),
                 max_services: config.max_services as usize,
                 workers: config.worker_count(),
+                hashing: Arc::clone(&hashing),
             })
             .await?,
         );

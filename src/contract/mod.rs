@@ -287,6 +287,24 @@ pub trait RunningService: Send + Sync + 'static {
     fn upstreams(&self) -> Vec<UpstreamState> {
         Vec::new()
     }
+
+    /// What tells who a bearer token belongs to, when this instance keeps accounts:
+    /// other services are then protected by it (`protect=auth:<name>`). The default:
+    /// none.
+    fn authenticator(&self) -> Option<Arc<dyn Authenticator>> {
+        None
+    }
+}
+
+/// Tells who presents a bearer token. Herve asks it for the requests of every service
+/// protected by the instance that offers it, caching each answer for less than a
+/// second: a token revoked here is refused everywhere within one.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The user `token` belongs to, if it is valid now. It must cost no password
+    /// hashing: it runs for every request of a protected service that misses the
+    /// cache.
+    async fn user_of_token(&self, token: &str) -> Result<Option<String>, ServiceError>;
 }
 
 /// A service that is nothing but its routes: stopping it has nothing to release.

@@ -19,12 +19,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use base64::Engine;
-use blake2::digest::{FixedOutput, KeyInit, Update};
-use blake2::Blake2bMac512;
 use subtle::ConstantTimeEq;
 
 use crate::contract::http::basic_credentials;
 use crate::util::hashing::{Busy, HashPool, Lane};
+use crate::util::secrets::{self, Digest, HashError, PasswordHash};
 use crate::util::throttle::Throttle;
 
 /// The id used with a generated secret.
@@ -33,14 +32,11 @@ const DEFAULT_ADMIN_ID: &str = "admin";
 /// The file, inside the data directory, that keeps a generated secret.
 const SECRET_FILE: &str = "admin-secret";
 
-type Digest = [u8; 64];
-
 /// How the configured secret is checked.
 enum Verifier {
     /// A secret given in clear: its digest.
     Clear(Digest),
-    Bcrypt(String),
-    Argon2(String),
+    Hashed(PasswordHash),
 }
 
 /// Why admin credentials could not be set up.
@@ -140,26 +136,14 @@ impl AdminAuth {
                 (DEFAULT_ADMIN_ID.to_owned(), secret, source)
             }
         };
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(AuthSetupError::Random)?;
-        let verifier = if is_bcrypt(&secret) {
-            // Parse now so that a malformed hash stops start-up instead of locking
+        let key = secrets::digest_key().map_err(AuthSetupError::Random)?;
+        let verifier = if PasswordHash::looks_like_one(&secret) {
+            // Parsed now so that a malformed hash stops start-up instead of locking
             // everyone out later.
-            bcrypt::verify("", &secret).map_err(|_| AuthSetupError::BadBcrypt)?;
-            Verifier::Bcrypt(secret)
-        } else if secret.starts_with("$argon2") {
-            let parsed = argon2::PasswordHash::new(&secret)
-                .map_err(|e| AuthSetupError::BadArgon2(e.to_string()))?;
-            argon2::Algorithm::try_from(parsed.algorithm)
-                .map_err(|e| AuthSetupError::BadArgon2(e.to_string()))?;
-            argon2::Params::try_from(&parsed)
-                .map_err(|e| AuthSetupError::BadArgon2(e.to_string()))?;
-            if parsed.salt.is_none() || parsed.hash.is_none() {
-                return Err(AuthSetupError::BadArgon2(
-                    "it has no salt or no hash".to_owned(),
-                ));
-            }
-            Verifier::Argon2(secret)
+            Verifier::Hashed(PasswordHash::parse(&secret).map_err(|error| match error {
+                HashError::BadArgon2(why) => AuthSetupError::BadArgon2(why),
+                HashError::BadBcrypt | HashError::NotAHash => AuthSetupError::BadBcrypt,
+            })?)
         } else {
             Verifier::Clear(keyed_digest(&key, secret.as_bytes()))
         };
@@ -227,7 +211,7 @@ impl AdminAuth {
         let presented = keyed_digest(&self.key, &secret);
         let secret_ok = match &self.verifier {
             Verifier::Clear(expected) => bool::from(presented.ct_eq(expected)),
-            Verifier::Bcrypt(_) | Verifier::Argon2(_) => {
+            Verifier::Hashed(_) => {
                 let cached = self
                     .verified
                     .load()
@@ -248,17 +232,7 @@ impl AdminAuth {
     fn verify_hash(&self, secret: &[u8], presented: Digest) -> bool {
         let ok = match &self.verifier {
             Verifier::Clear(_) => false,
-            Verifier::Bcrypt(hash) => bcrypt::verify(secret, hash).unwrap_or(false),
-            Verifier::Argon2(hash) => {
-                use argon2::PasswordVerifier;
-                argon2::PasswordHash::new(hash)
-                    .map(|parsed| {
-                        argon2::Argon2::default()
-                            .verify_password(secret, &parsed)
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
-            }
+            Verifier::Hashed(hash) => hash.verify(secret),
         };
         if ok {
             self.verified.store(Some(Arc::new(presented)));
@@ -267,17 +241,8 @@ impl AdminAuth {
     }
 }
 
-fn is_bcrypt(secret: &str) -> bool {
-    ["$2a$", "$2b$", "$2y$"]
-        .iter()
-        .any(|p| secret.starts_with(p))
-}
-
 fn keyed_digest(key: &[u8; 32], data: &[u8]) -> Digest {
-    let mut mac = <Blake2bMac512 as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("a 32-byte key fits BLAKE2b"));
-    mac.update(data);
-    mac.finalize_fixed().into()
+    secrets::keyed_digest(key, &[data])
 }
 
 /// Reads the generated secret from its file, or creates it.

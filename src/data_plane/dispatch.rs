@@ -215,12 +215,19 @@ impl Dispatcher {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return refused;
         }
-        if declared_length(&request).is_some_and(|length| length > self.body_limits.max_bytes) {
+        let limits = match &found.chain {
+            None => self.body_limits,
+            Some(chain) => BodyLimits {
+                max_bytes: chain.max_body_bytes(self.body_limits.max_bytes),
+                ..self.body_limits
+            },
+        };
+        if declared_length(&request).is_some_and(|length| length > limits.max_bytes) {
             linger(request.into_body());
             self.meter.refused(StatusCode::PAYLOAD_TOO_LARGE);
             return too_large(true);
         }
-        let (request, cut) = self.guard(request);
+        let (request, cut) = guard(request, limits);
         let Some(mut request) = strip_prefix(request, found.strip) else {
             return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
         };
@@ -237,9 +244,16 @@ impl Dispatcher {
         let slot = found.target.meter().begin();
         let started = Instant::now();
         let method = request.method().clone();
-        let response = match found.target.router().oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
+        let response = match &found.chain {
+            None => match found.target.router().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            Some(chain) => {
+                chain
+                    .serve(&self.routes, Arc::clone(&found.target), peer.addr, request)
+                    .await
+            }
         };
         let response = answer_for_cut(response, cut.as_deref(), true);
         if matches!(response.status().as_u16(), 408 | 413) {
@@ -268,7 +282,7 @@ impl Dispatcher {
             linger(request.into_body());
             return too_large(false);
         }
-        let (mut request, cut) = self.guard(request);
+        let (mut request, cut) = guard(request, self.body_limits);
         request.extensions_mut().insert(ConnectInfo(peer.addr));
         // The dashboard marks its cookie `Secure` over HTTPS.
         request.extensions_mut().insert(if peer.tls {
@@ -299,23 +313,23 @@ impl Dispatcher {
             }
         }
     }
+}
 
-    /// Bounds a request body (see [`BodyGuard`]); with the flag that tells why it was
-    /// cut off, if it was.
-    fn guard<B>(&self, request: Request<B>) -> (Request<Body>, Option<Arc<AtomicU8>>)
-    where
-        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<axum::BoxError>,
-    {
-        let (parts, body) = request.into_parts();
-        if body.is_end_stream() {
-            // Most requests (GET) have no body: nothing to guard.
-            return (Request::from_parts(parts, Body::new(body)), None);
-        }
-        let cut = Arc::new(AtomicU8::new(Cut::No as u8));
-        let guarded = BodyGuard::new(body, self.body_limits, Arc::clone(&cut));
-        (Request::from_parts(parts, Body::new(guarded)), Some(cut))
+/// Bounds a request body (see [`BodyGuard`]); with the flag that tells why it was cut
+/// off, if it was.
+fn guard<B>(request: Request<B>, limits: BodyLimits) -> (Request<Body>, Option<Arc<AtomicU8>>)
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        // Most requests (GET) have no body: nothing to guard.
+        return (Request::from_parts(parts, Body::new(body)), None);
     }
+    let cut = Arc::new(AtomicU8::new(Cut::No as u8));
+    let guarded = BodyGuard::new(body, limits, Arc::clone(&cut));
+    (Request::from_parts(parts, Body::new(guarded)), Some(cut))
 }
 
 /// The answer to a request whose body was cut off: whatever the handler made of its

@@ -15,6 +15,7 @@ mod admission;
 mod body;
 mod dispatch;
 mod metrics;
+mod middleware;
 mod routes;
 mod timed_io;
 mod tls;
@@ -26,6 +27,7 @@ pub(crate) use dispatch::{health_response, service_uuid, DispatchSettings, Dispa
 pub(crate) use metrics::{
     MeterReading, ServerMeter, ServiceMeter, CLASSES, LATENCY_BOUNDS, METHODS, REFUSALS,
 };
+pub(crate) use middleware::{Chain, MiddlewareSpec, ProtectSpec};
 pub(crate) use routes::{
     parse_path_prefix, HostPattern, RouteTable, ServiceRoutes, Target, OWN_PATHS,
 };

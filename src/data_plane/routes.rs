@@ -23,7 +23,8 @@ use axum::Router;
 use rpds::HashTrieMapSync;
 use uuid::Uuid;
 
-use crate::contract::MountPrefix;
+use super::middleware::Chain;
+use crate::contract::{Authenticator, MountPrefix};
 use crate::util::lock;
 
 /// The first path segments that are Herve's own, now or in the future: no service may
@@ -43,17 +44,24 @@ pub(crate) const OWN_PATHS: [&str; 7] = [
 pub(crate) struct Target {
     router: Router,
     meter: Arc<super::ServiceMeter>,
+    /// Who its bearer tokens name, when the instance offers to tell (an `auth`).
+    authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 impl Target {
     /// The target of an instance's routes.
-    pub fn new(router: Router, meter: Arc<super::ServiceMeter>) -> Arc<Target> {
+    pub fn new(
+        router: Router,
+        meter: Arc<super::ServiceMeter>,
+        authenticator: Option<Arc<dyn Authenticator>>,
+    ) -> Arc<Target> {
         // Herve bounds bodies itself (`HERVE_MAX_BODY_BYTES`, in `body`); axum's own
         // 2 MiB default would otherwise cut in first. A router that sets its own limit
         // keeps it: its layer runs after this one.
         Arc::new(Target {
             router: router.layer(DefaultBodyLimit::disable()),
             meter,
+            authenticator,
         })
     }
 
@@ -160,6 +168,8 @@ pub(crate) struct ServiceRoutes {
     /// Its path prefix (`/` for everything), when it has host names or a path.
     pub path: Option<String>,
     pub target: Arc<Target>,
+    /// Its middlewares, if it has any.
+    pub chain: Option<Arc<Chain>>,
 }
 
 /// One way to reach a service, and the prefix stripped on the way.
@@ -167,14 +177,16 @@ pub(crate) struct ServiceRoutes {
 pub(crate) struct Entry {
     pub target: Arc<Target>,
     pub prefix: MountPrefix,
+    pub chain: Option<Arc<Chain>>,
 }
 
-/// A route found for a request: the service, and how many bytes of the path its prefix
-/// takes.
+/// A route found for a request: the service, how many bytes of the path its prefix
+/// takes, and its middlewares.
 pub(crate) struct Found {
     pub target: Arc<Target>,
     pub prefix: MountPrefix,
     pub strip: usize,
+    pub chain: Option<Arc<Chain>>,
 }
 
 /// The path routes of one host (or of every host), longest prefix first.
@@ -253,6 +265,7 @@ impl Snapshot {
         let entry = |prefix: &str| Entry {
             target: Arc::clone(&routes.target),
             prefix: MountPrefix::new(prefix),
+            chain: routes.chain.clone(),
         };
         self.by_uuid
             .insert_mut(routes.uuid, entry(&format!("/{}", routes.uuid)));
@@ -307,6 +320,7 @@ impl RouteTable {
             target: Arc::clone(&entry.target),
             prefix: entry.prefix.clone(),
             strip: prefix.len(),
+            chain: entry.chain.clone(),
         };
         if let Some(host) = host.and_then(normalize_host) {
             if let Some(routes) = snapshot.exact.get(host.as_ref()) {
@@ -334,6 +348,17 @@ impl RouteTable {
             return Some(found((&path[..first.len() + 1], entry)));
         }
         snapshot.any_host.find(path).map(found)
+    }
+
+    /// What the running service named `reference` (a name or a uuid) offers to tell
+    /// who bearer tokens name, if it runs and offers it.
+    pub fn authenticator(&self, reference: &str) -> Option<Arc<dyn Authenticator>> {
+        let snapshot = self.current.load();
+        let entry = match Uuid::try_parse(reference) {
+            Ok(uuid) => snapshot.by_uuid.get(&uuid),
+            Err(_) => snapshot.by_name.get(reference),
+        }?;
+        entry.target.authenticator.clone()
     }
 
     /// Routes a service as `routes` says, replacing whatever it published before.
@@ -432,7 +457,8 @@ mod tests {
                 .map(|h| HostPattern::parse(h).expect("host"))
                 .collect(),
             path: path.map(str::to_owned),
-            target: Target::new(Router::new(), crate::data_plane::ServiceMeter::new(1)),
+            target: Target::new(Router::new(), crate::data_plane::ServiceMeter::new(1), None),
+            chain: None,
         }
     }
 

@@ -195,7 +195,44 @@ impl Site {
             },
             Lookup::Missing | Lookup::Refused => return not_found(),
         };
-        respond(found, request.headers(), head).await
+        let (found, encoding) = self.precompressed(found, request.headers()).await;
+        let mut response = respond(found, request.headers(), head).await;
+        if let Some(encoding) = encoding {
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+            headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        response
+    }
+
+    /// The `.br` or `.gz` sibling of `found`, when the client takes that encoding and
+    /// the sibling is there (inside the root, a regular file): served instead, under the
+    /// original's type. Never for a range (its bytes would be of the encoded file).
+    async fn precompressed(
+        &self,
+        found: Found,
+        request: &HeaderMap,
+    ) -> (Found, Option<&'static str>) {
+        if request.contains_key(header::RANGE) {
+            return (found, None);
+        }
+        let accepted = request
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        for (encoding, suffix) in [("br", "br"), ("gzip", "gz")] {
+            if !accepts(accepted, encoding) {
+                continue;
+            }
+            let mut sibling = found.path.clone().into_os_string();
+            sibling.push(".");
+            sibling.push(suffix);
+            if let Lookup::Found(mut encoded) = self.open(PathBuf::from(sibling)).await {
+                encoded.path = found.path;
+                return (encoded, Some(encoding));
+            }
+        }
+        (found, None)
     }
 
     /// The file a URL path names inside the root. Every `..`, encoded or not, and
@@ -238,6 +275,29 @@ impl Site {
             .await
             .unwrap_or(Lookup::Refused)
     }
+}
+
+/// Whether an `Accept-Encoding` value takes `encoding` (named, or `*`, with a weight
+/// above 0).
+fn accepts(accept_encoding: &str, encoding: &str) -> bool {
+    let mut named = None;
+    let mut any = None;
+    for item in accept_encoding.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or_default().trim();
+        let weight = parts
+            .find_map(|param| {
+                let (key, value) = param.split_once('=')?;
+                (key.trim().eq_ignore_ascii_case("q")).then(|| value.trim().parse::<f32>().ok())?
+            })
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(encoding) {
+            named = Some(weight > 0.0);
+        } else if name == "*" {
+            any = Some(weight > 0.0);
+        }
+    }
+    named.or(any).unwrap_or(false)
 }
 
 /// The path below the root that a URL path names: percent-decoded, plain names only.
@@ -483,4 +543,21 @@ async fn stream_file(file: std::fs::File, start: u64, length: u64) -> Option<Bod
 
 fn not_found() -> Response<Body> {
     plain(StatusCode::NOT_FOUND, "Not found.\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts;
+
+    #[test]
+    fn accept_encoding_weights() {
+        assert!(accepts("gzip, deflate, br", "br"));
+        assert!(accepts("br;q=0.5, gzip", "gzip"));
+        assert!(!accepts("br;q=0, gzip", "br"));
+        assert!(accepts("*", "br"));
+        assert!(!accepts("*;q=0", "gzip"));
+        assert!(!accepts("gzip;q=0, *", "gzip"));
+        assert!(!accepts("", "gzip"));
+        assert!(!accepts("identity", "br"));
+    }
 }

@@ -3,6 +3,7 @@
 //! `tokio_util`'s `CancellationToken`, used as it is.)
 
 pub(crate) mod hashing;
+pub(crate) mod secrets;
 pub(crate) mod sqlite;
 pub(crate) mod throttle;
 

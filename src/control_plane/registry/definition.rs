@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::RegistryError;
 use crate::contract::Fields;
 use crate::control_plane::store::ServiceRecord;
-use crate::data_plane::{parse_path_prefix, HostPattern};
+use crate::data_plane::{parse_path_prefix, HostPattern, MiddlewareSpec};
 
 /// Most host names one service may have.
 const MAX_HOSTS: usize = 64;
@@ -26,6 +26,8 @@ pub(crate) struct Definition {
     pub hosts: Vec<HostPattern>,
     /// The path prefix (`/` for everything); `None` without hosts and path.
     pub path: Option<String>,
+    /// What guards and shapes its traffic.
+    pub middlewares: MiddlewareSpec,
     /// The fields as given, but `name` and `type`.
     pub fields: Fields,
     /// What the type made of them.
@@ -37,10 +39,12 @@ pub(crate) struct Generic {
     pub description: Option<String>,
     pub hosts: Vec<HostPattern>,
     pub path: Option<String>,
+    pub middlewares: MiddlewareSpec,
 }
 
 impl Generic {
-    /// Reads and checks `description`, `hosts` and `path`: a 400 names the field.
+    /// Reads and checks `description`, `hosts`, `path` and the middlewares: a 400 names
+    /// the field.
     pub fn read(fields: &Fields) -> Result<Generic, RegistryError> {
         let invalid = |field: &str, message: String| RegistryError::InvalidField {
             field: field.to_owned(),
@@ -81,18 +85,23 @@ impl Generic {
             .map_err(|why| invalid("path", format!("The field 'path' is invalid: {why}.")))?;
         // Host names alone serve every path of theirs.
         let path = path.or_else(|| (!hosts.is_empty()).then(|| "/".to_owned()));
+        let middlewares =
+            MiddlewareSpec::read(fields).map_err(|error| invalid(error.field, error.message))?;
         Ok(Generic {
             description,
             hosts,
             path,
+            middlewares,
         })
     }
 }
 
 impl Definition {
-    /// The definition a stored record keeps. Hosts that no longer parse are dropped
-    /// (and said so): the service stays reachable by uuid and name.
-    pub fn stored(record: &ServiceRecord) -> Definition {
+    /// The definition a stored record keeps, and what is wrong with it. Hosts that no
+    /// longer parse are dropped (and said so): the service stays reachable by uuid and
+    /// name. Middlewares that no longer parse make the record corrupt: a service that
+    /// was protected must not start unprotected.
+    pub fn stored(record: &ServiceRecord) -> (Definition, Option<String>) {
         let hosts = record
             .hosts
             .iter()
@@ -104,13 +113,20 @@ impl Definition {
                 }
             })
             .collect();
-        Definition {
+        let fields = Fields::from_pairs(record.fields.clone());
+        let (middlewares, problem) = match MiddlewareSpec::read(&fields) {
+            Ok(middlewares) => (middlewares, None),
+            Err(error) => (MiddlewareSpec::default(), Some(error.message)),
+        };
+        let definition = Definition {
             description: record.user_description.clone(),
             hosts,
             path: record.path.clone(),
-            fields: Fields::from_pairs(record.fields.clone()),
+            middlewares,
+            fields,
             config: record.config.clone(),
-        }
+        };
+        (definition, problem)
     }
 
     /// The definition made of `generic`, the fields given and the type's configuration.
@@ -136,6 +152,7 @@ impl Definition {
             description: generic.description,
             hosts: generic.hosts,
             path: generic.path,
+            middlewares: generic.middlewares,
             fields: Fields::from_pairs(fields.iter().filter(|(key, _)| !HERVES.contains(key))),
             config,
         }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::definition::{merged, Definition, Generic};
 use super::{Life, Registry, RegistryError, ServiceView, Slot, Status};
 use crate::contract::{AnyServiceType, Fields, RunningService};
-use crate::data_plane::Target;
+use crate::data_plane::{Chain, Target};
 use crate::util::lock;
 
 /// The longest an old instance is given to finish its requests after an edit.
@@ -65,6 +65,7 @@ impl Registry {
         };
         let current = slot.definition();
         let generic = Generic::read(fields)?;
+        self.check_authority(&slot.name, &generic.middlewares)?;
         let ctx = self.context(
             uuid,
             &slot.name,
@@ -157,10 +158,17 @@ impl Registry {
     fn adopt(&self, slot: &Arc<Slot>, current: &Definition, next: Definition) {
         let claims = next.claims();
         lock(&self.services).reclaim(slot.uuid, &current.claims(), claims);
+        // Middlewares are rebuilt only when they change: an edit of anything else
+        // keeps their counts (rates, failed credentials).
+        let chain = (next.middlewares != current.middlewares)
+            .then(|| Chain::build(&next.middlewares, &slot.name, &self.hashing));
         let mut state = lock(&slot.state);
+        if let Some(chain) = chain {
+            state.chain = chain;
+        }
         state.definition = Arc::new(next);
         if let (Some(target), Status::Running | Status::Starting) = (&state.target, state.status) {
-            self.routes.publish(slot.routes(&state.definition, target));
+            self.routes.publish(slot.routes(&state, target));
         }
     }
 

@@ -44,7 +44,11 @@ use crate::contract::{
     AnyServiceType, Fields, LogLines, Report, RunningService, ServiceContext, ServiceError,
     StatusReporter,
 };
-use crate::data_plane::{HostPattern, RouteTable, ServiceMeter, ServiceRoutes, Target};
+use crate::data_plane::{
+    Chain, HostPattern, MiddlewareSpec, ProtectSpec, RouteTable, ServiceMeter, ServiceRoutes,
+    Target,
+};
+use crate::util::hashing::HashPool;
 use crate::util::{lock, unix_now};
 
 /// The most clients following logs at once, over every service.
@@ -164,6 +168,8 @@ struct State {
     runtime: Option<Value>,
     /// What the user defined (replaced whole by an edit).
     definition: Arc<Definition>,
+    /// Its middlewares in force (`None` without any), rebuilt only when they change.
+    chain: Option<Arc<Chain>>,
     /// The epoch of the current instance: a new one for every start and stop; reports
     /// of other epochs are ignored.
     epoch: u64,
@@ -266,13 +272,14 @@ impl Slot {
     }
 
     /// Every way to reach the service while `target` answers for it.
-    fn routes(&self, definition: &Definition, target: &Arc<Target>) -> ServiceRoutes {
+    fn routes(&self, state: &State, target: &Arc<Target>) -> ServiceRoutes {
         ServiceRoutes {
             uuid: self.uuid,
             name: self.name.clone(),
-            hosts: definition.hosts.clone(),
-            path: definition.path.clone(),
+            hosts: state.definition.hosts.clone(),
+            path: state.definition.path.clone(),
             target: Arc::clone(target),
+            chain: state.chain.clone(),
         }
     }
 
@@ -350,6 +357,8 @@ pub(crate) struct Registry {
     /// The control plane's runtime: reports may come from any thread, and their
     /// recording runs here.
     runtime: tokio::runtime::Handle,
+    /// Where the services' Basic credentials are checked.
+    hashing: Arc<HashPool>,
 }
 
 /// Where a registry is kept and what bounds it.
@@ -361,6 +370,8 @@ pub(crate) struct RegistrySetup {
     pub max_services: usize,
     /// Data-plane workers: each service's counters have a slot per worker.
     pub workers: usize,
+    /// Where the services' Basic credentials are checked.
+    pub hashing: Arc<HashPool>,
 }
 
 impl Registry {
@@ -375,6 +386,7 @@ impl Registry {
             services_dir,
             max_services,
             workers,
+            hashing,
         } = setup;
         let records = store.load().await?;
         let mut services = Services::default();
@@ -387,7 +399,8 @@ impl Registry {
                     "service of a type this Herve does not have; it is kept but cannot start"
                 );
             }
-            let slot = Slot::from_record(record, service_type, ServiceMeter::new(workers));
+            let slot =
+                Slot::from_record(record, service_type, ServiceMeter::new(workers), &hashing);
             services.names.insert(slot.name.clone());
             let claims = slot.definition().claims();
             services.reclaim(slot.uuid, &[], claims);
@@ -409,6 +422,7 @@ impl Registry {
             followers: Arc::new(tokio::sync::Semaphore::new(MAX_FOLLOWERS)),
             workers,
             runtime: tokio::runtime::Handle::current(),
+            hashing,
         })
     }
 
@@ -493,6 +507,7 @@ impl Registry {
         let type_name = type_name.as_str();
         let _registering = self.registering.lock().await;
         self.check_room_for(name)?;
+        self.check_authority(name, &generic.middlewares)?;
         let uuid = Uuid::new_v4();
         let ctx = self.context(uuid, name, StatusReporter::detached());
         let config = service_type.register(&ctx, fields).await?;
@@ -530,6 +545,7 @@ impl Registry {
             record,
             Some(service_type),
             ServiceMeter::new(self.workers),
+            &self.hashing,
         ));
         let view = slot.view(true);
         let mut services = lock(&self.services);
@@ -537,6 +553,39 @@ impl Registry {
         services.reclaim(uuid, &[], claims);
         services.by_uuid.insert(uuid, slot);
         Ok(view)
+    }
+
+    /// Refuses `protect=auth:<service>` naming no service, or the service `own`
+    /// itself (nobody could then sign up nor log in).
+    fn check_authority(
+        &self,
+        own: &str,
+        middlewares: &MiddlewareSpec,
+    ) -> Result<(), RegistryError> {
+        let Some(ProtectSpec::Auth(reference)) = &middlewares.protect else {
+            return Ok(());
+        };
+        let invalid = |message: String| RegistryError::InvalidField {
+            field: "protect".to_owned(),
+            message,
+        };
+        let services = lock(&self.services);
+        let authority = match Uuid::try_parse(reference) {
+            Ok(uuid) => services.by_uuid.get(&uuid),
+            Err(_) => services
+                .by_uuid
+                .values()
+                .find(|slot| slot.name == *reference),
+        };
+        match authority {
+            None => Err(invalid(format!(
+                "The field 'protect' names no service: there is no auth service '{reference}'."
+            ))),
+            Some(slot) if slot.name == own => Err(invalid(
+                "A service cannot be protected by itself.".to_owned(),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Starts a service; starting a running service does nothing.
@@ -935,7 +984,11 @@ impl Registry {
         instance: Box<dyn RunningService>,
         epoch: u64,
     ) -> Result<(), RegistryError> {
-        let target = Target::new(instance.routes(), Arc::clone(&slot.meter));
+        let target = Target::new(
+            instance.routes(),
+            Arc::clone(&slot.meter),
+            instance.authenticator(),
+        );
         life.instance = Some(instance);
         let mut state = lock(&slot.state);
         if state.ended_epoch == epoch {
@@ -946,7 +999,7 @@ impl Registry {
                 "The service ended right after it started: {reason}"
             ))));
         }
-        self.routes.publish(slot.routes(&state.definition, &target));
+        self.routes.publish(slot.routes(&state, &target));
         state.target = Some(target);
         state.status = Status::Running;
         state.reason.clear();
@@ -981,13 +1034,16 @@ impl Slot {
         record: ServiceRecord,
         service_type: Option<Arc<dyn AnyServiceType>>,
         meter: Arc<ServiceMeter>,
+        hashing: &Arc<HashPool>,
     ) -> Slot {
-        let definition = Definition::stored(&record);
+        let (definition, problem) = Definition::stored(&record);
+        let corrupt = record.corrupt.clone().or(problem);
+        let chain = Chain::build(&definition.middlewares, &record.name, hashing);
         let description = service_type
             .as_ref()
             .map(|t| t.description().to_owned())
             .unwrap_or(record.description);
-        let (status, reason) = match &record.corrupt {
+        let (status, reason) = match &corrupt {
             Some(problem) => {
                 tracing::error!(uuid = %record.uuid, %problem, "a stored service is corrupt; it is shown as failed");
                 (
@@ -1003,13 +1059,14 @@ impl Slot {
             name: record.name,
             type_name: record.type_name,
             description,
-            corrupt: record.corrupt,
+            corrupt,
             service_type,
             state: Mutex::new(State {
                 status,
                 reason,
                 runtime: None,
                 definition: Arc::new(definition),
+                chain,
                 epoch: 0,
                 last_epoch: 0,
                 target: None,
@@ -1056,7 +1113,7 @@ impl Recorder {
                 state.status = Status::Running;
                 state.reason.clear();
                 if let Some(target) = &state.target {
-                    self.routes.publish(slot.routes(&state.definition, target));
+                    self.routes.publish(slot.routes(&state, target));
                 }
                 return;
             }

@@ -188,6 +188,7 @@ async fn fixture() -> Fixture {
         services_dir: dir.path().to_path_buf(),
         max_services: 10,
         workers: 2,
+        hashing: Arc::new(crate::util::hashing::HashPool::new(1, 4).expect("hashing pool")),
     })
     .await
     .expect("load");

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::contract::http::{fields_from_body, media_type, ApiError, BodyError, Envelope};
 use crate::contract::{
-    FieldSpec, Fields, RunningService, ServiceContext, ServiceError, ServiceType,
+    Authenticator, FieldSpec, Fields, RunningService, ServiceContext, ServiceError, ServiceType,
 };
 use crate::util::hashing::{Busy, HashPool, Lane};
 use crate::util::sqlite::DbError;
@@ -121,8 +121,8 @@ impl ServiceType for AuthType {
             .route("/login", post(login))
             .route("/me", get(me))
             .route("/logout", post(logout))
-            .with_state(accounts);
-        Ok(Box::new(router))
+            .with_state(Arc::clone(&accounts));
+        Ok(Box::new(AuthInstance { router, accounts }))
     }
 
     async fn unregister(
@@ -138,6 +138,41 @@ impl ServiceType for AuthType {
             })
     }
 }
+
+/// A running `auth` service: its routes, and the tokens it issued for the services it
+/// protects.
+struct AuthInstance {
+    router: Router,
+    accounts: Arc<Accounts>,
+}
+
+#[async_trait]
+impl RunningService for AuthInstance {
+    fn routes(&self) -> Router {
+        self.router.clone()
+    }
+
+    fn authenticator(&self) -> Option<Arc<dyn Authenticator>> {
+        Some(Arc::clone(&self.accounts) as Arc<dyn Authenticator>)
+    }
+}
+
+#[async_trait]
+impl Authenticator for Accounts {
+    async fn user_of_token(&self, token: &str) -> Result<Option<String>, ServiceError> {
+        if token.is_empty() || token.len() > MAX_TOKEN {
+            return Ok(None);
+        }
+        self.db
+            .user_of_token(&self.service, &token_hash(token))
+            .await
+            .map(|user| user.map(|user| user.username))
+            .map_err(|error| ServiceError::failed_because("The tokens could not be read", error))
+    }
+}
+
+/// Longest bearer token looked up (issued ones are 43 characters).
+const MAX_TOKEN: usize = 256;
 
 struct Accounts {
     service: String,
@@ -189,7 +224,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
-        .filter(|token| !token.is_empty() && token.len() <= 256)
+        .filter(|token| !token.is_empty() && token.len() <= MAX_TOKEN)
 }
 
 /// Tokens have 256 random bits: a fast hash is enough to keep them unusable at rest.

@@ -1,0 +1,282 @@
+//! What any service may be given besides its type's fields, to guard and shape its
+//! traffic, applied in this order:
+//!
+//! 1. limits (`max_body_bytes`, in the dispatcher, below Herve's own),
+//! 2. CORS preflights answered (`cors_*`),
+//! 3. protection (`protect`, `basic_users`): 401 without valid credentials,
+//! 4. rate limit (`rate_limit`, `burst`): 429, per user when protected, else per
+//!    client address,
+//! 5. request header rules (`request_headers`),
+//! 6. the service,
+//! 7. response header rules (`response_headers`),
+//! 8. compression (`compress`), then the CORS headers of the answer.
+//!
+//! A service given none of them is routed as if this module did not exist: its routes
+//! carry no chain and the dispatcher calls its router directly.
+
+mod protect;
+mod rate;
+mod rules;
+mod shape;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::compression::Compression;
+use tower_http::cors::CorsLayer;
+
+use crate::contract::http::plain;
+use crate::contract::{Authenticator, Fields};
+use crate::util::hashing::HashPool;
+use crate::util::throttle::client_key;
+use protect::Guard;
+pub(crate) use protect::{ProtectSpec, USER_HEADER};
+use rate::{RateKey, RateLimit, RateSpec};
+use rules::HeaderRule;
+use shape::{is_preflight, Compressible, CorsSpec};
+
+use super::routes::Target;
+use super::RouteTable;
+
+/// A middleware field that does not hold what it must.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        FieldError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A service's middlewares as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct MiddlewareSpec {
+    pub protect: Option<ProtectSpec>,
+    rate: Option<RateSpec>,
+    cors: Option<CorsSpec>,
+    compress: bool,
+    request_headers: Vec<HeaderRule>,
+    response_headers: Vec<HeaderRule>,
+    max_body_bytes: Option<u64>,
+}
+
+impl MiddlewareSpec {
+    /// Reads and checks the middleware fields.
+    pub fn read(fields: &Fields) -> Result<MiddlewareSpec, FieldError> {
+        let compress = fields.flag("compress").map_err(|_| {
+            FieldError::new("compress", "The field 'compress' must be true or false.")
+        })?;
+        let max_body_bytes = match fields.optional("max_body_bytes") {
+            None => None,
+            Some(text) => match text.parse::<u64>() {
+                Ok(bytes) if bytes > 0 => Some(bytes),
+                _ => {
+                    return Err(FieldError::new(
+                        "max_body_bytes",
+                        "The field 'max_body_bytes' must be a whole number of bytes above 0.",
+                    ))
+                }
+            },
+        };
+        Ok(MiddlewareSpec {
+            protect: ProtectSpec::read(fields)?,
+            rate: RateSpec::read(fields)?,
+            cors: CorsSpec::read(fields)?,
+            compress,
+            request_headers: HeaderRule::read_all(fields, "request_headers")?,
+            response_headers: HeaderRule::read_all(fields, "response_headers")?,
+            max_body_bytes,
+        })
+    }
+
+    /// Whether the service has any middleware.
+    pub fn is_empty(&self) -> bool {
+        *self == MiddlewareSpec::default()
+    }
+}
+
+/// A service's middlewares in force: built once per configuration (rate and failure
+/// counts live as long as it does), shared by every request.
+pub(crate) struct Chain {
+    guard: Option<Guard>,
+    rate: Option<RateLimit>,
+    cors: Option<CorsLayer>,
+    compress: bool,
+    request_headers: Vec<HeaderRule>,
+    response_headers: Vec<HeaderRule>,
+    max_body_bytes: Option<u64>,
+}
+
+impl Chain {
+    /// The chain `spec` asks for on the service named `service`; `None` when it asks
+    /// for nothing.
+    pub fn build(
+        spec: &MiddlewareSpec,
+        service: &str,
+        hashing: &Arc<HashPool>,
+    ) -> Option<Arc<Chain>> {
+        if spec.is_empty() {
+            return None;
+        }
+        Some(Arc::new(Chain {
+            guard: spec
+                .protect
+                .as_ref()
+                .map(|protect| Guard::new(protect, service, hashing)),
+            rate: spec.rate.as_ref().map(RateLimit::new),
+            cors: spec.cors.as_ref().map(CorsSpec::layer),
+            compress: spec.compress,
+            request_headers: spec.request_headers.clone(),
+            response_headers: spec.response_headers.clone(),
+            max_body_bytes: spec.max_body_bytes,
+        }))
+    }
+
+    /// The largest request body this service takes, below Herve's own `global`.
+    pub fn max_body_bytes(&self, global: u64) -> u64 {
+        self.max_body_bytes.map_or(global, |own| own.min(global))
+    }
+
+    /// Answers `request` for `target` through the chain.
+    pub async fn serve(
+        self: &Arc<Chain>,
+        routes: &RouteTable,
+        target: Arc<Target>,
+        client: SocketAddr,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let authenticator = self
+            .guard
+            .as_ref()
+            .and_then(Guard::authority)
+            .and_then(|authority| routes.authenticator(authority));
+        let stage = Stage {
+            chain: Arc::clone(self),
+            target,
+            client,
+            authenticator,
+        };
+        let cors = self
+            .cors
+            .as_ref()
+            // Other OPTIONS requests are the service's.
+            .filter(|_| request.method() != axum::http::Method::OPTIONS || is_preflight(&request));
+        let answered = match (cors, self.compress) {
+            (None, false) => Ok(stage.run(request).await),
+            (None, true) => compress(stage)
+                .oneshot(request)
+                .await
+                .map(|response| response.map(Body::new)),
+            (Some(cors), false) => cors.layer(stage).oneshot(request).await,
+            (Some(cors), true) => cors
+                .layer(compress(stage))
+                .oneshot(request)
+                .await
+                .map(|response| response.map(Body::new)),
+        };
+        match answered {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+fn compress(stage: Stage) -> Compression<Stage, Compressible> {
+    Compression::new(stage)
+        .no_deflate()
+        .no_zstd()
+        .compress_when(Compressible)
+}
+
+/// Protection, rate limit, header rules and the service: what runs inside CORS and
+/// compression.
+#[derive(Clone)]
+struct Stage {
+    chain: Arc<Chain>,
+    target: Arc<Target>,
+    client: SocketAddr,
+    authenticator: Option<Arc<dyn Authenticator>>,
+}
+
+impl Stage {
+    async fn run(self, mut request: Request<Body>) -> Response<Body> {
+        let chain = &self.chain;
+        let mut user = None;
+        if let Some(guard) = &chain.guard {
+            let user_header = HeaderName::from_static(USER_HEADER);
+            // Only Herve says who the user is.
+            request.headers_mut().remove(&user_header);
+            match guard
+                .check(
+                    self.authenticator.clone(),
+                    self.client.ip(),
+                    request.headers(),
+                )
+                .await
+            {
+                Ok(name) => {
+                    request.headers_mut().insert(user_header, name.clone());
+                    user = Some(name);
+                }
+                Err(refusal) => return refusal,
+            }
+        }
+        if let Some(rate) = &chain.rate {
+            let key = match user {
+                Some(user) => RateKey::User(user),
+                None => RateKey::Address(client_key(self.client.ip())),
+            };
+            if let Err(wait) = rate.check(&key) {
+                return too_many_requests(wait);
+            }
+        }
+        HeaderRule::apply(&chain.request_headers, request.headers_mut());
+        let mut response = match self.target.router().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        HeaderRule::apply(&chain.response_headers, response.headers_mut());
+        response
+    }
+}
+
+impl Service<Request<Body>> for Stage {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let stage = self.clone();
+        Box::pin(async move { Ok(stage.run(request).await) })
+    }
+}
+
+fn too_many_requests(wait: std::time::Duration) -> Response<Body> {
+    let mut response = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests; slow down.\n",
+    );
+    // Whole seconds, rounded up: a client that waits that long gets through.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+}
