@@ -17,6 +17,7 @@ mod hostile;
 mod http_limits;
 mod layers;
 mod metrics;
+mod middlewares;
 mod openapi;
 mod operations;
 mod process_type;
