@@ -249,9 +249,10 @@ impl Dispatcher {
                 Ok(response) => response,
                 Err(never) => match never {},
             },
+            // Boxed: the chain's future is large, and inline it would make every
+            // request's future (and its moves) as large, chain or not.
             Some(chain) => {
-                chain
-                    .serve(&self.routes, Arc::clone(&found.target), peer.addr, request)
+                Box::pin(chain.serve(&self.routes, Arc::clone(&found.target), peer.addr, request))
                     .await
             }
         };
