@@ -766,3 +766,31 @@ async fn the_final_status_is_counted_and_middlewares_survive_a_restart() {
     assert_eq!(allowed.header("x-guarded"), Some("yes"));
     herve.stop().await;
 }
+
+#[tokio::test]
+async fn a_services_file_may_protect_a_service_by_an_auth_service_declared_after_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("herve.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[service]]
+name = "site"
+type = "ping"
+protect = "auth:accounts"
+rate_limit = "100/s"
+
+[[service]]
+name = "accounts"
+type = "auth"
+"#,
+    )
+    .expect("write manifest");
+    let herve = TestHerve::start_with(|config| config.services_file = Some(file.clone())).await;
+    assert_eq!(herve.get("/site/ping").await.status, 401);
+    let token = token_for(&herve, "ann").await;
+    let bearer = format!("Bearer {token}");
+    let ok = get_with(&herve, "/site/ping", Auth::Raw(&bearer), &[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    herve.stop().await;
+}

@@ -390,7 +390,8 @@ impl Registry {
     }
 
     /// Carries out the pending updates and creations, again and again while one of
-    /// them succeeds: one may need a route another gives up.
+    /// them succeeds: one may need a route another gives up, or be protected by an
+    /// auth service another creates.
     async fn define(
         &self,
         plan: &mut [Change],
@@ -424,7 +425,12 @@ impl Registry {
                         record(&mut plan[at], Ok(()));
                         progressed = true;
                     }
-                    Err(error @ RegistryError::RouteTaken { .. }) => {
+                    // A route another change frees, or an auth service another
+                    // change creates: tried again once something else went through.
+                    Err(
+                        error @ (RegistryError::RouteTaken { .. }
+                        | RegistryError::InvalidField { .. }),
+                    ) if waits_for_another(&error) => {
                         waiting.push(at);
                         last_errors.push((at, error));
                     }
@@ -605,6 +611,15 @@ fn changed_keys(stored: &Fields, desired: &Fields) -> Vec<String> {
         .filter(|key| stored.get(key) != desired.get(key))
         .map(str::to_owned)
         .collect()
+}
+
+/// Whether a change failed for want of another change of the same plan.
+fn waits_for_another(error: &RegistryError) -> bool {
+    match error {
+        RegistryError::RouteTaken { .. } => true,
+        RegistryError::InvalidField { field, .. } => field == "protect",
+        _ => false,
+    }
 }
 
 #[cfg(test)]
