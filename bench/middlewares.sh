@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What the middleware chain costs: the same ping service without middlewares and with
-# all of them (protect by an auth service's token, rate limit, CORS, compression, header
+# What the middleware chain costs: the same ping service without middlewares, with each
+# alone and with all of them (protect by an auth service's token, rate limit, CORS, compression,
 # rules, a body limit), on one release build, alternating runs, medians.
 # Usage: bench/middlewares.sh [--seconds 10] [--repeat 3]
 set -euo pipefail
@@ -28,17 +28,33 @@ admin=(-s -u admin:bench-secret)
 start() { curl "${admin[@]}" -X POST "$H/services/$1/start" >/dev/null; }
 uuid_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["uuid"])'; }
 start "$(curl "${admin[@]}" -d name=accounts -d type=auth "$H/services/register" | uuid_of)"
-start "$(curl "${admin[@]}" -d name=plain -d type=ping "$H/services/register" | uuid_of)"
-start "$(curl "${admin[@]}" -d name=guarded -d type=ping \
-    -d protect=auth:accounts -d rate_limit=1000000/s \
-    -d cors_origins=https://app.example -d compress=true \
-    --data-urlencode 'request_headers=X-From: herve' \
-    --data-urlencode $'response_headers=X-Frame-Options: DENY\n-Server' \
-    -d max_body_bytes=65536 "$H/services/register" | uuid_of)"
+# name|fields (one per line after the name), every row a ping service.
+services=(
+    "plain|"
+    "protect|protect=auth:accounts"
+    "rate_limit|rate_limit=1000000/s"
+    "cors|cors_origins=https://app.example"
+    "compress|compress=true"
+    "header_rules|request_headers=X-From: herve
+response_headers=X-Frame-Options: DENY"
+    "all|protect=auth:accounts
+rate_limit=1000000/s
+cors_origins=https://app.example
+compress=true
+request_headers=X-From: herve
+response_headers=X-Frame-Options: DENY
+max_body_bytes=65536"
+)
+for row in "${services[@]}"; do
+    name=${row%%|*}; fields=${row#*|}
+    args=(-d "name=$name" -d type=ping)
+    while IFS= read -r field; do [ -n "$field" ] && args+=(--data-urlencode "$field"); done <<< "$fields"
+    start "$(curl "${admin[@]}" "${args[@]}" "$H/services/register" | uuid_of)"
+done
 curl -s -d username=bench -d password=bench-password "$H/accounts/signup" >/dev/null
 token=$(curl -s -d username=bench -d password=bench-password "$H/accounts/login" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["token"])')
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$H/guarded/ping")" = 200 ] \
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$H/all/ping")" = 200 ] \
     || { echo "the guarded service refuses the token" >&2; exit 1; }
 
 # One run: "req/s p99_ms".
@@ -48,17 +64,25 @@ run() {
         $1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; p99=v}
         END {printf "%s %.2f\n", rps, p99}'
 }
-declare -a plain_rps plain_p99 guarded_rps guarded_p99
+declare -A rps p99
 for _ in $(seq "$repeat"); do
-    read -r r p < <(run "$H/plain/ping"); plain_rps+=("$r"); plain_p99+=("$p")
-    read -r r p < <(run -H "Authorization: Bearer $token" -H "Origin: https://app.example" "$H/guarded/ping")
-    guarded_rps+=("$r"); guarded_p99+=("$p")
+    for row in "${services[@]}"; do
+        name=${row%%|*}
+        read -r r p < <(run -H "Authorization: Bearer $token" -H "Origin: https://app.example" \
+            -H "Accept-Encoding: gzip, br" "$H/$name/ping")
+        rps[$name]+="$r "; p99[$name]+="$p "
+    done
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-pr=$(median "${plain_rps[@]}"); pp=$(median "${plain_p99[@]}")
-gr=$(median "${guarded_rps[@]}"); gp=$(median "${guarded_p99[@]}")
-echo "| service (GET /<name>/ping, wrk -t2 -c64 -d${seconds}s, median of $repeat) | req/s | p99 ms |"
-echo "|---|---:|---:|"
-echo "| no middleware | $pr | $pp |"
-echo "| every middleware (token, rate limit, CORS, compress, header rules, body limit) | $gr | $gp |"
-python3 -c "print(f'| cost of the chain | {($gr/$pr-1)*100:+.1f}% | {$gp-$pp:+.2f} |')"
+# shellcheck disable=SC2086
+base=$(median ${rps[plain]})
+echo "| ping service with (wrk -t2 -c64 -d${seconds}s, a token, an Origin and Accept-Encoding sent, median of $repeat) | req/s | p99 ms | vs none |"
+echo "|---|---:|---:|---:|"
+for row in "${services[@]}"; do
+    name=${row%%|*}
+    # shellcheck disable=SC2086
+    r=$(median ${rps[$name]}); p=$(median ${p99[$name]})
+    label=$name; [ "$name" = plain ] && label="no middleware"
+    [ "$name" = all ] && label="all of them (+ max_body_bytes)"
+    python3 -c "print(f'| $label | {$r:.0f} | $p | {($r/$base-1)*100:+.1f}% |')"
+done

@@ -252,8 +252,7 @@ impl Dispatcher {
             // Boxed: the chain's future is large, and inline it would make every
             // request's future (and its moves) as large, chain or not.
             Some(chain) => {
-                Box::pin(chain.serve(&self.routes, Arc::clone(&found.target), peer.addr, request))
-                    .await
+                Box::pin(chain.serve(&self.routes, &found.target, peer.addr, request)).await
             }
         };
         let response = answer_for_cut(response, cut.as_deref(), true);

@@ -11,6 +11,9 @@
 //! 7. response header rules (`response_headers`),
 //! 8. compression (`compress`), then the CORS headers of the answer.
 //!
+//! Nothing here allocates per request but what a middleware must (a token cache miss,
+//! a compressed body): the chain is called in place, not as boxed services.
+//!
 //! A service given none of them is routed as if this module did not exist: its routes
 //! carry no chain and the dispatcher calls its router directly.
 
@@ -20,27 +23,25 @@ mod rules;
 mod shape;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
+use tower_http::compression::predicate::Predicate;
 use tower_http::compression::Compression;
-use tower_http::cors::CorsLayer;
 
 use crate::contract::http::plain;
-use crate::contract::{Authenticator, Fields};
+use crate::contract::Fields;
 use crate::util::hashing::HashPool;
 use crate::util::throttle::client_key;
 use protect::Guard;
 pub(crate) use protect::{ProtectSpec, USER_HEADER};
 use rate::{RateKey, RateLimit, RateSpec};
 use rules::HeaderRule;
-use shape::{is_preflight, Compressible, CorsSpec};
+use shape::{is_preflight, Compressible, Cors, CorsSpec};
 
 use super::routes::Target;
 use super::RouteTable;
@@ -113,7 +114,7 @@ impl MiddlewareSpec {
 pub(crate) struct Chain {
     guard: Option<Guard>,
     rate: Option<RateLimit>,
-    cors: Option<CorsLayer>,
+    cors: Option<Cors>,
     compress: bool,
     request_headers: Vec<HeaderRule>,
     response_headers: Vec<HeaderRule>,
@@ -137,7 +138,7 @@ impl Chain {
                 .as_ref()
                 .map(|protect| Guard::new(protect, service, hashing)),
             rate: spec.rate.as_ref().map(RateLimit::new),
-            cors: spec.cors.as_ref().map(CorsSpec::layer),
+            cors: spec.cors.as_ref().map(CorsSpec::build),
             compress: spec.compress,
             request_headers: spec.request_headers.clone(),
             response_headers: spec.response_headers.clone(),
@@ -152,79 +153,56 @@ impl Chain {
 
     /// Answers `request` for `target` through the chain.
     pub async fn serve(
-        self: &Arc<Chain>,
+        &self,
         routes: &RouteTable,
-        target: Arc<Target>,
+        target: &Target,
         client: SocketAddr,
         request: Request<Body>,
     ) -> Response<Body> {
-        let authenticator = self
-            .guard
-            .as_ref()
-            .and_then(Guard::authority)
-            .and_then(|authority| routes.authenticator(authority));
-        let stage = Stage {
-            chain: Arc::clone(self),
-            target,
-            client,
-            authenticator,
-        };
-        let cors = self
+        if let Some(cors) = &self.cors {
+            if is_preflight(&request) {
+                return cors.preflight(&request);
+            }
+        }
+        let origin = self
             .cors
             .as_ref()
-            // Other OPTIONS requests are the service's.
-            .filter(|_| request.method() != axum::http::Method::OPTIONS || is_preflight(&request));
-        let answered = match (cors, self.compress) {
-            (None, false) => Ok(stage.run(request).await),
-            (None, true) => compress(stage)
-                .oneshot(request)
-                .await
-                .map(|response| response.map(Body::new)),
-            (Some(cors), false) => cors.layer(stage).oneshot(request).await,
-            (Some(cors), true) => cors
-                .layer(compress(stage))
-                .oneshot(request)
-                .await
-                .map(|response| response.map(Body::new)),
-        };
-        match answered {
-            Ok(response) => response,
-            Err(never) => match never {},
+            .and_then(|_| request.headers().get(header::ORIGIN).cloned());
+        let accept_encoding = self
+            .compress
+            .then(|| request.headers().get(header::ACCEPT_ENCODING).cloned())
+            .flatten();
+        let mut response = self.guarded(routes, target, client, request).await;
+        if let Some(accept_encoding) = accept_encoding {
+            response = compress(response, accept_encoding).await;
         }
+        if let Some(cors) = &self.cors {
+            cors.decorate(origin.as_ref(), &mut response);
+        }
+        response
     }
-}
 
-fn compress(stage: Stage) -> Compression<Stage, Compressible> {
-    Compression::new(stage)
-        .no_deflate()
-        .no_zstd()
-        .compress_when(Compressible)
-}
-
-/// Protection, rate limit, header rules and the service: what runs inside CORS and
-/// compression.
-#[derive(Clone)]
-struct Stage {
-    chain: Arc<Chain>,
-    target: Arc<Target>,
-    client: SocketAddr,
-    authenticator: Option<Arc<dyn Authenticator>>,
-}
-
-impl Stage {
-    async fn run(self, mut request: Request<Body>) -> Response<Body> {
-        let chain = &self.chain;
+    /// Protection, rate limit, header rules and the service.
+    async fn guarded(
+        &self,
+        routes: &RouteTable,
+        target: &Target,
+        client: SocketAddr,
+        mut request: Request<Body>,
+    ) -> Response<Body> {
         let mut user = None;
-        if let Some(guard) = &chain.guard {
+        if let Some(guard) = &self.guard {
             let user_header = HeaderName::from_static(USER_HEADER);
             // Only Herve says who the user is.
             request.headers_mut().remove(&user_header);
+            // Asked only when the token is not in the guard's cache.
+            let authenticator = || {
+                guard
+                    .authority()
+                    .and_then(|authority| routes.authenticator(authority))
+            };
             match guard
-                .check(
-                    self.authenticator.clone(),
-                    self.client.ip(),
-                    request.headers(),
-                )
+                .check(authenticator, client.ip(), request.headers())
                 .await
             {
                 Ok(name) => {
@@ -234,37 +212,68 @@ impl Stage {
                 Err(refusal) => return refusal,
             }
         }
-        if let Some(rate) = &chain.rate {
+        if let Some(rate) = &self.rate {
             let key = match user {
                 Some(user) => RateKey::User(user),
-                None => RateKey::Address(client_key(self.client.ip())),
+                None => RateKey::Address(client_key(client.ip())),
             };
             if let Err(wait) = rate.check(&key) {
                 return too_many_requests(wait);
             }
         }
-        HeaderRule::apply(&chain.request_headers, request.headers_mut());
-        let mut response = match self.target.router().oneshot(request).await {
+        HeaderRule::apply(&self.request_headers, request.headers_mut());
+        let mut response = match target.router().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        HeaderRule::apply(&chain.response_headers, response.headers_mut());
+        HeaderRule::apply(&self.response_headers, response.headers_mut());
         response
     }
 }
 
-impl Service<Request<Body>> for Stage {
+/// Compresses `response` as `accept_encoding` allows, by tower-http's layer around a
+/// service that only hands the answer back (the layer reads nothing else of the
+/// request).
+async fn compress(response: Response<Body>, accept_encoding: HeaderValue) -> Response<Body> {
+    // Most answers of most services are not worth it (small, already encoded, a range):
+    // they go on as they are, unwrapped.
+    let headers = response.headers();
+    if headers.contains_key(header::CONTENT_ENCODING)
+        || headers.contains_key(header::CONTENT_RANGE)
+        || !Compressible.should_compress(&response)
+    {
+        return response;
+    }
+    let mut probe = Request::new(());
+    probe
+        .headers_mut()
+        .insert(header::ACCEPT_ENCODING, accept_encoding);
+    let answered = Compression::new(Answered(Some(response)))
+        .no_deflate()
+        .no_zstd()
+        .compress_when(Compressible)
+        .oneshot(probe)
+        .await;
+    match answered {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// A service whose one answer is made already.
+struct Answered(Option<Response<Body>>);
+
+impl Service<Request<()>> for Answered {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let stage = self.clone();
-        Box::pin(async move { Ok(stage.run(request).await) })
+    fn call(&mut self, _request: Request<()>) -> Self::Future {
+        std::future::ready(Ok(self.0.take().unwrap_or_default()))
     }
 }
 

@@ -229,10 +229,10 @@ impl Guard {
     }
 
     /// The user a request's credentials name, or the answer that refuses it.
-    /// `authenticator` is what the `auth` service offers now (if it runs).
+    /// `authenticator` finds what the `auth` service offers now (if it runs).
     pub async fn check(
         &self,
-        authenticator: Option<Arc<dyn Authenticator>>,
+        authenticator: impl FnOnce() -> Option<Arc<dyn Authenticator>>,
         client: IpAddr,
         headers: &HeaderMap,
     ) -> Result<HeaderValue, Refusal> {
@@ -249,7 +249,7 @@ impl Guard {
                 let user = match cache.get(token) {
                     Some(user) => user,
                     None => {
-                        let user = ask(authenticator, token).await?;
+                        let user = ask(authenticator(), token).await?;
                         cache.put(token, user.clone());
                         user
                     }

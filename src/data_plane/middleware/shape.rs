@@ -1,10 +1,10 @@
-//! `cors_*` and `compress`: answers shaped for browsers, by tower-http's layers.
+//! `cors_*` and `compress`: answers shaped for browsers. CORS is answered here from
+//! values made once per configuration (tower-http's layer clones itself and allocates
+//! for every request); compression is tower-http's, streamed.
 
-use std::time::Duration;
-
-use axum::http::{header, HeaderName, HeaderValue, Method, Request};
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tower_http::compression::predicate::Predicate;
-use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use super::FieldError;
 use crate::contract::Fields;
@@ -145,27 +145,126 @@ impl CorsSpec {
         }))
     }
 
-    /// tower-http's layer for this configuration (checked by [`CorsSpec::read`], so it
-    /// cannot refuse it).
-    pub fn layer(&self) -> CorsLayer {
-        let mut layer = CorsLayer::new()
-            .allow_origin(match &self.origins {
-                None => AllowOrigin::any(),
-                Some(origins) => AllowOrigin::list(origins.iter().cloned()),
-            })
-            .allow_methods(match &self.methods {
-                None => AllowMethods::any(),
-                Some(methods) => AllowMethods::list(methods.iter().cloned()),
-            })
-            .allow_headers(match &self.headers {
-                None => AllowHeaders::any(),
-                Some(headers) => AllowHeaders::list(headers.iter().cloned()),
-            })
-            .allow_credentials(self.credentials);
-        if let Some(seconds) = self.max_age {
-            layer = layer.max_age(Duration::from_secs(seconds));
+    /// The CORS rules in force for this configuration.
+    pub fn build(&self) -> Cors {
+        let join = |items: Vec<&str>| HeaderValue::from_str(&items.join(", ")).ok();
+        Cors {
+            origins: self.origins.clone(),
+            methods: self
+                .methods
+                .as_ref()
+                .and_then(|methods| join(methods.iter().map(Method::as_str).collect())),
+            headers: match &self.headers {
+                None => AllowedHeaders::Mirror,
+                Some(headers) if headers.is_empty() => AllowedHeaders::Safelisted,
+                Some(headers) => join(headers.iter().map(HeaderName::as_str).collect())
+                    .map_or(AllowedHeaders::Safelisted, AllowedHeaders::List),
+            },
+            credentials: self.credentials,
+            max_age: self.max_age.map(HeaderValue::from),
         }
-        layer
+    }
+}
+
+/// CORS as the Fetch standard has it, answered from values made once: a preflight is
+/// answered here (it never reaches the service, nor needs credentials), and an answer to
+/// a listed origin says so. An origin not listed gets no `Access-Control-Allow-Origin`,
+/// which is how a browser is told no.
+pub(crate) struct Cors {
+    /// `None` for any origin.
+    origins: Option<Vec<HeaderValue>>,
+    /// `None` for any method (the one asked is allowed).
+    methods: Option<HeaderValue>,
+    headers: AllowedHeaders,
+    credentials: bool,
+    max_age: Option<HeaderValue>,
+}
+
+enum AllowedHeaders {
+    /// Only the CORS-safelisted ones: nothing to say.
+    Safelisted,
+    List(HeaderValue),
+    /// Any: the ones asked for are allowed.
+    Mirror,
+}
+
+/// What a preflight's answer varies with.
+const PREFLIGHT_VARY: &str =
+    "origin, access-control-request-method, access-control-request-headers";
+
+impl Cors {
+    /// The value of `Access-Control-Allow-Origin` for a request from `origin`, if it
+    /// is allowed.
+    fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+        match &self.origins {
+            // With credentials a wildcard is refused at registration; `*` is only ever
+            // sent without.
+            None => Some(HeaderValue::from_static("*")),
+            Some(origins) => origins
+                .iter()
+                .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+                .then(|| origin.clone()),
+        }
+    }
+
+    /// The answer to a preflight (see [`is_preflight`]).
+    pub fn preflight<B>(&self, request: &Request<B>) -> Response<Body> {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let asked = request.headers();
+        let headers = response.headers_mut();
+        headers.insert(header::VARY, HeaderValue::from_static(PREFLIGHT_VARY));
+        let Some(allowed) = asked
+            .get(header::ORIGIN)
+            .and_then(|origin| self.allow_origin(origin))
+        else {
+            return response;
+        };
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        if self.credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        let methods = self
+            .methods
+            .clone()
+            .or_else(|| asked.get(header::ACCESS_CONTROL_REQUEST_METHOD).cloned());
+        if let Some(methods) = methods {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
+        }
+        let allowed_headers = match &self.headers {
+            AllowedHeaders::Safelisted => None,
+            AllowedHeaders::List(list) => Some(list.clone()),
+            AllowedHeaders::Mirror => asked.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned(),
+        };
+        if let Some(allowed_headers) = allowed_headers {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed_headers);
+        }
+        if let Some(max_age) = &self.max_age {
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, max_age.clone());
+        }
+        response
+    }
+
+    /// Marks the answer to a request from `origin` (if it came with one).
+    pub fn decorate(&self, origin: Option<&HeaderValue>, response: &mut Response<Body>) {
+        let headers = response.headers_mut();
+        if self.origins.is_some() {
+            // Caches must keep one answer per origin.
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        }
+        let Some(allowed) = origin.and_then(|origin| self.allow_origin(origin)) else {
+            return;
+        };
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        if self.credentials {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
 }
 
@@ -225,27 +324,36 @@ impl Predicate for Compressible {
         else {
             return false;
         };
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        let compressible = (essence.starts_with("text/") && essence != "text/event-stream")
-            || matches!(
-                essence.as_str(),
-                "application/json"
-                    | "application/javascript"
-                    | "application/xml"
-                    | "application/wasm"
-                    | "application/manifest+json"
-                    | "image/svg+xml"
-                    | "font/ttf"
-                    | "font/otf"
-                    | "application/vnd.ms-fontobject"
-            )
-            || essence.ends_with("+json")
-            || essence.ends_with("+xml");
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        let starts = |prefix: &str| {
+            essence
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        let ends = |suffix: &str| {
+            essence
+                .len()
+                .checked_sub(suffix.len())
+                .and_then(|at| essence.get(at..))
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        };
+        let compressible = (starts("text/") && !is("text/event-stream"))
+            || [
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "application/wasm",
+                "application/manifest+json",
+                "image/svg+xml",
+                "font/ttf",
+                "font/otf",
+                "application/vnd.ms-fontobject",
+            ]
+            .into_iter()
+            .any(is)
+            || ends("+json")
+            || ends("+xml");
         if !compressible {
             return false;
         }
@@ -302,13 +410,35 @@ mod tests {
                 "{pairs:?}"
             );
         }
-        // A checked spec always makes a layer tower-http accepts.
-        let spec = read(&[
+        let cors = read(&[
             ("cors_origins", "https://a.test"),
             ("cors_credentials", "true"),
         ])
         .expect("valid")
-        .expect("some");
-        let _ = tower::Layer::layer(&spec.layer(), ());
+        .expect("some")
+        .build();
+        let preflight = Request::builder()
+            .method(Method::OPTIONS)
+            .header("origin", "https://A.test")
+            .header("access-control-request-method", "PUT")
+            .body(())
+            .expect("request");
+        assert!(is_preflight(&preflight));
+        let answer = cors.preflight(&preflight);
+        assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+        let headers = answer.headers();
+        assert_eq!(headers["access-control-allow-origin"], "https://A.test");
+        assert_eq!(headers["access-control-allow-credentials"], "true");
+        assert_eq!(headers["access-control-allow-methods"], "GET, HEAD, POST");
+        let mut response = Response::new(Body::empty());
+        cors.decorate(
+            Some(&HeaderValue::from_static("https://b.test")),
+            &mut response,
+        );
+        assert!(response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
+        assert_eq!(response.headers()["vary"], "origin");
     }
 }
