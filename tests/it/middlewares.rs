@@ -171,21 +171,6 @@ async fn register(herve: &HttpClient, fields: &[(&str, &str)]) -> Reply {
     herve.post_form("/services/register", fields).await
 }
 
-async fn patch(herve: &HttpClient, uuid: &str, fields: &[(&str, &str)]) -> Reply {
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    herve
-        .send(
-            Method::PATCH,
-            &format!("/services/{uuid}"),
-            Auth::Admin,
-            &[("content-type", "application/x-www-form-urlencoded")],
-            body,
-        )
-        .await
-}
-
 /// Signs `username` up with the `auth` service `accounts` and logs in: a token.
 async fn token_for(herve: &HttpClient, username: &str) -> String {
     let form = form_urlencoded::Serializer::new(String::new())
@@ -433,7 +418,8 @@ async fn exercise(herve: &HttpClient, name: &str, type_fields: &[(&str, &str)]) 
     assert!(logged_out.elapsed() < Duration::from_secs(1));
 
     // A tight rate limit by PATCH: per user, 429 with Retry-After, then recovery.
-    patch(herve, &uuid, &[("rate_limit", "2/s"), ("burst", "2")])
+    herve
+        .patch(&uuid, &[("rate_limit", "2/s"), ("burst", "2")])
         .await
         .expect(200, "The service has been successfully updated.");
     let token = token_for(herve, &user).await;
@@ -460,18 +446,18 @@ async fn exercise(herve: &HttpClient, name: &str, type_fields: &[(&str, &str)]) 
 
     // Basic credentials, hashed: the user is told to the service too.
     let hash = bcrypt::hash("open sesame", 4).expect("hash");
-    patch(
-        herve,
-        &uuid,
-        &[
-            ("protect", "basic"),
-            ("basic_users", &format!("ann:{hash}")),
-            ("rate_limit", ""),
-            ("burst", ""),
-        ],
-    )
-    .await
-    .expect(200, "The service has been successfully updated.");
+    herve
+        .patch(
+            &uuid,
+            &[
+                ("protect", "basic"),
+                ("basic_users", &format!("ann:{hash}")),
+                ("rate_limit", ""),
+                ("burst", ""),
+            ],
+        )
+        .await
+        .expect(200, "The service has been successfully updated.");
     let challenge = herve.get(&at("/headers")).await;
     assert_eq!(challenge.status, 401);
     assert!(challenge
@@ -566,7 +552,8 @@ async fn middleware_fields_are_checked() {
         .as_str()
         .expect("uuid")
         .to_owned();
-    patch(&herve, &accounts, &[("protect", "auth:accounts")])
+    herve
+        .patch(&accounts, &[("protect", "auth:accounts")])
         .await
         .expect(400, "A service cannot be protected by itself.");
     // Nothing of the refused ones was kept.
@@ -640,18 +627,18 @@ async fn middlewares_added_by_patch_to_a_service_under_load_drop_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    patch(
-        &herve,
-        &uuid,
-        &[
-            ("response_headers", "X-Frame-Options: DENY"),
-            ("compress", "true"),
-            ("rate_limit", "100000/s"),
-            ("cors_origins", "*"),
-        ],
-    )
-    .await
-    .expect(200, "The service has been successfully updated.");
+    herve
+        .patch(
+            &uuid,
+            &[
+                ("response_headers", "X-Frame-Options: DENY"),
+                ("compress", "true"),
+                ("rate_limit", "100000/s"),
+                ("cors_origins", "*"),
+            ],
+        )
+        .await
+        .expect(200, "The service has been successfully updated.");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     for task in load {

@@ -45,21 +45,6 @@ async fn answered_by(herve: &HttpClient, host: &str, path: &str) -> String {
     reply.text()
 }
 
-async fn patch(herve: &HttpClient, uuid: &str, fields: &[(&str, &str)]) -> Reply {
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    herve
-        .send(
-            Method::PATCH,
-            &format!("/services/{uuid}"),
-            Auth::Admin,
-            &[("content-type", "application/x-www-form-urlencoded")],
-            body,
-        )
-        .await
-}
-
 #[tokio::test]
 async fn host_routes_follow_their_precedence() {
     let herve = TestHerve::start().await;
@@ -232,7 +217,7 @@ async fn invalid_and_conflicting_routes_are_refused() {
         .as_str()
         .expect("uuid")
         .to_owned();
-    patch(&herve, &second, &[("path", "/api")]).await.expect(
+    herve.patch(&second, &[("path", "/api")]).await.expect(
         409,
         "The route app.test/api is taken by the service 'first'.",
     );
@@ -242,7 +227,8 @@ async fn invalid_and_conflicting_routes_are_refused() {
         .unregister(&first)
         .await
         .expect(200, "The service has been successfully unregistered.");
-    patch(&herve, &second, &[("path", "/api")])
+    herve
+        .patch(&second, &[("path", "/api")])
         .await
         .expect(200, "The service has been successfully updated.");
 
@@ -308,12 +294,12 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
         .to_owned();
 
     // Stopped: the new definition is kept, nothing runs.
-    let edited = patch(
-        &herve,
-        &uuid,
-        &[("description", "The shop"), ("hosts", "shop.test")],
-    )
-    .await;
+    let edited = herve
+        .patch(
+            &uuid,
+            &[("description", "The shop"), ("hosts", "shop.test")],
+        )
+        .await;
     edited.expect(200, "The service has been successfully updated.");
     assert_eq!(edited.json()["data"]["description"], "The shop");
     assert_eq!(edited.json()["data"]["status"], "registered");
@@ -327,7 +313,9 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
     // Running, routes only: moved at once, the same instance (no restart).
     let pid_like =
         herve.admin_get(&format!("/services/{uuid}")).await.json()["data"]["runtime"].clone();
-    let edited = patch(&herve, &uuid, &[("hosts", "store.test"), ("path", "/shop")]).await;
+    let edited = herve
+        .patch(&uuid, &[("hosts", "store.test"), ("path", "/shop")])
+        .await;
     edited.expect(200, "The service has been successfully updated.");
     assert!(edited.json()["data"].get("restarted").is_none());
     assert_eq!(get_on(&herve, "shop.test", "/id").await.status, 404);
@@ -338,7 +326,8 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
     );
 
     // Running, the type's own field: a new instance to the new upstream.
-    patch(&herve, &uuid, &[("upstream", &b.url())])
+    herve
+        .patch(&uuid, &[("upstream", &b.url())])
         .await
         .expect(200, "The service has been successfully updated.");
     assert_eq!(answered_by(&herve, "store.test", "/shop/id").await, "b");
@@ -348,33 +337,31 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
     assert_eq!(shown["data"]["status"], "running");
 
     // A refused edit changes nothing.
-    let refused = patch(
-        &herve,
-        &uuid,
-        &[("upstream", "ftp://nope"), ("hosts", "other.test")],
-    )
-    .await;
+    let refused = herve
+        .patch(
+            &uuid,
+            &[("upstream", "ftp://nope"), ("hosts", "other.test")],
+        )
+        .await;
     assert_eq!(refused.status, 400, "{}", refused.text());
     assert_eq!(answered_by(&herve, "store.test", "/shop/id").await, "b");
     assert_eq!(get_on(&herve, "other.test", "/shop/id").await.status, 404);
-    patch(&herve, &uuid, &[("name", "renamed")])
+    herve
+        .patch(&uuid, &[("name", "renamed")])
         .await
         .expect(400, "The field 'name' of a service cannot be changed.");
-    patch(
-        &herve,
-        "00000000-0000-4000-8000-000000000000",
-        &[("hosts", "x.test")],
-    )
-    .await
-    .expect(404, "The service does not exist.");
+    herve
+        .patch(
+            "00000000-0000-4000-8000-000000000000",
+            &[("hosts", "x.test")],
+        )
+        .await
+        .expect(404, "The service does not exist.");
 
     // Back to the type's description, and no routes but uuid and name.
-    let edited = patch(
-        &herve,
-        &uuid,
-        &[("description", ""), ("hosts", ""), ("path", "")],
-    )
-    .await;
+    let edited = herve
+        .patch(&uuid, &[("description", ""), ("hosts", ""), ("path", "")])
+        .await;
     edited.expect(200, "The service has been successfully updated.");
     assert_eq!(
         edited.json()["data"]["description"],
@@ -385,7 +372,7 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
     assert_eq!(herve.get("/web/id").await.text(), "b");
 
     // Running, the description alone: shown at once, the same instance.
-    let edited = patch(&herve, &uuid, &[("description", "Front door")]).await;
+    let edited = herve.patch(&uuid, &[("description", "Front door")]).await;
     edited.expect(200, "The service has been successfully updated.");
     assert_eq!(edited.json()["data"]["description"], "Front door");
     assert!(edited.json()["data"].get("restarted").is_none());
@@ -395,7 +382,9 @@ async fn edits_change_routes_and_fields_of_stopped_and_running_services() {
         .stop_service(&uuid)
         .await
         .expect(200, "The service has successfully stopped.");
-    let edited = patch(&herve, &uuid, &[("path", "/door"), ("upstream", &a.url())]).await;
+    let edited = herve
+        .patch(&uuid, &[("path", "/door"), ("upstream", &a.url())])
+        .await;
     edited.expect(200, "The service has been successfully updated.");
     assert_eq!(edited.json()["data"]["status"], "stopped");
     assert_eq!(edited.json()["data"]["path"], "/door");
@@ -435,7 +424,8 @@ async fn an_edit_under_load_loses_no_request() {
     }
     for round in 0..10 {
         let upstream = if round % 2 == 0 { b.url() } else { a.url() };
-        patch(&herve, &uuid, &[("upstream", &upstream)])
+        herve
+            .patch(&uuid, &[("upstream", &upstream)])
             .await
             .expect(200, "The service has been successfully updated.");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -467,13 +457,13 @@ async fn a_program_on_a_fixed_port_is_restarted_by_an_edit() {
     let uuid = herve
         .running_with("fixed", "process", &[("command", command), ("port", &port)])
         .await;
-    let edited = patch(&herve, &uuid, &[("stop_timeout_ms", "500")]).await;
+    let edited = herve.patch(&uuid, &[("stop_timeout_ms", "500")]).await;
     edited.expect(200, "The service has been successfully updated.");
     assert_eq!(edited.json()["data"]["restarted"], true);
     assert_eq!(edited.json()["data"]["status"], "running");
     assert_eq!(herve.get("/fixed/").await.status, 200);
     // Only routes: nothing restarted.
-    let edited = patch(&herve, &uuid, &[("hosts", "fixed.test")]).await;
+    let edited = herve.patch(&uuid, &[("hosts", "fixed.test")]).await;
     assert!(
         edited.json()["data"].get("restarted").is_none(),
         "{}",
@@ -525,7 +515,8 @@ async fn routes_survive_a_restart_and_a_kill() {
             ],
         )
         .await;
-    patch(&client, &uuid, &[("hosts", "kept.test,*.kept.test")])
+    client
+        .patch(&uuid, &[("hosts", "kept.test,*.kept.test")])
         .await
         .expect(200, "The service has been successfully updated.");
     drop(herve); // SIGTERM

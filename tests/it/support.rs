@@ -328,6 +328,21 @@ impl HttpClient {
         .await
     }
 
+    /// `PATCH /services/{uuid}` with a urlencoded form, as the admin.
+    pub async fn patch(&self, uuid: &str, fields: &[(&str, &str)]) -> Reply {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.send(
+            Method::PATCH,
+            &format!("/services/{uuid}"),
+            Auth::Admin,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await
+    }
+
     pub async fn register(&self, name: &str, type_name: &str) -> Reply {
         self.post_form("/services/register", &[("name", name), ("type", type_name)])
             .await
