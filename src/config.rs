@@ -20,6 +20,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the access log goes (`HERVE_ACCESS_LOG`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log (`false`).
+    Off,
+    /// Standard output, beside the other logs (`true`, the default).
+    Stdout,
+    /// Appended to this file, reopened on SIGUSR1 (a value with a `/`).
+    File(PathBuf),
+}
+
+impl AccessLog {
+    /// `true`, `false` (also `on`/`off`, `yes`/`no`, `1`/`0`, `stdout`), or a file
+    /// path, which must have a `/` (`./access.log`), so that a mistyped word is not
+    /// taken for a file name.
+    pub fn parse(text: &str) -> Result<AccessLog, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" | "1" | "stdout" => Ok(AccessLog::Stdout),
+            "false" | "off" | "no" | "0" => Ok(AccessLog::Off),
+            _ if text.contains('/') => Ok(AccessLog::File(PathBuf::from(text.trim()))),
+            _ => Err(format!(
+                "'{text}' is neither true, false nor a file path (a path has a '/', like ./access.log)"
+            )),
+        }
+    }
+}
+
 /// How verbose the logs are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -264,10 +291,11 @@ pub struct Config {
     #[arg(long, env = "HERVE_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Whether to log one line per request.
-    #[arg(long, env = "HERVE_ACCESS_LOG", value_name = "BOOL", default_value_t = true,
-          action = clap::ArgAction::Set)]
-    pub access_log: bool,
+    /// One line per request: `true` (to stdout), `false`, or a file to append to
+    /// (reopened on SIGUSR1). Lines follow `HERVE_LOG_FORMAT`.
+    #[arg(long, env = "HERVE_ACCESS_LOG", value_name = "true|false|FILE", default_value = "true",
+          value_parser = AccessLog::parse)]
+    pub access_log: AccessLog,
 }
 
 impl Default for Config {
@@ -307,7 +335,7 @@ impl Default for Config {
             shutdown_timeout_s: 30,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
-            access_log: true,
+            access_log: AccessLog::Stdout,
             trusted_proxies: crate::TrustedProxies::default(),
         }
     }

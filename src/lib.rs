@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use async_trait::async_trait;
-pub use config::{AcmeChallenge, Config, ConfigError, LogFormat, LogLevel};
+pub use config::{AccessLog, AcmeChallenge, Config, ConfigError, LogFormat, LogLevel};
 pub use control_plane::admin_auth::{AuthSetupError, CredentialSource};
 pub use upstream::TrustedProxies;
 
@@ -51,8 +51,8 @@ use control_plane::certificates::Certificates;
 use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
 use control_plane::store::{SqliteStore, Store, StoreError};
 use data_plane::{
-    CertTable, DispatchSettings, Dispatcher, Door, Listener, RouteTable, ServerLimits, TlsServing,
-    Workers,
+    CertTable, DispatchSettings, Dispatcher, Door, LineFormat, Listener, LogSink, RouteTable,
+    ServerLimits, TlsServing, Workers,
 };
 use tokio_util::sync::CancellationToken;
 use util::hashing::HashPool;
@@ -102,6 +102,15 @@ pub enum StartError {
     /// The HTTPS settings cannot be used.
     #[error("{0}")]
     Tls(String),
+    /// The access log's file could not be opened.
+    #[error("could not open the access log {path}: {source}")]
+    AccessLog {
+        /// The file (`HERVE_ACCESS_LOG`).
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The default certificate (`HERVE_TLS_CERT`, `HERVE_TLS_KEY`) or the stored ones
     /// could not be read.
     #[error("could not load the certificates: {0}")]
@@ -269,6 +278,23 @@ impl HerveBuilder {
             None => None,
         };
 
+        let access_log = match &config.access_log {
+            AccessLog::Off => None,
+            target => {
+                let (sink, path) = match target {
+                    AccessLog::File(path) => (LogSink::File(path.clone()), path.clone()),
+                    _ => (LogSink::Stdout, PathBuf::from("stdout")),
+                };
+                let format = match config.log_format {
+                    LogFormat::Text => LineFormat::Text,
+                    LogFormat::Json => LineFormat::Json,
+                };
+                Some(
+                    data_plane::AccessLog::start(sink, format)
+                        .map_err(|source| StartError::AccessLog { path, source })?,
+                )
+            }
+        };
         let server_meter = Arc::new(data_plane::ServerMeter::default());
         let metrics = Arc::new(control_plane::metrics::Sources {
             registry: Arc::clone(&registry),
@@ -292,7 +318,7 @@ impl HerveBuilder {
             DispatchSettings {
                 control_plane: tokio::runtime::Handle::current(),
                 body_limits: config.body_limits(),
-                access_log: config.access_log,
+                access_log: access_log.clone(),
                 certificates: cert_table,
                 redirect_to_tls: tls_addr
                     .filter(|_| config.tls_redirect)
@@ -321,6 +347,7 @@ impl HerveBuilder {
             limits,
             registry,
             auth,
+            access_log,
         })
     }
 }
@@ -339,6 +366,7 @@ pub struct Herve {
     limits: ServerLimits,
     registry: Arc<Registry>,
     auth: Arc<AdminAuth>,
+    access_log: Option<Arc<data_plane::AccessLog>>,
 }
 
 impl Herve {
@@ -365,9 +393,34 @@ impl Herve {
     /// Serves until `shutdown` completes, lets in-flight requests finish, then stops
     /// every running service (they start again with the next Herve on this data).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let _reopen = self.access_log.clone().map(reopen_on_sigusr1);
         data_plane::serve(self.listeners, self.workers, &self.limits, shutdown).await;
         self.registry.shutdown().await;
+        if let Some(access_log) = &self.access_log {
+            // Every line of every answer given, on disk before Herve returns.
+            let access_log = Arc::clone(access_log);
+            let _ = tokio::task::spawn_blocking(move || access_log.flush()).await;
+        }
     }
+}
+
+/// Reopens the access log's file on each SIGUSR1, as logrotate expects, while the
+/// returned guard lives.
+fn reopen_on_sigusr1(access_log: Arc<data_plane::AccessLog>) -> util::AbortOnDrop {
+    util::AbortOnDrop::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut signals = match signal(SignalKind::user_defined1()) {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGUSR1: the access log will not be reopened");
+                return;
+            }
+        };
+        while signals.recv().await.is_some() {
+            let access_log = Arc::clone(&access_log);
+            let _ = tokio::task::spawn_blocking(move || access_log.reopen()).await;
+        }
+    })
 }
 
 /// The HTTPS settings that only make sense with an HTTPS port.

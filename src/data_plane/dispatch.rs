@@ -26,7 +26,7 @@ use http_body::Body as HttpBody;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use super::access_log::access_line;
+use super::access_log::AccessLog;
 use super::body::{linger, BodyGuard, BodyLimits, Cut};
 use super::routes::{first_segment, RouteTable, Target, OWN_PATHS};
 use super::tls::CertTable;
@@ -63,7 +63,7 @@ pub(crate) struct Dispatcher {
     /// Where admin requests run (see [`Dispatcher::run_admin`]).
     control_plane: tokio::runtime::Handle,
     body_limits: BodyLimits,
-    access_log: bool,
+    access_log: Option<Arc<AccessLog>>,
     /// ACME HTTP-01 answers.
     certificates: Arc<CertTable>,
     /// The HTTPS port plain requests are sent to (`HERVE_TLS_REDIRECT`).
@@ -79,7 +79,7 @@ const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 pub(crate) struct DispatchSettings {
     pub control_plane: tokio::runtime::Handle,
     pub body_limits: BodyLimits,
-    pub access_log: bool,
+    pub access_log: Option<Arc<AccessLog>>,
     pub certificates: Arc<CertTable>,
     pub redirect_to_tls: Option<u16>,
     pub meter: Arc<super::ServerMeter>,
@@ -105,12 +105,12 @@ impl Dispatcher {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if !self.access_log {
+        let Some(access_log) = &self.access_log else {
             let (method, uri) = (request.method().clone(), request.uri().clone());
             let response = self.route(peer, request).await;
             log_server_error(&response, method.as_str(), uri.path());
             return response;
-        }
+        };
         let started = Instant::now();
         // Cloning the URI shares its bytes; copying the path out would allocate.
         let method = request.method().clone();
@@ -118,7 +118,7 @@ impl Dispatcher {
         let response = self.route(peer, request).await;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         log_server_error(&response, method.as_str(), uri.path());
-        access_line(
+        access_log.line(
             peer.addr,
             response.status(),
             method.as_str(),
@@ -138,8 +138,8 @@ impl Dispatcher {
 
     pub fn log_refused(&self, client: SocketAddr, status: StatusCode) {
         self.meter.refused(status);
-        if self.access_log {
-            access_line(client, status, "-", "-", 0);
+        if let Some(access_log) = &self.access_log {
+            access_log.line(client, status, "-", "-", 0);
         }
     }
 

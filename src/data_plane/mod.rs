@@ -22,6 +22,7 @@ mod tls;
 mod worker;
 
 pub(crate) use accept::{serve, Listener, ServerLimits};
+pub(crate) use access_log::{AccessLog, LineFormat, LogSink};
 pub(crate) use body::BodyLimits;
 pub(crate) use dispatch::{health_response, service_uuid, DispatchSettings, Dispatcher, Door};
 pub(crate) use metrics::{

@@ -2,6 +2,7 @@
 //! upstream servers and programs, and the real binary for what needs a process
 //! (restarts, signals, configuration).
 
+mod access_log;
 mod acme;
 mod attacks;
 mod binary;

@@ -46,7 +46,7 @@ pub fn test_config(data_dir: &Path) -> herve::Config {
         auth_admin_id: Some(ADMIN_ID.to_owned()),
         auth_admin_secret: Some(ADMIN_SECRET.to_owned()),
         data_dir: data_dir.to_path_buf(),
-        access_log: false,
+        access_log: herve::AccessLog::Off,
         // Tests send many wrong credentials on purpose; the throttle has its own test.
         auth_max_failures: 100_000,
         ..herve::Config::default()
