@@ -36,6 +36,8 @@ PORTS = {
     "upstream": 18082,     # the upstream every proxy talks to (nginx, one worker)
     "nginx_proxy": 18083,  # nginx proxy_pass with upstream keepalive
     "haproxy": 18084,
+    "herve_logged": 18087,  # a second Herve, its access log to a file
+    "nginx_logged": 18088,  # nginx return 200, its access log (combined) to a file
 }
 ADMIN = ("bench", "bench-secret")
 
@@ -254,6 +256,30 @@ def fmt_ms(us):
     return f"{us / 1000:.2f}"
 
 
+def print_tables(args, threads, rows, ratios, memory):
+    print()
+    print(f"Herve vs peers on {threads} cores, wrk -t2 -c{args.connections} -d{args.seconds}s, "
+          f"{args.repeat} alternating runs each (medians); conn min/max = requests completed by the "
+          f"least and most served of {args.connections} connections in a run with one wrk thread per connection")
+    print()
+    print("| scenario | server | req/s | runs | p50 ms | p99 ms | max ms | errors | conn min/max |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---|")
+    for name, r in rows:
+        print(f"| {name} | {r['label']} | {r['rps']:,.0f} | {r['runs']} | {fmt_ms(r['p50_us'])} | "
+              f"{fmt_ms(r['p99_us'])} | {fmt_ms(r['max_us'])} | {r['errors']} | {r['conn_min']}/{r['conn_max']} |")
+    print()
+    print("| scenario | ratio | req/s ratio | p99 Herve ms | p99 peer ms |")
+    print("|---|---|---:|---:|---:|")
+    for name, label, ratio, p99_h, p99_p in ratios:
+        print(f"| {name} | {label} | {ratio:.2f} | {fmt_ms(p99_h)} | {fmt_ms(p99_p)} |")
+    print()
+    if memory:
+        print("| Herve RSS | MiB |")
+        print("|---|---:|")
+        for label, kib in memory:
+            print(f"| {label} | {kib / 1024:.1f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="length of one wrk run")
@@ -263,6 +289,8 @@ def main():
     parser.add_argument("--running", type=int, default=5_000,
                         help="running services in scenario 4, each with a host route (half of them wildcards)")
     parser.add_argument("--api-ops", type=int, default=2_000, help="lifecycle operations in scenario 5")
+    parser.add_argument("--only", choices=["all", "core"], default="all",
+                        help="core: /health, /health with access logs, ping and the proxy only")
     args = parser.parse_args()
 
     herve_bin = os.path.join(ROOT, "target", "release", "herve")
@@ -291,6 +319,9 @@ def main():
         children.append(subprocess.Popen(["haproxy", "-f", haproxy_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(PORTS["haproxy"])
 
+        pidfiles.append(start_nginx(workdir, "logged", PORTS["nginx_logged"], threads,
+                                    'location / { return 200 "{\\"success\\":true,\\"message\\":\\"ok\\"}"; }',
+                                    server=f"access_log {workdir}/nginx-access.log;"))
         env = dict(os.environ, PORT=str(PORTS["herve"]), HERVE_HOST="127.0.0.1",
                    HERVE_DATA_DIR=os.path.join(workdir, "herve-data"), AUTH_ADMIN_ID=ADMIN[0],
                    AUTH_ADMIN_SECRET=ADMIN[1], HERVE_ACCESS_LOG="false", HERVE_LOG="warn",
@@ -299,6 +330,12 @@ def main():
         herve = subprocess.Popen([herve_bin], env=env, cwd=workdir, stdout=subprocess.DEVNULL)
         children.append(herve)
         wait_port(PORTS["herve"])
+        logged_env = dict(env, PORT=str(PORTS["herve_logged"]),
+                          HERVE_DATA_DIR=os.path.join(workdir, "herve-logged-data"),
+                          HERVE_ACCESS_LOG=os.path.join(workdir, "herve-access.log"))
+        del logged_env["HERVE_TLS_PORT"], logged_env["HERVE_TLS_CERT"], logged_env["HERVE_TLS_KEY"]
+        children.append(subprocess.Popen([herve_bin], env=logged_env, cwd=workdir, stdout=subprocess.DEVNULL))
+        wait_port(PORTS["herve_logged"])
         time.sleep(0.5)
         memory.append(("idle", rss_kib(herve.pid)))
 
@@ -324,12 +361,21 @@ def main():
 
         scenario("1 /health", [("herve /health", f"{h}/health"),
                                ("nginx return 200", f"http://127.0.0.1:{PORTS['nginx']}/health")])
+        scenario("1b /health, access logs to files",
+                 [("herve /health, logged", f"http://127.0.0.1:{PORTS['herve_logged']}/health"),
+                  ("nginx return 200, logged", f"http://127.0.0.1:{PORTS['nginx_logged']}/health")])
+        logged_lines = {name: sum(1 for _ in open(os.path.join(workdir, f"{name}-access.log"), "rb"))
+                        for name in ("herve", "nginx")}
         scenario("2 ping", [("herve /<uuid>/ping", f"{h}/{ping}/ping"),
                             ("nginx return 200", f"http://127.0.0.1:{PORTS['nginx']}/ping")])
         three = scenario("3 proxy", [("herve proxy", f"{h}/{proxy}/x"),
                                      ("nginx proxy_pass", f"http://127.0.0.1:{PORTS['nginx_proxy']}/x"),
                                      ("haproxy", f"http://127.0.0.1:{PORTS['haproxy']}/x")])
 
+        if args.only == "core":
+            print_tables(args, threads, rows, ratios, memory)
+            print(f"Access lines written during scenario 1b and before: {logged_lines}")
+            return
         hs = f"https://127.0.0.1:{PORTS['herve_tls']}"
         ns = f"https://127.0.0.1:{PORTS['nginx_tls']}"
         scenario("7 https /health", [("herve https", f"{hs}/health"), ("nginx https", f"{ns}/health")])
@@ -413,22 +459,7 @@ def main():
         }
         memory.append(("after 5 API", rss_kib(herve.pid)))
 
-        print()
-        print(f"Herve vs peers on {threads} cores, wrk -t2 -c{args.connections} -d{args.seconds}s, "
-              f"{args.repeat} alternating runs each (medians); conn min/max = requests completed by the "
-              f"least and most served of {args.connections} connections in a run with one wrk thread per connection")
-        print()
-        print("| scenario | server | req/s | runs | p50 ms | p99 ms | max ms | errors | conn min/max |")
-        print("|---|---|---:|---|---:|---:|---:|---:|---|")
-        for name, r in rows:
-            print(f"| {name} | {r['label']} | {r['rps']:,.0f} | {r['runs']} | {fmt_ms(r['p50_us'])} | "
-                  f"{fmt_ms(r['p99_us'])} | {fmt_ms(r['max_us'])} | {r['errors']} | {r['conn_min']}/{r['conn_max']} |")
-        print()
-        print("| scenario | ratio | req/s ratio | p99 Herve ms | p99 peer ms |")
-        print("|---|---|---:|---:|---:|")
-        for name, label, ratio, p99_h, p99_p in ratios:
-            print(f"| {name} | {label} | {ratio:.2f} | {fmt_ms(p99_h)} | {fmt_ms(p99_p)} |")
-        print()
+        print_tables(args, threads, rows, ratios, [])
         print(f"Scenario 9 (HTTP/2, h2load -c{args.connections} -m10 -t2 -D{args.seconds}, medians):")
         print()
         print("| server | req/s | runs | mean ms | failed |")
