@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use super::headers;
-use super::pool::{ConnectError, Lease, SendFailure};
+use super::pool::{ConnectError, Lease};
 use super::Proxy;
 use crate::contract::http::plain;
 use crate::contract::MountPrefix;
@@ -221,16 +221,18 @@ impl Proxy {
                     Ok(Err(ConnectError::Tls(error))) => return Err(Failure::Tls(error)),
                     Ok(Err(_)) => return Err(Failure::Refused),
                 };
-                match lease.send(request).await {
+                let Some(sender) = lease.sender() else {
+                    return Err(Failure::Refused);
+                };
+                match sender.try_send_request(request).await {
                     Ok(response) => return Ok((response, lease)),
-                    Err(failure) => {
+                    Err(mut error) => {
+                        let unsent = error.take_message();
                         let reused = lease.reused;
                         lease.discard();
-                        match failure {
-                            SendFailure::Unsent(unsent, _) if reused => request = *unsent,
-                            SendFailure::Unsent(_, error) | SendFailure::Failed(error) => {
-                                return Err(Failure::Other(error))
-                            }
+                        match unsent {
+                            Some(unsent) if reused => request = unsent,
+                            _ => return Err(Failure::Other(error.into_error().to_string())),
                         }
                     }
                 }
@@ -257,9 +259,8 @@ fn answer_from(
 ) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         drop(in_flight);
-        // The connection now carries the tunnel: it never goes back to the pool, and
-        // runs on a task of its own.
-        lease.detach();
+        // The connection now carries the tunnel: it never goes back to the pool.
+        lease.discard();
         let Some((client_upgrade, closed)) = client_upgrade else {
             return plain(
                 StatusCode::BAD_GATEWAY,
@@ -295,7 +296,7 @@ fn answer_from(
     let body = Tracked {
         inner: body,
         _in_flight: in_flight,
-        lease,
+        _lease: lease,
     };
     Response::from_parts(parts, Body::new(body))
 }
@@ -354,7 +355,7 @@ enum Failure {
 struct Tracked {
     inner: hyper::body::Incoming,
     _in_flight: InFlight,
-    lease: Lease,
+    _lease: Lease,
 }
 
 impl HttpBody for Tracked {
@@ -362,13 +363,10 @@ impl HttpBody for Tracked {
     type Error = hyper::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let tracked = self.get_mut();
-        // The connection is driven by whoever reads the body: no task of its own.
-        tracked.lease.poll_connection(cx);
-        Pin::new(&mut tracked.inner).poll_frame(cx)
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

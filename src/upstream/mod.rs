@@ -161,21 +161,17 @@ impl Upstream {
         let request = http::Request::get(format!("{}{}", self.base, path))
             .header(http::header::HOST, self.host.clone())
             .body(axum::body::Body::empty());
-        let Ok(request) = request else {
+        let (Some(sender), Ok(request)) = (lease.sender(), request) else {
             return false;
         };
-        let Ok(response) = lease.send(request).await else {
+        let Ok(response) = sender.send_request(request).await else {
             lease.discard();
             return false;
         };
         let status = response.status();
         // Read to its end, so that the connection can serve again.
         let body = http_body_util::Limited::new(response.into_body(), MOST_READ);
-        if lease
-            .drive(http_body_util::BodyExt::collect(body))
-            .await
-            .is_err()
-        {
+        if http_body_util::BodyExt::collect(body).await.is_err() {
             lease.discard();
             return false;
         }

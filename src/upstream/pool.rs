@@ -1,12 +1,9 @@
 //! Kept-alive connections to one upstream.
 //!
-//! A request leases an idle connection (or opens one), sends on it and gives it back
-//! once the response body has been read to its end. A connection has no task of its
-//! own: whoever holds its lease drives it (the client's task, while it waits for the
-//! answer and while it streams the body), so a request and its answer cost no hop
-//! between tasks, as in nginx. A connection that carries an upgrade gets a task for
-//! the tunnel. A connection the upstream closed meanwhile is noticed when leased (it is
-//! driven once then) and thrown away; a request that it never sent goes out again on a
+//! A request leases an idle connection (or opens one), sends on it directly (no task
+//! between the request and the connection's sender), and gives it back once the
+//! response body has been read to its end. A connection the upstream closed meanwhile is
+//! noticed when leased and thrown away; a request that it never sent goes out again on a
 //! fresh connection.
 //!
 //! Each data-plane worker keeps its own idle connections: a connection's task runs on
@@ -16,14 +13,10 @@
 //! The pool closes its own idle connections once they are past [`IDLE_TIMEOUT`]: a
 //! sweeper task starts with the first connection and ends with the pool.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use http::{Request, Response};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
@@ -71,35 +64,11 @@ impl Drop for ConnPool {
     }
 }
 
-/// What reads and writes a connection's socket (hyper's connection future).
-type Driver = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-
-/// An idle connection: its sender, its driver, and since when.
-struct Idle {
-    sender: SendRequest<Body>,
-    driver: Driver,
-    since: Instant,
-}
-
-impl Idle {
-    /// Lets the connection take in what came meanwhile (an upstream that closed it):
-    /// `false` when it is over.
-    fn alive(&mut self) -> bool {
-        drive_once(&mut self.driver) && !self.sender.is_closed()
-    }
-}
-
-/// Polls `driver` once without being woken later: `false` when the connection ended.
-fn drive_once(driver: &mut Driver) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    driver.as_mut().poll(&mut cx).is_pending()
-}
+type Idle = (SendRequest<Body>, Instant);
 
 /// A connection lent to one request.
 pub(crate) struct Lease {
     sender: Option<SendRequest<Body>>,
-    /// `None` once the connection ended, or went to a task of its own.
-    driver: Option<Driver>,
     pool: Arc<ConnPool>,
     /// Whether it had served a request before (so it may have gone stale).
     pub reused: bool,
@@ -130,10 +99,9 @@ impl ConnPool {
             let pool = Arc::downgrade(self);
             tokio::spawn(sweep(pool)).abort_handle()
         });
-        if let Some(idle) = self.take_ready() {
+        if let Some(sender) = self.take_ready() {
             return Ok(Lease {
-                sender: Some(idle.sender),
-                driver: Some(idle.driver),
+                sender: Some(sender),
                 pool: Arc::clone(self),
                 reused: true,
             });
@@ -145,7 +113,7 @@ impl ConnPool {
             .map_err(timed_out)??;
         // Small requests should leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = match tls {
+        let sender = match tls {
             None => handshake(stream).await?,
             Some(tls) => {
                 let secured = tls.connector.connect(tls.name.clone(), stream);
@@ -158,7 +126,6 @@ impl ConnPool {
         };
         Ok(Lease {
             sender: Some(sender),
-            driver: Some(driver),
             pool: Arc::clone(self),
             reused: false,
         })
@@ -166,17 +133,17 @@ impl ConnPool {
 
     /// The most recently returned connection that can take a request now. Closed ones
     /// are dropped; one whose last response is still being wound up stays for later.
-    fn take_ready(&self) -> Option<Idle> {
+    fn take_ready(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.shard();
         let now = Instant::now();
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
-            let connection = &mut idle[index];
-            if !connection.alive() || now.duration_since(connection.since) > IDLE_TIMEOUT {
+            let (sender, since) = &idle[index];
+            if sender.is_closed() || now.duration_since(*since) > IDLE_TIMEOUT {
                 idle.swap_remove(index);
-            } else if connection.sender.is_ready() {
-                return Some(idle.swap_remove(index));
+            } else if sender.is_ready() {
+                return Some(idle.swap_remove(index).0);
             }
         }
         None
@@ -186,26 +153,19 @@ impl ConnPool {
     fn close_idle_at(&self, now: Instant) {
         for shard in &self.shards {
             let mut idle = lock(shard);
-            idle.retain_mut(|connection| {
-                connection.alive()
-                    && now.saturating_duration_since(connection.since) <= IDLE_TIMEOUT
+            idle.retain(|(sender, since)| {
+                !sender.is_closed() && now.saturating_duration_since(*since) <= IDLE_TIMEOUT
             });
         }
     }
 
-    fn give_back(&self, sender: SendRequest<Body>, mut driver: Driver) {
-        // Driven once more, the connection winds up the exchange it carried and says
-        // whether it can take another (not if the answer was left half read).
-        if !drive_once(&mut driver) || !sender.is_ready() {
+    fn give_back(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.shard();
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                driver,
-                since: Instant::now(),
-            });
+            idle.push((sender, Instant::now()));
         }
     }
 }
@@ -218,8 +178,8 @@ impl ConnPool {
     }
 }
 
-/// HTTP/1.1 on a new connection: its sender and its driver.
-async fn handshake<I>(io: I) -> Result<(SendRequest<Body>, Driver), hyper::Error>
+/// HTTP/1.1 on a new connection, served by a task of its own.
+async fn handshake<I>(io: I) -> Result<SendRequest<Body>, hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -228,7 +188,12 @@ where
         .max_buf_size(READ_AHEAD)
         .handshake(TokioIo::new(io))
         .await?;
-    Ok((sender, Box::pin(connection.with_upgrades())))
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Closes the idle connections that are past their time or closed already, so that a
@@ -247,93 +212,22 @@ async fn sweep(pool: Weak<ConnPool>) {
 }
 
 impl Lease {
-    /// Sends `request` and waits for the answer's head, driving the connection
-    /// meanwhile. A request the connection could not send comes back in the error.
-    pub async fn send(
-        &mut self,
-        request: Request<Body>,
-    ) -> Result<Response<hyper::body::Incoming>, SendFailure> {
-        let Some(sender) = self.sender.as_mut() else {
-            return Err(SendFailure::Unsent(
-                Box::new(request),
-                "the connection is gone".to_owned(),
-            ));
-        };
-        let mut sending = std::pin::pin!(sender.try_send_request(request));
-        let driver = &mut self.driver;
-        std::future::poll_fn(|cx| {
-            poll_driver(driver, cx);
-            sending.as_mut().poll(cx)
-        })
-        .await
-        .map_err(|mut error| match error.take_message() {
-            Some(unsent) => SendFailure::Unsent(Box::new(unsent), error.into_error().to_string()),
-            None => SendFailure::Failed(error.into_error().to_string()),
-        })
+    pub fn sender(&mut self) -> Option<&mut SendRequest<Body>> {
+        self.sender.as_mut()
     }
 
-    /// Runs `work` (reading an answer's body, say) while driving the connection.
-    pub async fn drive<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
-        let driver = &mut self.driver;
-        std::future::poll_fn(|cx| {
-            poll_driver(driver, cx);
-            work.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Drives the connection: what an answer's body does each time it is polled.
-    pub fn poll_connection(&mut self, cx: &mut Context<'_>) {
-        poll_driver(&mut self.driver, cx);
-    }
-
-    /// The connection is not to be used again (it failed).
+    /// The connection is not to be used again (it was upgraded, or failed).
     pub fn discard(mut self) {
         self.sender = None;
-        self.driver = None;
     }
-
-    /// The connection carries an upgrade from now on: it runs on a task of its own
-    /// (the tunnel's ends come out of it) and never goes back to the pool.
-    pub fn detach(mut self) {
-        self.sender = None;
-        if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                if let Err(error) = driver.await {
-                    tracing::debug!(%error, "upstream connection ended");
-                }
-            });
-        }
-    }
-}
-
-fn poll_driver(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
-    if let Some(running) = driver {
-        if let Poll::Ready(ended) = running.as_mut().poll(cx) {
-            if let Err(error) = ended {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-            *driver = None;
-        }
-    }
-}
-
-/// Why a request got no answer from a connection.
-#[derive(Debug)]
-pub(crate) enum SendFailure {
-    /// It was never sent: here it is back, to go out on another connection.
-    Unsent(Box<Request<Body>>, String),
-    /// It was sent, maybe in part: it must not go again.
-    Failed(String),
 }
 
 impl Drop for Lease {
     /// Back to the pool: the lease lives as long as the response body, so by now the
     /// connection has carried the whole exchange.
     fn drop(&mut self) {
-        if let (Some(sender), Some(driver)) = (self.sender.take(), self.driver.take()) {
-            self.pool.give_back(sender, driver);
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
         }
     }
 }
@@ -375,9 +269,9 @@ mod tests {
         let request = http::Request::get("/")
             .body(Body::empty())
             .expect("request");
-        let response = lease.send(request).await.expect("response");
-        let body = lease
-            .drive(http_body_util::BodyExt::collect(response.into_body()))
+        let sender = lease.sender().expect("sender");
+        let response = sender.send_request(request).await.expect("response");
+        let body = http_body_util::BodyExt::collect(response.into_body())
             .await
             .expect("body");
         assert_eq!(&body.to_bytes()[..], b"ok");
