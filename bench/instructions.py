@@ -27,6 +27,8 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from bench import wait_tcp  # noqa: E402  (the benchmark's own helper)
 ADMIN = ("bench", "bench-secret")
 BODY = '{"success":true,"message":"ok"}'
 
@@ -35,17 +37,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_port(port, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"nothing listens on {port}")
 
 
 def requests(port, path, count):
@@ -147,7 +138,7 @@ def main():
             ["nginx", "-c", nginx_conf(workdir, "upstream", upstream,
                                        'location / { return 200 "hello from the upstream\\n"; }')],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(upstream)
+        wait_tcp(upstream)
 
         herve_port = free_port()
         out_file = os.path.join(workdir, "herve", "callgrind.out")
@@ -159,7 +150,7 @@ def main():
                                   f"--callgrind-out-file={out_file}", herve_bin], env=env, cwd=workdir,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         children.append(herve)
-        wait_port(herve_port)
+        wait_tcp(herve_port, timeout=120)
         ping = admin_call(herve_port, "POST", "/services/register", {"name": "ping", "type": "ping"})["data"]["uuid"]
         admin_call(herve_port, "POST", f"/services/{ping}/start")
         proxy = admin_call(herve_port, "POST", "/services/register",
@@ -179,7 +170,7 @@ def main():
         nginx = subprocess.Popen(["valgrind", "--tool=callgrind", "--separate-threads=yes",
                                   f"--callgrind-out-file={out_file}", "nginx", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         children.append(nginx)
-        wait_port(nginx_port)
+        wait_tcp(nginx_port, timeout=120)
         for label, path in (("/health", "/health"), ("ping", "/ping"), ("proxy", "/x")):
             results[label]["nginx"] = count(nginx.pid, nginx_port, path, args, out_file)
     finally:

@@ -122,13 +122,16 @@ impl AccessLog {
                 buffer.stamp = rfc3339(now);
             }
             let Buffer { lines, stamp, .. } = &mut *buffer;
+            let answer = Answer {
+                client: client.ip(),
+                status,
+                method,
+                path,
+                latency_us,
+            };
             match self.format {
-                LineFormat::Text => {
-                    text_line(lines, stamp, client.ip(), status, method, path, latency_us)
-                }
-                LineFormat::Json => {
-                    json_line(lines, stamp, client.ip(), status, method, path, latency_us)
-                }
+                LineFormat::Text => text_line(lines, stamp, &answer),
+                LineFormat::Json => json_line(lines, stamp, &answer),
             }
             (lines.len() >= FLUSH_BYTES).then(|| take(lines))
         };
@@ -250,54 +253,47 @@ fn write_lines(mut out: Out, sink: &LogSink, received: &Receiver<Message>) {
     }
 }
 
-fn text_line(
-    lines: &mut Vec<u8>,
-    stamp: &[u8],
+/// What a line says of one answer.
+struct Answer<'a> {
     client: IpAddr,
     status: StatusCode,
-    method: &str,
-    path: &str,
+    method: &'a str,
+    path: &'a str,
     latency_us: u64,
-) {
+}
+
+fn text_line(lines: &mut Vec<u8>, stamp: &[u8], answer: &Answer<'_>) {
     let mut numbers = itoa::Buffer::new();
     lines.extend_from_slice(stamp);
     lines.extend_from_slice(b" herve::access client=");
-    push_ip(lines, client);
+    push_ip(lines, answer.client);
     lines.extend_from_slice(b" status=");
-    lines.extend_from_slice(status.as_str().as_bytes());
+    lines.extend_from_slice(answer.status.as_str().as_bytes());
     lines.extend_from_slice(b" method=");
-    lines.extend_from_slice(method.as_bytes());
+    lines.extend_from_slice(answer.method.as_bytes());
     lines.extend_from_slice(b" path=");
-    lines.extend_from_slice(path.as_bytes());
+    lines.extend_from_slice(answer.path.as_bytes());
     lines.extend_from_slice(b" latency_us=");
-    lines.extend_from_slice(numbers.format(latency_us).as_bytes());
+    lines.extend_from_slice(numbers.format(answer.latency_us).as_bytes());
     lines.push(b'\n');
 }
 
-fn json_line(
-    lines: &mut Vec<u8>,
-    stamp: &[u8],
-    client: IpAddr,
-    status: StatusCode,
-    method: &str,
-    path: &str,
-    latency_us: u64,
-) {
+fn json_line(lines: &mut Vec<u8>, stamp: &[u8], answer: &Answer<'_>) {
     let mut numbers = itoa::Buffer::new();
     lines.extend_from_slice(b"{\"timestamp\":\"");
     lines.extend_from_slice(stamp);
     lines.extend_from_slice(
         b"\",\"level\":\"INFO\",\"target\":\"herve::access\",\"fields\":{\"client\":\"",
     );
-    push_ip(lines, client);
+    push_ip(lines, answer.client);
     lines.extend_from_slice(b"\",\"status\":");
-    lines.extend_from_slice(status.as_str().as_bytes());
+    lines.extend_from_slice(answer.status.as_str().as_bytes());
     lines.extend_from_slice(b",\"method\":\"");
-    push_json_text(lines, method);
+    push_json_text(lines, answer.method);
     lines.extend_from_slice(b"\",\"path\":\"");
-    push_json_text(lines, path);
+    push_json_text(lines, answer.path);
     lines.extend_from_slice(b"\",\"latency_us\":");
-    lines.extend_from_slice(numbers.format(latency_us).as_bytes());
+    lines.extend_from_slice(numbers.format(answer.latency_us).as_bytes());
     lines.extend_from_slice(b"}}\n");
 }
 
@@ -386,14 +382,17 @@ mod tests {
     fn lines_in_both_formats() {
         let client: SocketAddr = "10.0.0.7:5555".parse().expect("addr");
         let mut text = Vec::new();
+        let answer = |client, status, path| Answer {
+            client,
+            status,
+            method: "GET",
+            path,
+            latency_us: 12,
+        };
         text_line(
             &mut text,
             b"2026-12-03T15:25:52Z",
-            client.ip(),
-            StatusCode::NOT_FOUND,
-            "GET",
-            "/a b",
-            12,
+            &answer(client.ip(), StatusCode::NOT_FOUND, "/a b"),
         );
         assert_eq!(
             String::from_utf8_lossy(&text),
@@ -403,11 +402,11 @@ mod tests {
         json_line(
             &mut json,
             b"2026-12-03T15:25:52Z",
-            "[::1]:1".parse::<SocketAddr>().expect("addr").ip(),
-            StatusCode::OK,
-            "GET",
-            "/\"q\"\\",
-            7,
+            &answer(
+                "[::1]:1".parse::<SocketAddr>().expect("addr").ip(),
+                StatusCode::OK,
+                "/\"q\"\\",
+            ),
         );
         let parsed: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
         assert_eq!(parsed["fields"]["path"], "/\"q\"\\");
