@@ -17,6 +17,7 @@
 //! | Herve starts | [`ServiceType::recover`] | cleans up after a Herve that was killed |
 //! | `GET /services/:uuid/logs` | [`ServiceType::logs`] | the service's recent output, if it keeps any |
 //! | `POST /services/:uuid/reload` | [`RunningService::reload`] | optional: replaces itself without a gap (else Herve swaps in a new instance) |
+//! | each request, when the instance has one thing to do | [`RunningService::handler`] | optional: answers without a router (a proxy, `ping`) |
 //!
 //! While a service runs, Herve mounts the [`Router`] returned by
 //! [`RunningService::routes`] at `/<uuid>`: a request for `/<uuid>/echo` reaches the
@@ -294,6 +295,34 @@ pub trait RunningService: Send + Sync + 'static {
     fn authenticator(&self) -> Option<Arc<dyn Authenticator>> {
         None
     }
+
+    /// What answers every request directly, when the instance has one thing to do (a
+    /// proxy forwards everything; `ping` answers one path): Herve then calls it instead
+    /// of the router of [`RunningService::routes`], and saves the router's matching and
+    /// boxing on each request. The default: none (the router answers).
+    fn handler(&self) -> Option<Arc<dyn Handler>> {
+        None
+    }
+}
+
+/// Answers a service's requests without a router (see [`RunningService::handler`]).
+/// Requests come as a router would see them: the path relative to the service, the
+/// client's address and the [`MountPrefix`] as extensions.
+pub trait Handler: Send + Sync + 'static {
+    /// The answer to `request`.
+    fn answer(&self, request: ::http::Request<axum::body::Body>) -> Answer;
+}
+
+/// A [`Handler`]'s answer: made already, or to come.
+pub enum Answer {
+    /// Made already: nothing is boxed nor awaited.
+    Now(::http::Response<axum::body::Body>),
+    /// To come.
+    Later(
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = ::http::Response<axum::body::Body>> + Send>,
+        >,
+    ),
 }
 
 /// Tells who presents a bearer token. Herve asks it for the requests of every service

@@ -245,10 +245,7 @@ impl Dispatcher {
         let started = Instant::now();
         let method = request.method().clone();
         let response = match &found.chain {
-            None => match found.target.router().oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
+            None => found.target.answer(request).await,
             // Boxed: the chain's future is large, and inline it would make every
             // request's future (and its moves) as large, chain or not.
             Some(chain) => {

@@ -18,13 +18,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, Response};
 use axum::Router;
 use rpds::HashTrieMapSync;
+use tower::ServiceExt;
 use uuid::Uuid;
 
 use super::middleware::Chain;
-use crate::contract::{Authenticator, MountPrefix};
+use crate::contract::{Answer, Authenticator, Handler, MountPrefix};
 use crate::util::lock;
 
 /// The first path segments that are Herve's own, now or in the future: no service may
@@ -46,6 +49,8 @@ pub(crate) struct Target {
     meter: Arc<super::ServiceMeter>,
     /// Who its bearer tokens name, when the instance offers to tell (an `auth`).
     authenticator: Option<Arc<dyn Authenticator>>,
+    /// What answers instead of the router, when the instance has one.
+    handler: Option<Arc<dyn Handler>>,
 }
 
 impl Target {
@@ -54,6 +59,7 @@ impl Target {
         router: Router,
         meter: Arc<super::ServiceMeter>,
         authenticator: Option<Arc<dyn Authenticator>>,
+        handler: Option<Arc<dyn Handler>>,
     ) -> Arc<Target> {
         // Herve bounds bodies itself (`HERVE_MAX_BODY_BYTES`, in `body`); axum's own
         // 2 MiB default would otherwise cut in first. A router that sets its own limit
@@ -62,17 +68,28 @@ impl Target {
             router: router.layer(DefaultBodyLimit::disable()),
             meter,
             authenticator,
+            handler,
         })
+    }
+
+    /// The instance's answer to `request`: from its handler if it has one, else from
+    /// its router.
+    pub async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        match &self.handler {
+            Some(handler) => match handler.answer(request) {
+                Answer::Now(response) => response,
+                Answer::Later(response) => response.await,
+            },
+            None => match self.router.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+        }
     }
 
     /// The counters of the service this answers for.
     pub fn meter(&self) -> &Arc<super::ServiceMeter> {
         &self.meter
-    }
-
-    /// The router, for one request.
-    pub fn router(&self) -> Router {
-        self.router.clone()
     }
 }
 
@@ -457,7 +474,12 @@ mod tests {
                 .map(|h| HostPattern::parse(h).expect("host"))
                 .collect(),
             path: path.map(str::to_owned),
-            target: Target::new(Router::new(), crate::data_plane::ServiceMeter::new(1), None),
+            target: Target::new(
+                Router::new(),
+                crate::data_plane::ServiceMeter::new(1),
+                None,
+                None,
+            ),
             chain: None,
         }
     }

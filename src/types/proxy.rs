@@ -248,4 +248,18 @@ impl RunningService for RunningProxy {
     fn upstreams(&self) -> Vec<crate::contract::UpstreamState> {
         self.proxy.states()
     }
+
+    fn handler(&self) -> Option<Arc<dyn crate::contract::Handler>> {
+        Some(Arc::new(ForwardAll(Arc::clone(&self.proxy))))
+    }
+}
+
+/// Every request forwarded, without a router in between.
+struct ForwardAll(Arc<Proxy>);
+
+impl crate::contract::Handler for ForwardAll {
+    fn answer(&self, request: axum::extract::Request) -> crate::contract::Answer {
+        let proxy = Arc::clone(&self.0);
+        crate::contract::Answer::Later(Box::pin(async move { proxy.forward(request).await }))
+    }
 }

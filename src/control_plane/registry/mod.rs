@@ -988,6 +988,7 @@ impl Registry {
             instance.routes(),
             Arc::clone(&slot.meter),
             instance.authenticator(),
+            instance.handler(),
         );
         life.instance = Some(instance);
         let mut state = lock(&slot.state);

@@ -222,10 +222,7 @@ impl Chain {
             }
         }
         HeaderRule::apply(&self.request_headers, request.headers_mut());
-        let mut response = match target.router().oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
+        let mut response = target.answer(request).await;
         HeaderRule::apply(&self.response_headers, response.headers_mut());
         response
     }

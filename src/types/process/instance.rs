@@ -221,6 +221,19 @@ impl Drop for RunningProcess {
     }
 }
 
+/// Every request forwarded to the copies that answer now, without a router in
+/// between.
+struct ForwardToCopies(Arc<ArcSwap<Routing>>);
+
+impl crate::contract::Handler for ForwardToCopies {
+    fn answer(&self, request: axum::extract::Request) -> crate::contract::Answer {
+        let current = self.0.load_full();
+        crate::contract::Answer::Later(Box::pin(
+            async move { current.proxy.forward(request).await },
+        ))
+    }
+}
+
 #[async_trait]
 impl RunningService for RunningProcess {
     fn routes(&self) -> Router {
@@ -239,6 +252,10 @@ impl RunningService for RunningProcess {
         let containment = &self.launcher.template.containment;
         futures_util::future::join_all(copies.into_iter().map(|copy| copy.stop(containment))).await;
         Ok(())
+    }
+
+    fn handler(&self) -> Option<Arc<dyn crate::contract::Handler>> {
+        Some(Arc::new(ForwardToCopies(Arc::clone(&self.routing))))
     }
 
     fn upstreams(&self) -> Vec<crate::contract::UpstreamState> {
