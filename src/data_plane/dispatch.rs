@@ -232,15 +232,14 @@ impl Dispatcher {
             return plain(StatusCode::BAD_REQUEST, "The request path is invalid.\n");
         };
         // Services may want the client's address (proxies forward it) and where they
-        // are mounted.
+        // are mounted; and whether it came over TLS, said only when it did (each
+        // extension is an allocation, and plain HTTP is what a missing one means).
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(peer.addr));
         extensions.insert(found.prefix);
-        extensions.insert(if peer.tls {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        });
+        if peer.tls {
+            extensions.insert(Scheme::HTTPS);
+        }
         let slot = found.target.meter().begin();
         let started = Instant::now();
         let method = request.method().clone();
