@@ -339,7 +339,9 @@ impl RouteTable {
             strip: prefix.len(),
             chain: entry.chain.clone(),
         };
-        if let Some(host) = host.and_then(normalize_host) {
+        // Most Herves route by uuid and name only: no host to look at then.
+        let host_routes = !(snapshot.exact.is_empty() && snapshot.wildcard.is_empty());
+        if let Some(host) = host.filter(|_| host_routes).and_then(normalize_host) {
             if let Some(routes) = snapshot.exact.get(host.as_ref()) {
                 if let Some(hit) = routes.find(path) {
                     return Some(found(hit));

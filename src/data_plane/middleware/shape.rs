@@ -9,6 +9,8 @@ use tower_http::compression::predicate::Predicate;
 use super::FieldError;
 use crate::contract::Fields;
 
+/// Most values each `cors_*` list may hold (an origin is checked against each).
+const MAX_LISTED: usize = 64;
 /// Longest `cors_max_age`: browsers cap it lower anyway (Chromium at 2 h).
 const MAX_AGE_LIMIT: u64 = 86_400;
 /// Bodies smaller than this are sent as they are: compressing them gains nothing.
@@ -30,6 +32,14 @@ pub(crate) struct CorsSpec {
 impl CorsSpec {
     /// Reads the `cors_*` fields; `None` without `cors_origins`.
     pub fn read(fields: &Fields) -> Result<Option<CorsSpec>, FieldError> {
+        for field in ["cors_origins", "cors_methods", "cors_headers"] {
+            if fields.list(field).len() > MAX_LISTED {
+                return Err(FieldError::new(
+                    field,
+                    format!("The field '{field}' may list at most {MAX_LISTED} values."),
+                ));
+            }
+        }
         let origins = fields.list("cors_origins");
         if origins.is_empty() {
             for field in [
@@ -390,6 +400,10 @@ mod tests {
         assert_eq!(spec.methods, Some(vec![Method::GET, Method::PUT]));
         for (pairs, field) in [
             (vec![("cors_methods", "GET")], "cors_methods"),
+            (
+                vec![("cors_origins", &"https://a.test,".repeat(65)[..])],
+                "cors_origins",
+            ),
             (vec![("cors_origins", "app.example.com")], "cors_origins"),
             (
                 vec![("cors_origins", "https://a.test/path")],
