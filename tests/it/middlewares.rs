@@ -781,3 +781,38 @@ type = "auth"
     assert_eq!(ok.status, 200, "{}", ok.text());
     herve.stop().await;
 }
+
+#[tokio::test]
+async fn bad_credentials_throttle_the_guessing_not_the_users_already_in() {
+    let herve = TestHerve::start().await;
+    let hash = bcrypt::hash("open sesame", 4).expect("hash");
+    herve
+        .running_with(
+            "guarded",
+            "ping",
+            &[
+                ("protect", "basic"),
+                ("basic_users", &format!("ann:{hash}")),
+            ],
+        )
+        .await;
+    let right = || {
+        get_with(
+            &herve,
+            "/guarded/ping",
+            Auth::Basic("ann", "open sesame"),
+            &[],
+        )
+    };
+    assert_eq!(right().await.status, 200);
+    for _ in 0..20 {
+        let wrong = get_with(&herve, "/guarded/ping", Auth::Basic("ann", "guess"), &[]).await;
+        assert_eq!(wrong.status, 401);
+    }
+    let throttled = get_with(&herve, "/guarded/ping", Auth::Basic("ann", "guess"), &[]).await;
+    assert_eq!(throttled.status, 429);
+    assert!(throttled.header("retry-after").is_some());
+    // No more hashes for this address, but credentials that passed before still do.
+    assert_eq!(right().await.status, 200);
+    herve.stop().await;
+}
