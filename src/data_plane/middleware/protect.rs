@@ -240,10 +240,7 @@ impl Guard {
         // The throttle guards the costly work (a lookup, a hash), not the answers
         // already known: a client behind the address of an attacker who keeps failing
         // still gets in with credentials that passed before.
-        let admit = || match self.failures.blocked_for(&client) {
-            Some(wait) => Err(too_many_failures(wait)),
-            None => Ok(()),
-        };
+        let admit = || self.failures.blocked_for(&client).map_or(Ok(()), Err);
         // The user, and the Basic challenge to refuse with (else the Bearer one).
         let (user, basic) = match &self.kind {
             Kind::Bearer { cache, .. } => {
@@ -253,7 +250,7 @@ impl Guard {
                 let user = match cache.get(token) {
                     Some(user) => user,
                     None => {
-                        admit()?;
+                        admit().map_err(too_many_failures)?;
                         let user = ask(authenticator(), token).await?;
                         cache.put(token, user.clone());
                         user
@@ -281,7 +278,7 @@ impl Guard {
                 let user = match known {
                     Some(known) if known.remembers(&presented) => Some(known.name.clone()),
                     _ => {
-                        admit()?;
+                        admit().map_err(too_many_failures)?;
                         let hash = known.map_or_else(|| decoy.clone(), |known| known.hash.clone());
                         let verified = hashing
                             .run(Lane::Services, move || hash.verify(&secret))
