@@ -516,6 +516,7 @@ async fn stream_file(file: std::fs::File, start: u64, length: u64) -> Option<Bod
     if start > 0 {
         file.seek(SeekFrom::Start(start)).await.ok()?;
     }
+    // Fused: whoever reads the body (a compressor, say) may ask once more after its end.
     let stream = futures_util::stream::unfold((file, length), |(mut file, left)| async move {
         if left == 0 {
             return None;
@@ -538,7 +539,7 @@ async fn stream_file(file: std::fs::File, start: u64, length: u64) -> Option<Bod
             Err(error) => Some((Err(error), (file, 0))),
         }
     });
-    Some(Body::from_stream(stream))
+    Some(Body::from_stream(futures_util::StreamExt::fuse(stream)))
 }
 
 fn not_found() -> Response<Body> {

@@ -816,3 +816,37 @@ async fn bad_credentials_throttle_the_guessing_not_the_users_already_in() {
     assert_eq!(right().await.status, 200);
     herve.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_streamed_file_is_compressed_whole() {
+    use std::os::unix::fs::PermissionsExt;
+    let herve = TestHerve::start().await;
+    let site = tempfile::tempdir().expect("site");
+    std::fs::set_permissions(site.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Many chunks of the static type's stream, and text that does not compress to nothing.
+    let text: String = (0..40_000u64)
+        .map(|i| format!("{:x} ", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    std::fs::write(site.path().join("big.txt"), &text).expect("write");
+    herve
+        .running_with(
+            "site",
+            "static",
+            &[
+                ("root", site.path().to_str().expect("utf-8")),
+                ("compress", "true"),
+            ],
+        )
+        .await;
+    let url = format!("http://{}/site/big.txt", herve.addr);
+    for encoding in ["gzip", "br"] {
+        let (head, decoded) = curl(url.clone(), "Basic none".to_owned(), encoding).await;
+        assert!(
+            head.contains(&format!("content-encoding: {encoding}")),
+            "{head}"
+        );
+        assert_eq!(decoded.len(), text.len(), "{encoding}: cut short");
+        assert!(decoded == text.as_bytes(), "{encoding}: not the file");
+    }
+    herve.stop().await;
+}

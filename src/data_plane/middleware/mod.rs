@@ -245,6 +245,9 @@ async fn compress(response: Response<Body>, accept_encoding: HeaderValue) -> Res
     probe
         .headers_mut()
         .insert(header::ACCEPT_ENCODING, accept_encoding);
+    // Fused: the compressor reads its body once more after the end, which not every
+    // body takes (a stream that panics when polled past its end).
+    let response = response.map(|body| Body::new(http_body_util::BodyExt::fuse(body)));
     let answered = Compression::new(Answered(Some(response)))
         .no_deflate()
         .no_zstd()
