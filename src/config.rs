@@ -189,6 +189,35 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// PostgreSQL database shared by several Herve nodes
+    /// (`postgres://user:password@host:5432/herve`). Unset: the embedded SQLite
+    /// database in the data directory, for a Herve that runs alone.
+    #[arg(
+        long,
+        env = "HERVE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// This node's name among the nodes sharing HERVE_DATABASE_URL (default: the
+    /// machine's host name). Unique per node.
+    #[arg(long, env = "HERVE_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Where the other nodes reach this node's port (`http://10.0.0.2:5000`), to
+    /// forward the traffic of the programs it runs. Default: `http://<host
+    /// name>:<PORT>`, or `http://<HERVE_HOST>:<PORT>` when HERVE_HOST is not a
+    /// wildcard address.
+    #[arg(long, env = "HERVE_NODE_ADDR", value_name = "URL")]
+    pub node_addr: Option<String>,
+
+    /// Seconds after which the programs of a node that stopped answering are started
+    /// on another node (its leases run out).
+    #[arg(long, env = "HERVE_FAILOVER_S", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub failover_s: u64,
+
     /// Most services that may be registered at once.
     #[arg(long, env = "HERVE_MAX_SERVICES", value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -313,6 +342,10 @@ impl Default for Config {
             tls_key: None,
             tls_handshake_timeout_s: 10,
             acme_email: None,
+            database_url: None,
+            node_name: None,
+            node_addr: None,
+            failover_s: 10,
             acme_directory: LETS_ENCRYPT.to_owned(),
             acme_ca_root: None,
             acme_challenge: AcmeChallenge::TlsAlpn01,
@@ -389,6 +422,31 @@ impl Config {
             min_rate: self.min_body_rate,
             grace: Duration::from_secs(self.min_body_rate_grace_s),
         }
+    }
+
+    /// This node's name in a cluster: HERVE_NODE_NAME, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .or_else(crate::sys::host_name)
+            .unwrap_or_else(|| "herve".to_owned())
+    }
+
+    /// Where the other nodes reach this one, listening on `port`: HERVE_NODE_ADDR, else
+    /// the listening address when it is a single one, else the host name.
+    pub fn node_addr(&self, port: u16) -> String {
+        if let Some(addr) = &self.node_addr {
+            return addr.trim_end_matches('/').to_owned();
+        }
+        let host = if self.host.is_unspecified() {
+            crate::sys::host_name().unwrap_or_else(|| "127.0.0.1".to_owned())
+        } else {
+            match self.host {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            }
+        };
+        format!("http://{host}:{port}")
     }
 
     /// How many data-plane workers to run.

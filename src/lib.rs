@@ -49,7 +49,8 @@ use control_plane::admin_auth::AdminAuth;
 use control_plane::certificates::acme::{self, AcmeSettings, Validation};
 use control_plane::certificates::Certificates;
 use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
-use control_plane::store::{SqliteStore, Store, StoreError};
+use control_plane::cluster::{Cluster, ClusterSettings, Placement};
+use control_plane::store::{PostgresStore, SqliteStore, Store, StoreError};
 use data_plane::{
     CertTable, DispatchSettings, Dispatcher, Door, LineFormat, Listener, LogSink, RouteTable,
     ServerLimits, TlsServing, Workers,
@@ -204,7 +205,24 @@ impl HerveBuilder {
         }
 
         let database = data_dir.join(DATABASE_FILE);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database)?);
+        let mut shared = None;
+        let store: Arc<dyn Store> = match &config.database_url {
+            None => Arc::new(SqliteStore::open(&database)?),
+            Some(url) => {
+                let postgres = PostgresStore::connect(url).await?;
+                // Read before the registry loads: changes made meanwhile are applied
+                // again, which changes nothing.
+                let revision = postgres.revision().await?;
+                let settings = ClusterSettings {
+                    node: config.node_name(),
+                    addr: config.node_addr(local_addr.port()),
+                    lease: std::time::Duration::from_secs(config.failover_s.saturating_sub(2).max(2)),
+                };
+                let placement = Arc::new(Placement::new(postgres.clone(), settings));
+                shared = Some((postgres.clone(), placement, revision));
+                Arc::new(postgres)
+            }
+        };
         let mut types = TypeCatalog::default();
         let builtins = types::Builtins {
             data_dir: data_dir.clone(),
@@ -226,9 +244,19 @@ impl HerveBuilder {
                 max_services: config.max_services as usize,
                 workers: config.worker_count(),
                 hashing: Arc::clone(&hashing),
+                placement: shared.as_ref().map(|(_, placement, _)| Arc::clone(placement)),
             })
             .await?,
         );
+        let cluster = match shared {
+            Some((postgres, placement, revision)) => {
+                let cluster = Cluster::new(postgres, Arc::clone(&registry), placement, revision);
+                // The others must know where this node is before it runs anything.
+                cluster.announce().await?;
+                Some(cluster)
+            }
+            None => None,
+        };
         registry.resume().await;
         if let Some(file) = &config.services_file {
             apply_services_file(&registry, file).await?;
@@ -248,6 +276,9 @@ impl HerveBuilder {
             .map_err(|error| StartError::Certificates(Box::new(error)))?,
         );
         let background = CancellationToken::new();
+        if let Some(cluster) = &cluster {
+            cluster.spawn(background.child_token());
+        }
         if let Some(files) = default_files {
             certificates.watch_files(files, background.child_token());
         }
@@ -309,6 +340,7 @@ impl HerveBuilder {
             Arc::clone(&auth),
             certificates,
             metrics,
+            cluster,
         );
         // Admin requests run here, on the runtime that calls `bind`, whichever worker
         // reads them; so do the tasks that lifecycle changes start.

@@ -24,10 +24,12 @@ mod operate;
 mod ui;
 
 use super::admin_auth::AdminAuth;
+use super::cluster::Cluster;
 use super::certificates::Certificates;
 use super::metrics::Sources;
 use super::registry::{validate_name, Registry, RegistryError};
 use super::sessions::Sessions;
+use super::store::StoreError;
 use crate::contract::http::{ApiError, Envelope, FormOrJson};
 use crate::data_plane::health_response;
 use crate::util::throttle::client_key;
@@ -39,6 +41,7 @@ pub(crate) fn router(
     auth: Arc<AdminAuth>,
     certificates: Arc<Certificates>,
     metrics: Arc<Sources>,
+    cluster: Option<Arc<Cluster>>,
 ) -> Router {
     let sessions = Arc::new(Sessions::default());
     let gate = Gate {
@@ -62,6 +65,11 @@ pub(crate) fn router(
         .with_state(registry)
         .merge(certificates::routes(certificates))
         .merge(metrics_routes(metrics))
+        .merge(
+            Router::new()
+                .route("/cluster", get(operate::cluster))
+                .with_state(cluster),
+        )
         // `layer`, not `route_layer`: a wrong method is refused only after the
         // credentials are checked, so nothing under /services answers a stranger.
         .layer(middleware::from_fn_with_state(gate, require_admin))
@@ -278,6 +286,7 @@ async fn logs(
 /// cause for the one log line the dispatcher writes.
 fn api_error(error: RegistryError) -> ApiError {
     let status = match &error {
+        RegistryError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         RegistryError::NotFound | RegistryError::UnknownType | RegistryError::NoLogs => {
             StatusCode::NOT_FOUND
         }

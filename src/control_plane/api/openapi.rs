@@ -116,6 +116,7 @@ impl Modify for BasicAuth {
         super::operate::types,
         super::operate::export,
         super::operate::apply,
+        super::operate::cluster,
         super::certificates::list,
         super::certificates::upload,
         super::certificates::remove,

@@ -180,3 +180,25 @@ fn ticks(period: Duration) -> impl futures_util::Stream<Item = ()> {
         Some(((), ()))
     })
 }
+
+/// The nodes sharing this Herve's database, when it runs with several.
+#[utoipa::path(get, path = "/cluster", tag = "meta",
+    responses((status = 200, description = "This node, the revision it applied, and every node: address, last heartbeat, revision, what it runs", body = WithData),
+        (status = 404, description = "This Herve runs alone", body = Said),
+        (status = 503, description = "The shared database cannot be reached", body = Said)))]
+pub(super) async fn cluster(
+    State(cluster): State<Option<Arc<crate::control_plane::cluster::Cluster>>>,
+) -> Result<Response, ApiError> {
+    let Some(cluster) = cluster else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "This Herve runs alone, on its own SQLite database: there is no cluster. \
+             Give every node the same HERVE_DATABASE_URL to run several.",
+        ));
+    };
+    let view = cluster
+        .view()
+        .await
+        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+    Ok(Envelope::data(view).respond(StatusCode::OK))
+}

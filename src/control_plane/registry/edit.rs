@@ -78,25 +78,43 @@ impl Registry {
             return Err(RegistryError::RouteTaken { route, owner });
         }
 
-        let running = life.instance.is_some() && slot.status().should_run();
-        let reconfigured = next.config != current.config;
-        let mut restarted = false;
-        if !running || !reconfigured {
-            self.store.update(&slot.record(&next)).await?;
-            self.adopt(slot, &current, next);
-        } else if service_type.runs_side_by_side(&next.config) {
-            self.replace_beside(slot, life, &service_type, &current, next)
-                .await?;
-        } else {
-            self.store.update(&slot.record(&next)).await?;
-            self.adopt(slot, &current, next);
-            self.halt(slot, life).await;
-            restarted = true;
-            self.start_locked(slot, life).await?;
-        }
+        let restarted = self
+            .put_definition(slot, life, &service_type, &current, next)
+            .await?;
         let mut view = slot.view(false);
         view.restarted = restarted.then_some(true);
         Ok(view)
+    }
+
+    /// Saves `next` as the definition of `slot` and puts it in force without dropping
+    /// a request; whether the service had to be restarted. The caller holds its
+    /// lifecycle lock.
+    pub(super) async fn put_definition(
+        &self,
+        slot: &Arc<Slot>,
+        life: &mut Life,
+        service_type: &Arc<dyn AnyServiceType>,
+        current: &Definition,
+        next: Definition,
+    ) -> Result<bool, RegistryError> {
+        let running = life.instance.is_some() && slot.status().should_run();
+        let reconfigured = next.config != current.config;
+        if !running || !reconfigured {
+            self.store.update(&slot.record(&next)).await?;
+            self.adopt(slot, current, next);
+            Ok(false)
+        } else if service_type.runs_side_by_side(&next.config) && self.placement_of(slot).is_none()
+        {
+            self.replace_beside(slot, life, service_type, current, next)
+                .await?;
+            Ok(false)
+        } else {
+            self.store.update(&slot.record(&next)).await?;
+            self.adopt(slot, current, next);
+            self.halt(slot, life).await;
+            self.start_locked(slot, life).await?;
+            Ok(true)
+        }
     }
 
     /// Starts an instance of `next` beside the running one, saves `next`, moves the

@@ -20,6 +20,7 @@
 
 mod apply;
 mod catalog;
+mod converge;
 mod definition;
 mod edit;
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub(crate) use apply::DesiredState;
 pub(crate) use catalog::TypeCatalog;
 use definition::{check_routable_name, Claim, Definition, Generic};
 
+use super::cluster::Placement;
 use super::store::{ServiceRecord, Status, Store, StoreError};
 use crate::contract::{
     AnyServiceType, Fields, LogLines, Report, RunningService, ServiceContext, ServiceError,
@@ -359,6 +361,8 @@ pub(crate) struct Registry {
     runtime: tokio::runtime::Handle,
     /// Where the services' Basic credentials are checked.
     hashing: Arc<HashPool>,
+    /// In a cluster: which node runs the services that run on one node at a time.
+    placement: Option<Arc<Placement>>,
 }
 
 /// Where a registry is kept and what bounds it.
@@ -372,6 +376,8 @@ pub(crate) struct RegistrySetup {
     pub workers: usize,
     /// Where the services' Basic credentials are checked.
     pub hashing: Arc<HashPool>,
+    /// In a cluster: which node runs the services that run on one node at a time.
+    pub placement: Option<Arc<Placement>>,
 }
 
 impl Registry {
@@ -387,6 +393,7 @@ impl Registry {
             max_services,
             workers,
             hashing,
+            placement,
         } = setup;
         let records = store.load().await?;
         let mut services = Services::default();
@@ -423,6 +430,7 @@ impl Registry {
             workers,
             runtime: tokio::runtime::Handle::current(),
             hashing,
+            placement,
         })
     }
 
@@ -645,6 +653,13 @@ impl Registry {
             // An instance that gave up by itself: nothing of it should outlive this.
             self.halt(&slot, &mut life).await;
         }
+        self.forget(&slot, &mut life).await?;
+        Ok(slot.view(false))
+    }
+
+    /// Forgets `slot`, whose instance is stopped; the caller holds its lifecycle lock.
+    async fn forget(&self, slot: &Arc<Slot>, life: &mut Life) -> Result<(), RegistryError> {
+        let uuid = slot.uuid;
         // Forget the service first: once the row is gone it no longer exists, whatever
         // happens to the type's cleanup, which can only leave files behind.
         self.store.remove(uuid).await?;
@@ -663,7 +678,7 @@ impl Registry {
                 tracing::warn!(%uuid, %error, "the type's unregister hook failed; its files may remain");
             }
         }
-        Ok(slot.view(false))
+        Ok(())
     }
 
     /// The last `tail` lines of a service's output.
@@ -705,7 +720,7 @@ impl Registry {
         }
         let current = slot.definition();
         let mut restarted = false;
-        if service_type.runs_side_by_side(&current.config) {
+        if service_type.runs_side_by_side(&current.config) && self.placement_of(&slot).is_none() {
             self.replace_beside(
                 &slot,
                 &mut life,
@@ -938,7 +953,19 @@ impl Registry {
         let ctx = self
             .context(slot.uuid, &slot.name, self.reporter(slot, epoch))
             .with_abandon(abandon);
-        let started = service_type.start(&ctx, &definition.config).await;
+        let started = match self.placement_of(slot) {
+            Some(placement) => {
+                placement
+                    .start(
+                        &ctx,
+                        service_type,
+                        &definition.config,
+                        self.types.get("proxy"),
+                    )
+                    .await
+            }
+            None => service_type.start(&ctx, &definition.config).await,
+        };
         lock(&slot.state).abandon = None;
         let instance = match started {
             Ok(instance) => instance,
@@ -1027,6 +1054,16 @@ impl Registry {
         if let Err(error) = instance.stop().await {
             tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
         }
+        if let Some(placement) = self.placement_of(slot) {
+            placement.release(slot.uuid).await;
+        }
+    }
+
+    /// The cluster's placement, if `slot` runs on one node at a time.
+    fn placement_of(&self, slot: &Slot) -> Option<&Arc<Placement>> {
+        self.placement
+            .as_ref()
+            .filter(|placement| placement.places(&slot.type_name))
     }
 }
 

@@ -189,6 +189,7 @@ async fn fixture() -> Fixture {
         max_services: 10,
         workers: 2,
         hashing: Arc::new(crate::util::hashing::HashPool::new(1, 4).expect("hashing pool")),
+        placement: None,
     })
     .await
     .expect("load");

@@ -5,6 +5,7 @@
 //! Herve; a store shared by several Herve nodes (PostgreSQL) implements the same
 //! trait.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub(crate) use postgres::{Lease, NodeRow, PostgresStore};
 pub(crate) use sqlite::SqliteStore;
 
 use crate::util::sqlite::DbError;
@@ -164,6 +166,34 @@ pub(crate) enum StoreError {
     /// A change was asked of a service the store does not have.
     #[error("no service {0} in the store")]
     Missing(Uuid),
+    /// PostgreSQL refused a statement.
+    #[error("database error: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
+    /// The shared database cannot be reached: every node serves on with what it knows,
+    /// and changes are refused until the database is back.
+    #[error("the shared database cannot be reached ({0}); changes are refused until it is back")]
+    Unavailable(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        // An error the server sent is about the statement; any other is about reaching
+        // the server.
+        if error.as_db_error().is_some() {
+            StoreError::Postgres(error)
+        } else {
+            StoreError::Unavailable(error.to_string())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => error.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -206,4 +236,88 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Keeps the credentials (JSON) of the ACME account at `directory`.
     async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<(), StoreError>;
+}
+
+/// A `services` row as stored.
+pub(super) struct Row {
+    pub seq: i64,
+    pub uuid: String,
+    pub name: String,
+    pub type_name: String,
+    pub description: String,
+    pub status: String,
+    pub config: String,
+    pub created_at: i64,
+    pub detail: String,
+    pub user_description: String,
+    pub hosts: String,
+    pub path: String,
+    pub fields: String,
+}
+
+/// JSON text of a value that always serializes (strings and pairs of strings).
+pub(super) fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
+}
+
+impl Row {
+    /// The service of this row: one whose status, configuration or routes do not parse
+    /// is kept, marked corrupt; one whose uuid does not parse cannot even be named, and
+    /// is skipped.
+    pub(super) fn into_record(self) -> Option<ServiceRecord> {
+        let Ok(uuid) = Uuid::try_parse(&self.uuid) else {
+            tracing::error!(seq = self.seq, uuid = %self.uuid, "a stored service has an invalid uuid; it is ignored");
+            return None;
+        };
+        let mut problems = Vec::new();
+        let status = Status::parse(&self.status).unwrap_or_else(|| {
+            problems.push(format!("unknown status '{}'", self.status));
+            Status::Failed
+        });
+        let config = serde_json::from_str(&self.config).unwrap_or_else(|error| {
+            problems.push(format!("invalid configuration ({error})"));
+            serde_json::Value::Null
+        });
+        let hosts = serde_json::from_str(&self.hosts).unwrap_or_else(|error| {
+            problems.push(format!("invalid hosts ({error})"));
+            Vec::new()
+        });
+        let fields = serde_json::from_str(&self.fields).unwrap_or_else(|error| {
+            problems.push(format!("invalid fields ({error})"));
+            Vec::new()
+        });
+        let some = |text: String| (!text.is_empty()).then_some(text);
+        Some(ServiceRecord {
+            seq: self.seq,
+            uuid,
+            name: self.name,
+            type_name: self.type_name,
+            description: self.description,
+            status,
+            detail: self.detail,
+            config,
+            created_at: self.created_at,
+            user_description: some(self.user_description),
+            hosts,
+            path: some(self.path),
+            fields,
+            corrupt: (!problems.is_empty()).then(|| problems.join(", ")),
+        })
+    }
+}
+
+tokio::task_local! {
+    /// Set while a node applies a change it read from the shared store.
+    static REPLAYING: ();
+}
+
+/// Runs `work`, which applies a change read from the store, with the store's writes of
+/// that change turned into no-ops: the change is in the store already, and writing it
+/// again would announce it again to every node.
+pub(crate) async fn replaying<F: std::future::Future>(work: F) -> F::Output {
+    REPLAYING.scope((), work).await
+}
+
+fn is_replaying() -> bool {
+    REPLAYING.try_with(|_| ()).is_ok()
 }

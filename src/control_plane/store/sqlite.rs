@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{CertSource, ServiceRecord, Status, Store, StoreError, StoredCertificate};
+use super::{json_text, CertSource, Row, ServiceRecord, Status, Store, StoreError, StoredCertificate};
 use crate::util::sqlite::{Database, DbError};
 
 /// The store's schema, one step per version (see `Database::migrate_blocking`).
@@ -309,73 +309,5 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(())
-    }
-}
-
-/// A `services` row as stored.
-struct Row {
-    seq: i64,
-    uuid: String,
-    name: String,
-    type_name: String,
-    description: String,
-    status: String,
-    config: String,
-    created_at: i64,
-    detail: String,
-    user_description: String,
-    hosts: String,
-    path: String,
-    fields: String,
-}
-
-/// JSON text of a value that always serializes (strings and pairs of strings).
-fn json_text(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
-}
-
-impl Row {
-    /// The service of this row: one whose status, configuration or routes do not parse
-    /// is kept, marked corrupt; one whose uuid does not parse cannot even be named, and
-    /// is skipped.
-    fn into_record(self) -> Option<ServiceRecord> {
-        let Ok(uuid) = Uuid::try_parse(&self.uuid) else {
-            tracing::error!(seq = self.seq, uuid = %self.uuid, "a stored service has an invalid uuid; it is ignored");
-            return None;
-        };
-        let mut problems = Vec::new();
-        let status = Status::parse(&self.status).unwrap_or_else(|| {
-            problems.push(format!("unknown status '{}'", self.status));
-            Status::Failed
-        });
-        let config = serde_json::from_str(&self.config).unwrap_or_else(|error| {
-            problems.push(format!("invalid configuration ({error})"));
-            serde_json::Value::Null
-        });
-        let hosts = serde_json::from_str(&self.hosts).unwrap_or_else(|error| {
-            problems.push(format!("invalid hosts ({error})"));
-            Vec::new()
-        });
-        let fields = serde_json::from_str(&self.fields).unwrap_or_else(|error| {
-            problems.push(format!("invalid fields ({error})"));
-            Vec::new()
-        });
-        let some = |text: String| (!text.is_empty()).then_some(text);
-        Some(ServiceRecord {
-            seq: self.seq,
-            uuid,
-            name: self.name,
-            type_name: self.type_name,
-            description: self.description,
-            status,
-            detail: self.detail,
-            config,
-            created_at: self.created_at,
-            user_description: some(self.user_description),
-            hosts,
-            path: some(self.path),
-            fields,
-            corrupt: (!problems.is_empty()).then(|| problems.join(", ")),
-        })
     }
 }

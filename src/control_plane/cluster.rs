@@ -1,0 +1,463 @@
+//! Several Herve nodes sharing one registry in PostgreSQL.
+//!
+//! Each node follows the shared store: every change announced (`NOTIFY`) or found by a
+//! slow poll is applied to its own registry, in revision order ([`Registry::converge`]);
+//! on every (re)connection it reloads everything, so a notice it missed costs nothing.
+//! The request path never touches the database: a node that loses it serves on with
+//! what it knows and refuses changes (503).
+//!
+//! Stateless types run on every node. A type that runs a program ([`ONE_NODE_TYPES`])
+//! runs on one node at a time, the holder of the service's lease; the other nodes
+//! forward its traffic to the holder. Leases last [`ClusterSettings::lease`] and are
+//! renewed every second; a lease taken over gets a new generation, so the old holder's
+//! renewal fails and it stops its program, and a holder that cannot renew stops its
+//! program before its lease can run out (fencing).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::registry::Registry;
+use super::store::{Lease, NodeRow, PostgresStore, StoreError};
+use crate::contract::{AnyServiceType, Fields, RunningService, ServiceContext, ServiceError};
+use crate::util::lock;
+
+/// Types whose instances run a program: one node at a time runs them.
+pub(crate) const ONE_NODE_TYPES: [&str; 1] = ["process"];
+
+/// How often a node looks for changes when it hears no notice.
+const POLL: Duration = Duration::from_secs(2);
+/// How often a node says it is alive and renews its leases.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a node waits before connecting again to a database it lost.
+const RECONNECT: Duration = Duration::from_millis(500);
+/// Changes read per query while catching up.
+const BATCH: i64 = 500;
+
+/// Who this node is, for the others.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSettings {
+    /// Unique among the nodes.
+    pub node: String,
+    /// Where the other nodes reach this one's public port (`http://10.0.0.2:8080`).
+    pub addr: String,
+    /// How long a lease lasts without renewal: a dead node's programs start elsewhere
+    /// after this (and a tick).
+    pub lease: Duration,
+}
+
+/// Where this node's services that run on one node at a time are.
+pub(crate) struct Placement {
+    store: PostgresStore,
+    settings: ClusterSettings,
+    /// Leases this node holds: generation, and when they were last renewed.
+    held: Mutex<HashMap<Uuid, (i64, Instant)>>,
+    /// Services whose traffic this node forwards, and to which node.
+    forwarded: Mutex<HashMap<Uuid, String>>,
+    /// Services whose program this node stopped because it could not renew their
+    /// lease: started again (here or elsewhere) once the database is back.
+    fenced: Mutex<HashSet<Uuid>>,
+}
+
+impl Placement {
+    pub fn new(store: PostgresStore, settings: ClusterSettings) -> Placement {
+        Placement {
+            store,
+            settings,
+            held: Mutex::default(),
+            forwarded: Mutex::default(),
+            fenced: Mutex::default(),
+        }
+    }
+
+    /// Whether services of `type_name` run on one node at a time.
+    pub fn places(&self, type_name: &str) -> bool {
+        ONE_NODE_TYPES.contains(&type_name)
+    }
+
+    /// Starts service `uuid` here if this node gets its lease, else starts a forwarder
+    /// to the node that holds it (`forwarder`: the proxy type).
+    pub async fn start(
+        &self,
+        ctx: &ServiceContext,
+        service_type: &Arc<dyn AnyServiceType>,
+        config: &Value,
+        forwarder: Option<&Arc<dyn AnyServiceType>>,
+    ) -> Result<Box<dyn RunningService>, ServiceError> {
+        let uuid = ctx.uuid();
+        let node = &self.settings.node;
+        lock(&self.fenced).remove(&uuid);
+        let unplaced = |error: StoreError| {
+            ServiceError::failed(format!("The cluster could not place the service: {error}"))
+        };
+        // Twice: a lease seen held may run out between the two queries.
+        for _ in 0..2 {
+            let sent = Instant::now();
+            let taken = self
+                .store
+                .take_lease(uuid, node, self.settings.lease)
+                .await
+                .map_err(unplaced)?;
+            if let Some(lease) = taken.filter(|lease| lease.node == *node) {
+                lock(&self.forwarded).remove(&uuid);
+                lock(&self.held).insert(uuid, (lease.generation, sent));
+                return match service_type.start(ctx, config).await {
+                    Ok(instance) => Ok(instance),
+                    Err(error) => {
+                        self.release(uuid).await;
+                        Err(error)
+                    }
+                };
+            }
+            let Some(Lease { node: holder, .. }) =
+                self.store.lease_holder(uuid).await.map_err(unplaced)?
+            else {
+                continue;
+            };
+            let addr = self
+                .store
+                .node_addr(&holder)
+                .await
+                .map_err(unplaced)?
+                .ok_or_else(|| {
+                    ServiceError::failed(format!("The node '{holder}' that runs it has no address."))
+                })?;
+            let Some(forwarder) = forwarder else {
+                return Err(ServiceError::failed(
+                    "This Herve has no proxy type to forward with.",
+                ));
+            };
+            let fields = Fields::from_pairs([("upstream", format!("{addr}/{uuid}"))]);
+            let forwarding = forwarder.register(ctx, &fields).await?;
+            let instance = forwarder.start(ctx, &forwarding).await?;
+            lock(&self.held).remove(&uuid);
+            lock(&self.forwarded).insert(uuid, holder);
+            return Ok(instance);
+        }
+        Err(ServiceError::failed(
+            "The cluster could not place the service: its lease changed hands while it was placed.",
+        ))
+    }
+
+    /// Forgets where service `uuid` runs, giving up its lease if this node holds it.
+    pub async fn release(&self, uuid: Uuid) {
+        lock(&self.forwarded).remove(&uuid);
+        if lock(&self.held).remove(&uuid).is_some() {
+            if let Err(error) = self.store.release_lease(uuid, &self.settings.node).await {
+                // It runs out by itself.
+                tracing::warn!(%uuid, %error, "could not give up a lease");
+            }
+        }
+    }
+
+    /// Where service `uuid` runs, as this node sees it: `here`, or the node it
+    /// forwards to.
+    fn whereabouts(&self, uuid: Uuid) -> Option<String> {
+        if lock(&self.held).contains_key(&uuid) {
+            return Some("here".to_owned());
+        }
+        lock(&self.forwarded).get(&uuid).cloned()
+    }
+
+    /// Renews the leases held, and finds the services to place again: those whose
+    /// lease this node lost, those it forwards to a node that no longer holds them,
+    /// and those it stopped while the database was away. Services it must stop now
+    /// (it could not renew them in time) are in the second list.
+    async fn tend(&self) -> (Vec<Uuid>, Vec<Uuid>) {
+        let mut again = Vec::new();
+        let mut fence = Vec::new();
+        let held: Vec<(Uuid, i64)> = lock(&self.held)
+            .iter()
+            .map(|(uuid, (generation, _))| (*uuid, *generation))
+            .collect();
+        let sent = Instant::now();
+        match self
+            .store
+            .renew_leases(&self.settings.node, &held, self.settings.lease)
+            .await
+        {
+            Ok(kept) => {
+                let mut leases = lock(&self.held);
+                for (uuid, _) in &held {
+                    if kept.contains(uuid) {
+                        if let Some(lease) = leases.get_mut(uuid) {
+                            lease.1 = sent;
+                        }
+                    } else {
+                        tracing::warn!(%uuid, "lost the lease of a service to another node");
+                        leases.remove(uuid);
+                        again.push(*uuid);
+                    }
+                }
+            }
+            Err(error) => {
+                // Stop before the lease can run out: another node may take it then.
+                let margin = self.settings.lease.saturating_sub(Duration::from_secs(1));
+                let mut leases = lock(&self.held);
+                leases.retain(|uuid, (_, renewed)| {
+                    if renewed.elapsed() < margin {
+                        return true;
+                    }
+                    tracing::error!(%uuid, %error, "could not renew a lease in time; the service's program is stopped here");
+                    fence.push(*uuid);
+                    false
+                });
+                lock(&self.fenced).extend(fence.iter().copied());
+                return (again, fence);
+            }
+        }
+        let forwarded: Vec<(Uuid, String)> = lock(&self.forwarded)
+            .iter()
+            .map(|(uuid, node)| (*uuid, node.clone()))
+            .collect();
+        for (uuid, node) in forwarded {
+            match self.store.lease_holder(uuid).await {
+                Ok(Some(lease)) if lease.node == node => {}
+                Ok(_) => again.push(uuid),
+                Err(_) => break,
+            }
+        }
+        again.extend(lock(&self.fenced).iter().copied());
+        (again, fence)
+    }
+}
+
+/// This node's part in the cluster: it follows the shared store and reports itself.
+pub(crate) struct Cluster {
+    store: PostgresStore,
+    registry: Arc<Registry>,
+    placement: Arc<Placement>,
+    settings: ClusterSettings,
+    /// The last revision applied here.
+    applied: AtomicI64,
+    started_at: i64,
+}
+
+/// What `GET /cluster` shows.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ClusterView {
+    /// The node that answers.
+    pub node: String,
+    /// The last revision it applied.
+    pub revision: i64,
+    /// Every node that reported, most recently heard first.
+    pub nodes: Vec<NodeView>,
+}
+
+/// A node as `GET /cluster` shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct NodeView {
+    #[serde(flatten)]
+    pub row: NodeRow,
+    /// Heard from within three lease periods... or not.
+    pub alive: bool,
+}
+
+impl Cluster {
+    /// Follows the shared store from `revision` on (read before the registry loaded).
+    pub fn new(
+        store: PostgresStore,
+        registry: Arc<Registry>,
+        placement: Arc<Placement>,
+        revision: i64,
+    ) -> Arc<Cluster> {
+        let settings = placement.settings.clone();
+        Arc::new(Cluster {
+            store,
+            registry,
+            placement,
+            settings,
+            applied: AtomicI64::new(revision),
+            started_at: crate::util::unix_now(),
+        })
+    }
+
+    /// Runs the node's part until `stop`: following changes, heartbeats and leases.
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
+        let follower = Arc::clone(self);
+        let until = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = follower.follow() => {}
+                () = until.cancelled() => {}
+            }
+        });
+        let beater = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = beater.beat() => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// The last revision applied here.
+    pub fn applied(&self) -> i64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Hears changes and applies them, reconnecting when the database goes away.
+    async fn follow(&self) {
+        let mut first = true;
+        loop {
+            let mut listener = match self.store.listen().await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot listen for changes yet");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+            };
+            // The registry loaded everything at start; after a lost connection, what
+            // was missed may be older than the changes kept: reload it all.
+            let caught_up = if first {
+                self.catch_up().await
+            } else {
+                self.reload().await
+            };
+            if let Err(error) = caught_up {
+                tracing::warn!(%error, "could not catch up with the shared store");
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+            first = false;
+            tracing::info!(node = %self.settings.node, revision = self.applied(), "following the shared store");
+            loop {
+                let heard = tokio::select! {
+                    notice = listener.notices.recv() => notice.is_some(),
+                    () = tokio::time::sleep(POLL) => true,
+                };
+                if !heard {
+                    tracing::warn!("lost the connection that hears changes; reconnecting");
+                    break;
+                }
+                if let Err(error) = self.catch_up().await {
+                    tracing::warn!(%error, "could not read changes");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies every change after the last applied revision.
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        loop {
+            let changes = self.store.changes_since(self.applied(), BATCH).await?;
+            let Some(last) = changes.last().map(|change| change.revision) else {
+                return Ok(());
+            };
+            for change in changes {
+                self.registry.converge(change.uuid, change.record).await;
+            }
+            self.applied.store(last, Ordering::SeqCst);
+        }
+    }
+
+    /// Brings every service to what the store says, forgetting those it no longer has.
+    async fn reload(&self) -> Result<(), StoreError> {
+        use super::store::Store;
+        let revision = self.store.revision().await?;
+        let records = self.store.load().await?;
+        let known: HashSet<Uuid> = records.iter().map(|record| record.uuid).collect();
+        for uuid in self.registry.uuids() {
+            if !known.contains(&uuid) {
+                self.registry.converge(uuid, None).await;
+            }
+        }
+        for record in records {
+            self.registry.converge(record.uuid, Some(record)).await;
+        }
+        self.applied.fetch_max(revision, Ordering::SeqCst);
+        self.catch_up().await
+    }
+
+    /// Says where this node is, before it starts anything.
+    pub async fn announce(&self) -> Result<(), StoreError> {
+        self.store
+            .heartbeat(
+                &self.settings.node,
+                &self.settings.addr,
+                self.started_at,
+                self.applied(),
+                &Value::Array(Vec::new()),
+            )
+            .await
+    }
+
+    /// Says this node is alive, renews its leases and places again what needs it.
+    async fn beat(&self) {
+        let mut every = tokio::time::interval(HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let (again, fence) = self.placement.tend().await;
+            for uuid in fence {
+                self.registry.fence(uuid).await;
+            }
+            for uuid in again {
+                self.registry.place_again(uuid).await;
+            }
+            let services = self.services();
+            if let Err(error) = self
+                .store
+                .heartbeat(
+                    &self.settings.node,
+                    &self.settings.addr,
+                    self.started_at,
+                    self.applied(),
+                    &services,
+                )
+                .await
+            {
+                tracing::debug!(%error, "heartbeat not recorded");
+            }
+        }
+    }
+
+    /// What this node runs, for the others to see.
+    fn services(&self) -> Value {
+        let runs: Vec<Value> = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|view| view.status.should_run())
+            .map(|view| {
+                let mut entry = json!({
+                    "uuid": view.uuid,
+                    "name": view.name,
+                    "status": view.status,
+                });
+                if let Some(place) = self.placement.whereabouts(view.uuid) {
+                    entry["runs_on"] = Value::String(place);
+                }
+                entry
+            })
+            .collect();
+        Value::Array(runs)
+    }
+
+    /// The nodes, as `GET /cluster` shows them.
+    pub async fn view(&self) -> Result<ClusterView, StoreError> {
+        let alive_within = i64::try_from((self.settings.lease * 3).as_millis()).unwrap_or(i64::MAX);
+        let nodes = self
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|row| NodeView {
+                alive: row.heartbeat_age_ms <= alive_within,
+                row,
+            })
+            .collect();
+        Ok(ClusterView {
+            node: self.settings.node.clone(),
+            revision: self.applied(),
+            nodes,
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! Applying a change another node made: the registry of this node is brought to what
+//! the shared store says a service is (or to nothing, once it is gone).
+//!
+//! The store's row is the user's intent; this node's instance follows it. A row whose
+//! status says the service runs gets an instance here (where the service may run
+//! here); one that says it is stopped or registered loses its instance; a `failed` row
+//! (an instance failed on some node) leaves this node's instance as it is. The writes
+//! these steps would make are the change itself, already stored: they run
+//! [`replaying`], which turns them into no-ops.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::definition::Definition;
+use super::{Registry, RegistryError, Slot};
+use crate::control_plane::store::{replaying, ServiceRecord, Status};
+use crate::data_plane::ServiceMeter;
+use crate::util::lock;
+
+impl Registry {
+    /// Brings service `uuid` to `record` (`None`: it is gone).
+    pub async fn converge(&self, uuid: Uuid, record: Option<ServiceRecord>) {
+        let _shared = self.gate.read().await;
+        let existing = lock(&self.services).by_uuid.get(&uuid).cloned();
+        let outcome = replaying(async {
+            match (existing, record) {
+                (None, None) => Ok(()),
+                (Some(slot), None) => self.converge_gone(&slot).await,
+                (None, Some(record)) => self.converge_new(record).await,
+                (Some(slot), Some(record)) => self.converge_existing(&slot, record).await,
+            }
+        })
+        .await;
+        if let Err(error) = outcome {
+            tracing::warn!(%uuid, %error, "could not apply a change made on another node");
+        }
+    }
+
+    /// Every service this node knows.
+    pub fn uuids(&self) -> Vec<Uuid> {
+        lock(&self.services).by_uuid.keys().copied().collect()
+    }
+
+    async fn converge_gone(&self, slot: &Arc<Slot>) -> Result<(), RegistryError> {
+        let (slot, mut life) = self.locked(slot.uuid, true).await?;
+        self.halt(&slot, &mut life).await;
+        self.forget(&slot, &mut life).await
+    }
+
+    async fn converge_new(&self, record: ServiceRecord) -> Result<(), RegistryError> {
+        let uuid = record.uuid;
+        let should_run = record.status.should_run();
+        let service_type = self.types.get(&record.type_name).cloned();
+        let slot = Slot::from_record(
+            record,
+            service_type,
+            ServiceMeter::new(self.workers),
+            &self.hashing,
+        );
+        if should_run {
+            // Not running here yet: the start below makes it so.
+            lock(&slot.state).status = Status::Registered;
+        }
+        let slot = Arc::new(slot);
+        {
+            let mut services = lock(&self.services);
+            services.names.insert(slot.name.clone());
+            services.reclaim(uuid, &[], slot.definition().claims());
+            services.by_uuid.insert(uuid, Arc::clone(&slot));
+        }
+        if should_run {
+            let mut life = slot.life.lock().await;
+            self.start_locked(&slot, &mut life).await?;
+        }
+        Ok(())
+    }
+
+    async fn converge_existing(
+        &self,
+        slot: &Arc<Slot>,
+        record: ServiceRecord,
+    ) -> Result<(), RegistryError> {
+        let (slot, mut life) = self.locked(slot.uuid, false).await?;
+        let (next, _) = Definition::stored(&record);
+        let current = slot.definition();
+        if next != *current {
+            if let Some(service_type) = slot.service_type.clone() {
+                self.put_definition(&slot, &mut life, &service_type, &current, next)
+                    .await?;
+            }
+        }
+        let runs_here = life.instance.is_some() && slot.status().should_run();
+        match record.status {
+            Status::Running | Status::Starting if !runs_here => {
+                self.start_locked(&slot, &mut life).await?;
+            }
+            Status::Stopped | Status::Registered => {
+                self.halt(&slot, &mut life).await;
+                slot.set_status(record.status, &record.detail);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stops the program of service `uuid` here: this node could not renew its lease
+    /// in time, and another node may take it. It is placed again once the database
+    /// is back.
+    pub async fn fence(&self, uuid: Uuid) {
+        let Ok((slot, mut life)) = self.locked(uuid, true).await else {
+            return;
+        };
+        self.halt(&slot, &mut life).await;
+        slot.set_status(
+            Status::Failed,
+            "Stopped on this node: it lost the shared database and, with it, the lease on the service.",
+        );
+    }
+
+    /// Places service `uuid` again (its lease changed hands): stopped here, then
+    /// started here or forwarded, as the cluster decides.
+    pub async fn place_again(&self, uuid: Uuid) {
+        let _shared = self.gate.read().await;
+        let outcome = replaying(async {
+            let (slot, mut life) = self.locked(uuid, true).await?;
+            self.halt(&slot, &mut life).await;
+            if matches!(slot.status(), Status::Stopped | Status::Registered) {
+                return Ok(());
+            }
+            self.start_locked(&slot, &mut life).await
+        })
+        .await;
+        if let Err(error) = outcome {
+            tracing::warn!(%uuid, %error, "could not place a service again");
+        }
+    }
+}

@@ -1,0 +1,755 @@
+//! The store shared by several Herve nodes: PostgreSQL.
+//!
+//! Every change of a service is one transaction that also appends its uuid to
+//! `herve_changes`, under one transaction-scoped advisory lock: revisions commit in the
+//! order they are given, so a node that has applied revision N has seen every change
+//! up to N. The commit announces itself with `NOTIFY`; notices are not durable, so
+//! nodes read what changed from the table, on each notice and on a slow poll.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::future::poll_fn;
+use tokio::sync::mpsc;
+use deadpool_postgres::Transaction;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use super::{
+    is_replaying, json_text, CertSource, Row, ServiceRecord, Status, Store, StoreError,
+    StoredCertificate,
+};
+use crate::util::AbortOnDrop;
+
+/// The schema, one step per version; applied by one node at a time.
+const MIGRATIONS: [&str; 1] = ["CREATE TABLE services (
+         seq              BIGSERIAL PRIMARY KEY,
+         uuid             TEXT NOT NULL UNIQUE,
+         name             TEXT NOT NULL UNIQUE,
+         type             TEXT NOT NULL,
+         description      TEXT NOT NULL,
+         status           TEXT NOT NULL,
+         detail           TEXT NOT NULL DEFAULT '',
+         config           TEXT NOT NULL,
+         user_description TEXT NOT NULL DEFAULT '',
+         hosts            TEXT NOT NULL DEFAULT '[]',
+         path             TEXT NOT NULL DEFAULT '',
+         fields           TEXT NOT NULL DEFAULT '[]',
+         created_at       BIGINT NOT NULL
+     );
+     CREATE TABLE certificates (
+         host       TEXT NOT NULL,
+         source     TEXT NOT NULL,
+         pem        TEXT NOT NULL,
+         updated_at BIGINT NOT NULL,
+         PRIMARY KEY (host, source)
+     );
+     CREATE TABLE acme_accounts (
+         directory   TEXT PRIMARY KEY,
+         credentials TEXT NOT NULL
+     );
+     CREATE TABLE herve_changes (
+         revision BIGSERIAL PRIMARY KEY,
+         uuid     TEXT NOT NULL,
+         at       TIMESTAMPTZ NOT NULL DEFAULT now()
+     );
+     CREATE TABLE herve_nodes (
+         name         TEXT PRIMARY KEY,
+         addr         TEXT NOT NULL,
+         started_at   BIGINT NOT NULL,
+         heartbeat_at TIMESTAMPTZ NOT NULL,
+         revision     BIGINT NOT NULL,
+         services     TEXT NOT NULL DEFAULT '[]'
+     );
+     CREATE TABLE herve_leases (
+         uuid       TEXT PRIMARY KEY,
+         node       TEXT NOT NULL,
+         generation BIGINT NOT NULL,
+         expires_at TIMESTAMPTZ NOT NULL
+     );"];
+
+/// Advisory lock keys ("HERVE" and a number): schema changes, and the order of changes.
+const MIGRATION_LOCK: i64 = 0x4845_5256_4501;
+const CHANGE_LOCK: i64 = 0x4845_5256_4502;
+
+/// The channel changes are announced on.
+const CHANNEL: &str = "herve_changes";
+
+/// How long any one call may take before the database counts as unreachable: a
+/// partition must turn into a clear refusal, not a hung API.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections each node keeps to the database.
+const POOL_SIZE: usize = 8;
+
+/// Changes are kept this long: a node that was away longer reloads everything.
+const KEEP_CHANGES: &str = "1 hour";
+
+const SERVICE_COLUMNS: &str = "s.seq, s.uuid, s.name, s.type, s.description, s.status, s.config,
+     s.created_at, s.detail, s.user_description, s.hosts, s.path, s.fields";
+
+/// What changed about one service since a revision: its row now, or `None` once it is
+/// gone.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub revision: i64,
+    pub uuid: Uuid,
+    pub record: Option<ServiceRecord>,
+}
+
+/// A node as it last reported itself.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct NodeRow {
+    pub name: String,
+    pub addr: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Milliseconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_ms: i64,
+    /// The last revision it applied.
+    pub revision: i64,
+    /// What it runs (JSON, as it wrote it).
+    pub services: serde_json::Value,
+}
+
+/// Who runs a service that runs on one node at a time, and under which generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub node: String,
+    pub generation: i64,
+}
+
+/// A [`Store`] in a PostgreSQL database, shared by every node.
+#[derive(Clone)]
+pub(crate) struct PostgresStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("PostgresStore")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+/// Runs a call with the deadline every call has.
+async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`) and
+    /// brings its schema up to date, one node at a time.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| StoreError::Unavailable(format!("invalid database URL: {error}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CALL_TIMEOUT);
+        }
+        config.application_name("herve");
+        // A dead peer must not leave a connection waiting for the kernel's default
+        // (minutes): sent data unacknowledged for this long fails the connection.
+        config.tcp_user_timeout(CALL_TIMEOUT);
+        config.keepalives_idle(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .build()
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+        let store = PostgresStore { pool, config };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        // A session lock, held across the steps: the other nodes wait here.
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS herve_schema (
+                         component TEXT PRIMARY KEY,
+                         version   BIGINT NOT NULL
+                     )",
+                )
+                .await?;
+            let version: i64 = client
+                .query_opt(
+                    "SELECT version FROM herve_schema WHERE component = 'store'",
+                    &[],
+                )
+                .await?
+                .map(|row| row.get(0))
+                .unwrap_or(0);
+            let known = MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(StoreError::Unavailable(format!(
+                    "the database has schema version {version}, newer than this Herve's {known}; upgrade Herve"
+                )));
+            }
+            for (step, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                let tx = client.transaction().await?;
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "INSERT INTO herve_schema (component, version) VALUES ('store', $1)
+                     ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                    &[&(step as i64 + 1)],
+                )
+                .await?;
+                tx.commit().await?;
+            }
+            Ok(())
+        }
+        .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        result
+    }
+
+    /// A transaction in which a change is made, its place in the order taken.
+    async fn begin<'a>(
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<Transaction<'a>, StoreError> {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGE_LOCK])
+            .await?;
+        Ok(tx)
+    }
+
+    /// Records that `uuid` changed, announces it and commits.
+    async fn finish(tx: Transaction<'_>, uuid: Uuid) -> Result<(), StoreError> {
+        let revision: i64 = tx
+            .query_one(
+                "INSERT INTO herve_changes (uuid) VALUES ($1) RETURNING revision",
+                &[&uuid.to_string()],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &revision.to_string()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last revision given.
+    pub async fn revision(&self) -> Result<i64, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_one("SELECT coalesce(max(revision), 0) FROM herve_changes", &[])
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
+    }
+
+    /// What changed after `revision`: each service once, as it is now, in the order
+    /// of its last change; at most `limit` of them.
+    pub async fn changes_since(&self, revision: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let sql = format!(
+                "SELECT c.revision, c.uuid, {SERVICE_COLUMNS}
+                 FROM (SELECT uuid, max(revision) AS revision FROM herve_changes
+                       WHERE revision > $1 GROUP BY uuid ORDER BY 2 LIMIT $2) c
+                 LEFT JOIN services s ON s.uuid = c.uuid
+                 ORDER BY c.revision"
+            );
+            let rows = client.query(&sql, &[&revision, &limit]).await?;
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in rows {
+                let text: String = row.get(1);
+                let Ok(uuid) = Uuid::try_parse(&text) else {
+                    continue;
+                };
+                let record = match row.get::<_, Option<i64>>(2) {
+                    Some(_) => service_row(&row, 2).into_record(),
+                    None => None,
+                };
+                changes.push(Change {
+                    revision: row.get(0),
+                    uuid,
+                    record,
+                });
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// A connection that hears every announced change: each notice (or a lost
+    /// connection, which closes the receiver) arrives on the receiver.
+    pub async fn listen(&self) -> Result<Listener, StoreError> {
+        within(async {
+            let (client, mut connection) = self.config.connect(NoTls).await?;
+            let (notify, notices) = mpsc::channel(1);
+            let driver = AbortOnDrop::spawn(async move {
+                while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+                    match message {
+                        // Many notices make one catch-up.
+                        Ok(AsyncMessage::Notification(_)) => {
+                            let _ = notify.try_send(());
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "the database connection that hears changes ended");
+                            break;
+                        }
+                    }
+                }
+            });
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            Ok(Listener {
+                _client: client,
+                notices,
+                _driver: driver,
+            })
+        })
+        .await
+    }
+
+    /// Says that `node` is alive, what it applied and what it runs; forgets changes
+    /// older than every node needs.
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        addr: &str,
+        started_at: i64,
+        revision: i64,
+        services: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO herve_nodes (name, addr, started_at, heartbeat_at, revision, services)
+                     VALUES ($1, $2, $3, now(), $4, $5)
+                     ON CONFLICT (name) DO UPDATE SET addr = excluded.addr,
+                         started_at = excluded.started_at, heartbeat_at = now(),
+                         revision = excluded.revision, services = excluded.services",
+                    &[&node, &addr, &started_at, &revision, &services.to_string()],
+                )
+                .await?;
+            client
+                .execute(
+                    &format!("DELETE FROM herve_changes WHERE at < now() - interval '{KEEP_CHANGES}'"),
+                    &[],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every node that ever reported, most recently heard first.
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "SELECT name, addr, started_at,
+                            (extract(epoch FROM now() - heartbeat_at) * 1000)::BIGINT,
+                            revision, services
+                     FROM herve_nodes ORDER BY heartbeat_at DESC, name",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|row| NodeRow {
+                    name: row.get(0),
+                    addr: row.get(1),
+                    started_at: row.get(2),
+                    heartbeat_age_ms: row.get(3),
+                    revision: row.get(4),
+                    services: serde_json::from_str(row.get::<_, &str>(5))
+                        .unwrap_or(serde_json::Value::Null),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Takes or renews the lease of service `uuid` for `node`, for `ttl`: granted when
+    /// nobody holds it, the holder's has expired, or `node` holds it already. A lease
+    /// taken over gets a new generation, so the previous holder's renewals fail.
+    pub async fn take_lease(
+        &self,
+        uuid: Uuid,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let row = client
+                .query_opt(
+                    "INSERT INTO herve_leases (uuid, node, generation, expires_at)
+                     VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond')
+                     ON CONFLICT (uuid) DO UPDATE SET
+                         generation = CASE WHEN herve_leases.node = excluded.node
+                                           THEN herve_leases.generation
+                                           ELSE herve_leases.generation + 1 END,
+                         node = excluded.node, expires_at = excluded.expires_at
+                     WHERE herve_leases.node = excluded.node OR herve_leases.expires_at < now()
+                     RETURNING node, generation",
+                    &[&uuid.to_string(), &node, &(ttl_ms as f64)],
+                )
+                .await?;
+            Ok(row.map(|row| Lease {
+                node: row.get(0),
+                generation: row.get(1),
+            }))
+        })
+        .await
+    }
+
+    /// Renews every lease `node` holds under the generation it knows, for `ttl`; the
+    /// uuids whose lease it still holds.
+    pub async fn renew_leases(
+        &self,
+        node: &str,
+        held: &[(Uuid, i64)],
+        ttl: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        within(async {
+            let client = self.pool.get().await?;
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX) as f64;
+            let mut kept = Vec::with_capacity(held.len());
+            for (uuid, generation) in held {
+                let renewed = client
+                    .execute(
+                        "UPDATE herve_leases SET expires_at = now() + $4 * interval '1 millisecond'
+                         WHERE uuid = $1 AND node = $2 AND generation = $3",
+                        &[&uuid.to_string(), &node, generation, &ttl_ms],
+                    )
+                    .await?;
+                if renewed == 1 {
+                    kept.push(*uuid);
+                }
+            }
+            Ok(kept)
+        })
+        .await
+    }
+
+    /// Who holds the lease of `uuid` now, if anyone holds an unexpired one.
+    pub async fn lease_holder(&self, uuid: Uuid) -> Result<Option<Lease>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT node, generation FROM herve_leases
+                     WHERE uuid = $1 AND expires_at >= now()",
+                    &[&uuid.to_string()],
+                )
+                .await?;
+            Ok(row.map(|row| Lease {
+                node: row.get(0),
+                generation: row.get(1),
+            }))
+        })
+        .await
+    }
+
+    /// Gives up the lease of `uuid` if `node` holds it.
+    pub async fn release_lease(&self, uuid: Uuid, node: &str) -> Result<(), StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "DELETE FROM herve_leases WHERE uuid = $1 AND node = $2",
+                    &[&uuid.to_string(), &node],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The address of node `name`, as it reported it.
+    pub async fn node_addr(&self, name: &str) -> Result<Option<String>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt("SELECT addr FROM herve_nodes WHERE name = $1", &[&name])
+                .await?;
+            Ok(row.map(|row| row.get(0)))
+        })
+        .await
+    }
+}
+
+/// A connection listening for changes; dropping it closes the connection.
+pub(crate) struct Listener {
+    _client: tokio_postgres::Client,
+    /// One item per batch of notices; closed when the connection ends.
+    pub notices: mpsc::Receiver<()>,
+    _driver: AbortOnDrop,
+}
+
+/// The `services` columns of `row` from `first` on, as [`SERVICE_COLUMNS`] lists them.
+fn service_row(row: &tokio_postgres::Row, first: usize) -> Row {
+    Row {
+        seq: row.get(first),
+        uuid: row.get(first + 1),
+        name: row.get(first + 2),
+        type_name: row.get(first + 3),
+        description: row.get(first + 4),
+        status: row.get(first + 5),
+        config: row.get(first + 6),
+        created_at: row.get(first + 7),
+        detail: row.get(first + 8),
+        user_description: row.get(first + 9),
+        hosts: row.get(first + 10),
+        path: row.get(first + 11),
+        fields: row.get(first + 12),
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    &format!("SELECT {SERVICE_COLUMNS} FROM services s ORDER BY s.seq"),
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| service_row(row, 0).into_record())
+                .collect())
+        })
+        .await
+    }
+
+    async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError> {
+        within(async {
+            let mut client = self.pool.get().await?;
+            let tx = Self::begin(&mut client).await?;
+            let seq: i64 = tx
+                .query_one(
+                    "INSERT INTO services (uuid, name, type, description, status, config, created_at,
+                                           detail, user_description, hosts, path, fields)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     RETURNING seq",
+                    &[
+                        &record.uuid.to_string(),
+                        &record.name,
+                        &record.type_name,
+                        &record.description,
+                        &record.status.as_str(),
+                        &record.config.to_string(),
+                        &record.created_at,
+                        &record.detail,
+                        &record.user_description.clone().unwrap_or_default(),
+                        &json_text(&record.hosts),
+                        &record.path.clone().unwrap_or_default(),
+                        &json_text(&record.fields),
+                    ],
+                )
+                .await?
+                .get(0);
+            Self::finish(tx, record.uuid).await?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn update(&self, record: &ServiceRecord) -> Result<(), StoreError> {
+        if is_replaying() {
+            return Ok(());
+        }
+        within(async {
+            let mut client = self.pool.get().await?;
+            let tx = Self::begin(&mut client).await?;
+            let changed = tx
+                .execute(
+                    "UPDATE services SET user_description = $1, hosts = $2, path = $3, fields = $4,
+                                         config = $5
+                     WHERE uuid = $6",
+                    &[
+                        &record.user_description.clone().unwrap_or_default(),
+                        &json_text(&record.hosts),
+                        &record.path.clone().unwrap_or_default(),
+                        &json_text(&record.fields),
+                        &record.config.to_string(),
+                        &record.uuid.to_string(),
+                    ],
+                )
+                .await?;
+            if changed == 0 {
+                return Err(StoreError::Missing(record.uuid));
+            }
+            Self::finish(tx, record.uuid).await
+        })
+        .await
+    }
+
+    async fn set_status(&self, uuid: Uuid, status: Status, detail: &str) -> Result<(), StoreError> {
+        if is_replaying() {
+            return Ok(());
+        }
+        within(async {
+            let mut client = self.pool.get().await?;
+            let tx = Self::begin(&mut client).await?;
+            let changed = tx
+                .execute(
+                    "UPDATE services SET status = $1, detail = $2 WHERE uuid = $3",
+                    &[&status.as_str(), &detail, &uuid.to_string()],
+                )
+                .await?;
+            if changed == 0 {
+                return Err(StoreError::Missing(uuid));
+            }
+            Self::finish(tx, uuid).await
+        })
+        .await
+    }
+
+    async fn remove(&self, uuid: Uuid) -> Result<(), StoreError> {
+        if is_replaying() {
+            return Ok(());
+        }
+        within(async {
+            let mut client = self.pool.get().await?;
+            let tx = Self::begin(&mut client).await?;
+            tx.execute(
+                "DELETE FROM services WHERE uuid = $1",
+                &[&uuid.to_string()],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM herve_leases WHERE uuid = $1",
+                &[&uuid.to_string()],
+            )
+            .await?;
+            Self::finish(tx, uuid).await
+        })
+        .await
+    }
+
+    async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query("SELECT host, source, pem, updated_at FROM certificates", &[])
+                .await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    Some(StoredCertificate {
+                        source: CertSource::parse(row.get::<_, &str>(1))?,
+                        host: row.get(0),
+                        pem: row.get(2),
+                        updated_at: row.get(3),
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn put_certificate(&self, certificate: &StoredCertificate) -> Result<(), StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO certificates (host, source, pem, updated_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (host, source)
+                     DO UPDATE SET pem = excluded.pem, updated_at = excluded.updated_at",
+                    &[
+                        &certificate.host,
+                        &certificate.source.as_str(),
+                        &certificate.pem,
+                        &certificate.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_certificate(&self, host: &str, source: CertSource) -> Result<bool, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let removed = client
+                .execute(
+                    "DELETE FROM certificates WHERE host = $1 AND source = $2",
+                    &[&host, &source.as_str()],
+                )
+                .await?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT credentials FROM acme_accounts WHERE directory = $1",
+                    &[&directory],
+                )
+                .await?;
+            Ok(row.map(|row| row.get(0)))
+        })
+        .await
+    }
+
+    async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<(), StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "INSERT INTO acme_accounts (directory, credentials) VALUES ($1, $2)
+                     ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
+                    &[&directory, &credentials],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
