@@ -48,8 +48,8 @@ use contract::ServiceType;
 use control_plane::admin_auth::AdminAuth;
 use control_plane::certificates::acme::{self, AcmeSettings, Validation};
 use control_plane::certificates::Certificates;
-use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
 use control_plane::cluster::{Cluster, ClusterSettings, Placement};
+use control_plane::registry::{Registry, RegistrySetup, TypeCatalog};
 use control_plane::store::{PostgresStore, SqliteStore, Store, StoreError};
 use data_plane::{
     CertTable, DispatchSettings, Dispatcher, Door, LineFormat, Listener, LogSink, RouteTable,
@@ -216,7 +216,9 @@ impl HerveBuilder {
                 let settings = ClusterSettings {
                     node: config.node_name(),
                     addr: config.node_addr(local_addr.port()),
-                    lease: std::time::Duration::from_secs(config.failover_s.saturating_sub(2).max(2)),
+                    lease: std::time::Duration::from_secs(
+                        config.failover_s.saturating_sub(2).max(2),
+                    ),
                 };
                 let placement = Arc::new(Placement::new(postgres.clone(), settings));
                 shared = Some((postgres.clone(), placement, revision));
@@ -244,7 +246,9 @@ impl HerveBuilder {
                 max_services: config.max_services as usize,
                 workers: config.worker_count(),
                 hashing: Arc::clone(&hashing),
-                placement: shared.as_ref().map(|(_, placement, _)| Arc::clone(placement)),
+                placement: shared
+                    .as_ref()
+                    .map(|(_, placement, _)| Arc::clone(placement)),
             })
             .await?,
         );

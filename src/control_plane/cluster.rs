@@ -125,7 +125,9 @@ impl Placement {
                 .await
                 .map_err(unplaced)?
                 .ok_or_else(|| {
-                    ServiceError::failed(format!("The node '{holder}' that runs it has no address."))
+                    ServiceError::failed(format!(
+                        "The node '{holder}' that runs it has no address."
+                    ))
                 })?;
             let Some(forwarder) = forwarder else {
                 return Err(ServiceError::failed(
@@ -352,7 +354,7 @@ impl Cluster {
                 return Ok(());
             };
             for change in changes {
-                self.registry.converge(change.uuid, change.record).await;
+                self.registry.converge(change.uuid).await;
             }
             self.applied.store(last, Ordering::SeqCst);
         }
@@ -362,15 +364,11 @@ impl Cluster {
     async fn reload(&self) -> Result<(), StoreError> {
         use super::store::Store;
         let revision = self.store.revision().await?;
-        let records = self.store.load().await?;
-        let known: HashSet<Uuid> = records.iter().map(|record| record.uuid).collect();
-        for uuid in self.registry.uuids() {
-            if !known.contains(&uuid) {
-                self.registry.converge(uuid, None).await;
-            }
-        }
-        for record in records {
-            self.registry.converge(record.uuid, Some(record)).await;
+        let stored: HashSet<Uuid> = self.store.load().await?.iter().map(|r| r.uuid).collect();
+        let mut all: HashSet<Uuid> = self.registry.uuids().into_iter().collect();
+        all.extend(stored);
+        for uuid in all {
+            self.registry.converge(uuid).await;
         }
         self.applied.fetch_max(revision, Ordering::SeqCst);
         self.catch_up().await

@@ -77,7 +77,10 @@ async fn a_change_on_one_node_is_routed_by_every_node_within_a_second() {
             if reply.status == 200 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(1), "the host route did not reach a node");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the host route did not reach a node"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -98,7 +101,10 @@ async fn a_change_on_one_node_is_routed_by_every_node_within_a_second() {
     for other in [&b, &c] {
         let started = Instant::now();
         while other.admin_get(&format!("/services/{uuid}")).await.status != 404 {
-            assert!(started.elapsed() < Duration::from_secs(1), "the service is still known");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the service is still known"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -122,12 +128,205 @@ async fn a_change_on_one_node_is_routed_by_every_node_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_herve_has_no_cluster() {
     let herve = TestHerve::start().await;
-    herve
-        .admin_get("/cluster")
-        .await
-        .expect(
-            404,
-            "This Herve runs alone, on its own SQLite database: there is no cluster. \
+    herve.admin_get("/cluster").await.expect(
+        404,
+        "This Herve runs alone, on its own SQLite database: there is no cluster. \
              Give every node the same HERVE_DATABASE_URL to run several.",
+    );
+}
+
+/// Starts the binary as node `name` on `postgres`, in `dir`.
+fn bin_node(postgres: &Postgres, dir: &std::path::Path, name: &str) -> BinHerve {
+    std::fs::create_dir_all(dir).expect("node dir");
+    BinHerve::spawn(
+        dir,
+        &[
+            ("HERVE_DATABASE_URL", &postgres.url()),
+            ("HERVE_NODE_NAME", name),
+            ("HERVE_ACCESS_LOG", "false"),
+        ],
+    )
+}
+
+/// The pid the program of `uuid` reports through `client`.
+async fn pid_through(client: &HttpClient, uuid: &str) -> Option<u64> {
+    let reply = client.get(&format!("/{uuid}/")).await;
+    (reply.status == 200)
+        .then(|| reply.json()["pid"].as_u64())
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_runs_on_one_node_and_moves_when_that_node_is_killed() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let mut nodes: Vec<Option<BinHerve>> = ["a", "b", "c"]
+        .iter()
+        .map(|name| Some(bin_node(&postgres, &dir.path().join(name), name)))
+        .collect();
+    let a = nodes[0].as_ref().expect("a").client();
+    let uuid =
+        crate::process_type::register_process(&a, "app", &[("command", &format!("python3 {app}"))])
+            .await
+            .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+
+    // One program on the machine, reached through every node.
+    let pids = crate::process_type::processes_of(&uuid);
+    assert_eq!(
+        pids.len(),
+        1,
+        "{pids:?} {} {}",
+        a.admin_get(&format!("/services/{uuid}")).await.text(),
+        nodes[0].as_ref().expect("a").stdout()
+    );
+    for node in nodes.iter().flatten() {
+        let client = node.client();
+        let started = Instant::now();
+        loop {
+            if let Some(pid) = pid_through(&client, &uuid).await {
+                assert_eq!(pid, u64::from(pids[0]));
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(2) {
+                let reply = client.get(&format!("/{uuid}/")).await;
+                panic!(
+                    "{} does not reach the program: {} {}\n{}\n{}",
+                    node.addr,
+                    reply.status,
+                    reply.text(),
+                    node.stdout(),
+                    node.stderr.lock().expect("stderr")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        crate::process_type::processes_of(&uuid),
+        pids,
+        "a second node started it"
+    );
+
+    // The node that runs it says so.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let view = a.admin_get("/cluster").await.json();
+    let holders: Vec<String> = view["data"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|node| {
+            node["services"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["uuid"] == uuid.as_str() && s["runs_on"] == "here")
+            })
+        })
+        .filter_map(|node| node["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(holders, ["a"], "{view}");
+
+    // Killed: another node starts it within 10 s, and never two at once.
+    let killed_at = Instant::now();
+    let mut holder = nodes[0].take().expect("a");
+    holder.signal(libc::SIGKILL);
+    holder.wait(Duration::from_secs(10));
+    let moved = loop {
+        let now = crate::process_type::processes_of(&uuid);
+        assert!(now.len() <= 1, "two programs at once: {now:?}");
+        if now.len() == 1 && now != pids {
+            break now;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "not started elsewhere: {now:?}"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("started elsewhere {:?} after the kill", killed_at.elapsed());
+    for node in nodes.iter().flatten() {
+        let client = node.client();
+        let started = Instant::now();
+        loop {
+            if pid_through(&client, &uuid).await == Some(u64::from(moved[0])) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "a node does not reach the moved program"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(crate::process_type::processes_of(&uuid), moved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_nodes_serve_on_refuse_changes_and_catch_up() {
+    let postgres = Postgres::start();
+    let a = node(&postgres, "a").await;
+    let b = node(&postgres, "b").await;
+    let uuid = a.register_ok("steady", "ping").await;
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    let path = format!("/{uuid}/ping");
+    until_status(&b, &path, 200, Duration::from_secs(1)).await;
+
+    postgres.stop();
+    // Traffic goes on, reads too; changes are refused with a clear reason.
+    for _ in 0..3 {
+        for node in [&a, &b] {
+            assert_eq!(node.get(&path).await.status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(b.admin_get(&format!("/services/{uuid}")).await.status, 200);
+    let refused = b.register("during", "ping").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused
+            .message()
+            .contains("the shared database cannot be reached"),
+        "{}",
+        refused.text()
+    );
+    let refused = a.stop_service(&uuid).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(a.get(&path).await.status, 200, "a refused stop stopped it");
+    assert_eq!(a.admin_get("/cluster").await.status, 503);
+
+    // Back: changes are accepted again and reach the other node.
+    postgres.restart();
+    let started = Instant::now();
+    let later = loop {
+        let reply = b.register("after", "ping").await;
+        if reply.status == 201 {
+            break reply.json()["data"]["uuid"]
+                .as_str()
+                .expect("uuid")
+                .to_owned();
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "changes still refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    b.start(&later)
+        .await
+        .expect(200, "The service has successfully started.");
+    until_status(&a, &format!("/{later}/ping"), 200, Duration::from_secs(5)).await;
+    // Nothing acknowledged before the outage was lost.
+    assert_eq!(
+        postgres.sql("SELECT count(*) FROM services WHERE status = 'running'"),
+        "2"
+    );
+    a.stop().await;
+    b.stop().await;
 }

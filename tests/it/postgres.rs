@@ -3,7 +3,7 @@
 //! root, the server runs as the `postgres` account, which PostgreSQL requires.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub struct Postgres {
@@ -36,7 +36,9 @@ fn server_bin() -> PathBuf {
         .map(|path| PathBuf::from(path.trim()));
     match on_path.as_ref().and_then(|path| path.parent()) {
         Some(bin) if !bin.as_os_str().is_empty() => bin.to_path_buf(),
-        _ => panic!("PostgreSQL's initdb is not installed (.ci/run installs the `postgresql` package)"),
+        _ => panic!(
+            "PostgreSQL's initdb is not installed (.ci/run installs the `postgresql` package)"
+        ),
     }
 }
 
@@ -82,7 +84,11 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // A port found free may be taken before the server binds it: try another.
         for _ in 0..5 {
             postgres.port = free_port();
@@ -156,14 +162,29 @@ impl Postgres {
     pub fn stop(&self) {
         let out = self.run(
             "pg_ctl",
-            &["-D", &self.data().to_string_lossy(), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         );
-        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Starts the stopped server again, on the same port.
     pub fn restart(&self) {
-        assert!(self.start_server(), "PostgreSQL did not start again: {}", self.log());
+        assert!(
+            self.start_server(),
+            "PostgreSQL did not start again: {}",
+            self.log()
+        );
     }
 
     /// Runs SQL with psql; its output, rows unaligned.
@@ -172,7 +193,11 @@ impl Postgres {
             .args(["-X", "-A", "-t", "-d", &self.url(), "-c", statement])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -184,17 +209,20 @@ impl Postgres {
             PathBuf::from("psql")
         }
     }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = self.run(
             "pg_ctl",
-            &["-D", &self.data().to_string_lossy(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         );
     }
 }

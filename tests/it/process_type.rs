@@ -47,13 +47,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 "#;
 
-fn write_app(dir: &Path) -> String {
+pub(crate) fn write_app(dir: &Path) -> String {
     let path = dir.join("app.py");
     std::fs::write(&path, APP).expect("write app");
     path.to_string_lossy().into_owned()
 }
 
-async fn register_process(
+pub(crate) async fn register_process(
     herve: &HttpClient,
     name: &str,
     fields: &[(&str, &str)],
@@ -75,7 +75,7 @@ async fn service(herve: &HttpClient, uuid: &str) -> Value {
 }
 
 /// Pids of processes that carry this service's uuid in their environment.
-fn processes_of(uuid: &str) -> Vec<u32> {
+pub(crate) fn processes_of(uuid: &str) -> Vec<u32> {
     let needle = format!("HERVE_SERVICE_UUID={uuid}");
     std::fs::read_dir("/proc")
         .expect("/proc")
@@ -97,7 +97,7 @@ fn processes_of(uuid: &str) -> Vec<u32> {
         .collect()
 }
 
-async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -24,8 +24,8 @@ mod operate;
 mod ui;
 
 use super::admin_auth::AdminAuth;
-use super::cluster::Cluster;
 use super::certificates::Certificates;
+use super::cluster::Cluster;
 use super::metrics::Sources;
 use super::registry::{validate_name, Registry, RegistryError};
 use super::sessions::Sessions;

@@ -13,39 +13,52 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::definition::Definition;
-use super::{Registry, RegistryError, Slot};
+use super::{Life, Registry, RegistryError, Slot};
 use crate::control_plane::store::{replaying, ServiceRecord, Status};
 use crate::data_plane::ServiceMeter;
 use crate::util::lock;
 
 impl Registry {
-    /// Brings service `uuid` to `record` (`None`: it is gone).
-    pub async fn converge(&self, uuid: Uuid, record: Option<ServiceRecord>) {
+    /// Brings service `uuid` to what the store says of it now (gone, if nothing).
+    /// The row is read once this node's own changes to the service are done (under
+    /// its lifecycle lock), so a notice that comes late never undoes a newer change.
+    pub async fn converge(&self, uuid: Uuid) {
         let _shared = self.gate.read().await;
-        let existing = lock(&self.services).by_uuid.get(&uuid).cloned();
         let outcome = replaying(async {
-            match (existing, record) {
-                (None, None) => Ok(()),
-                (Some(slot), None) => self.converge_gone(&slot).await,
-                (None, Some(record)) => self.converge_new(record).await,
-                (Some(slot), Some(record)) => self.converge_existing(&slot, record).await,
+            let known = lock(&self.services).by_uuid.contains_key(&uuid);
+            if known {
+                let (slot, mut life) = self.locked(uuid, false).await?;
+                match self.store.get(uuid).await? {
+                    None => {
+                        self.halt(&slot, &mut life).await;
+                        self.forget(&slot, &mut life).await
+                    }
+                    Some(record) => self.converge_existing(&slot, &mut life, record).await,
+                }
+            } else {
+                // Registrations of this node first: their row is theirs to adopt.
+                let _registering = self.registering.lock().await;
+                if lock(&self.services).by_uuid.contains_key(&uuid) {
+                    return Ok(());
+                }
+                match self.store.get(uuid).await? {
+                    None => Ok(()),
+                    Some(record) => self.converge_new(record).await,
+                }
             }
         })
         .await;
-        if let Err(error) = outcome {
-            tracing::warn!(%uuid, %error, "could not apply a change made on another node");
+        match outcome {
+            Ok(()) | Err(RegistryError::NotFound) => {}
+            Err(error) => {
+                tracing::warn!(%uuid, %error, "could not apply a change made on another node");
+            }
         }
     }
 
     /// Every service this node knows.
     pub fn uuids(&self) -> Vec<Uuid> {
         lock(&self.services).by_uuid.keys().copied().collect()
-    }
-
-    async fn converge_gone(&self, slot: &Arc<Slot>) -> Result<(), RegistryError> {
-        let (slot, mut life) = self.locked(slot.uuid, true).await?;
-        self.halt(&slot, &mut life).await;
-        self.forget(&slot, &mut life).await
     }
 
     async fn converge_new(&self, record: ServiceRecord) -> Result<(), RegistryError> {
@@ -79,24 +92,24 @@ impl Registry {
     async fn converge_existing(
         &self,
         slot: &Arc<Slot>,
+        life: &mut Life,
         record: ServiceRecord,
     ) -> Result<(), RegistryError> {
-        let (slot, mut life) = self.locked(slot.uuid, false).await?;
         let (next, _) = Definition::stored(&record);
         let current = slot.definition();
         if next != *current {
             if let Some(service_type) = slot.service_type.clone() {
-                self.put_definition(&slot, &mut life, &service_type, &current, next)
+                self.put_definition(slot, life, &service_type, &current, next)
                     .await?;
             }
         }
         let runs_here = life.instance.is_some() && slot.status().should_run();
         match record.status {
             Status::Running | Status::Starting if !runs_here => {
-                self.start_locked(&slot, &mut life).await?;
+                self.start_locked(slot, life).await?;
             }
             Status::Stopped | Status::Registered => {
-                self.halt(&slot, &mut life).await;
+                self.halt(slot, life).await;
                 slot.set_status(record.status, &record.detail);
             }
             _ => {}

@@ -35,6 +35,10 @@ impl Store for FlakyStore {
         Ok(rows)
     }
 
+    async fn get(&self, uuid: Uuid) -> Result<Option<ServiceRecord>, StoreError> {
+        Ok(lock(&self.rows).get(&uuid).cloned())
+    }
+
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError> {
         if self.fail_insert.load(Ordering::SeqCst) {
             return Err(refused());

@@ -209,6 +209,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Every service, oldest first.
     async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError>;
 
+    /// One service as stored now, if it is.
+    async fn get(&self, uuid: Uuid) -> Result<Option<ServiceRecord>, StoreError>;
+
     /// Persists a new service (its `seq` is ignored) and returns the `seq` assigned.
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError>;
 

@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
-use deadpool_postgres::Transaction;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
@@ -89,13 +89,11 @@ const KEEP_CHANGES: &str = "1 hour";
 const SERVICE_COLUMNS: &str = "s.seq, s.uuid, s.name, s.type, s.description, s.status, s.config,
      s.created_at, s.detail, s.user_description, s.hosts, s.path, s.fields";
 
-/// What changed about one service since a revision: its row now, or `None` once it is
-/// gone.
+/// A service that changed, and the revision of its last change.
 #[derive(Debug)]
 pub(crate) struct Change {
     pub revision: i64,
     pub uuid: Uuid,
-    pub record: Option<ServiceRecord>,
 }
 
 /// A node as it last reported itself.
@@ -275,36 +273,31 @@ impl PostgresStore {
         .await
     }
 
-    /// What changed after `revision`: each service once, as it is now, in the order
-    /// of its last change; at most `limit` of them.
-    pub async fn changes_since(&self, revision: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+    /// What changed after `revision`: each service once, in the order of its last
+    /// change, with that change's revision; at most `limit` of them.
+    pub async fn changes_since(
+        &self,
+        revision: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError> {
         within(async {
             let client = self.pool.get().await?;
-            let sql = format!(
-                "SELECT c.revision, c.uuid, {SERVICE_COLUMNS}
-                 FROM (SELECT uuid, max(revision) AS revision FROM herve_changes
-                       WHERE revision > $1 GROUP BY uuid ORDER BY 2 LIMIT $2) c
-                 LEFT JOIN services s ON s.uuid = c.uuid
-                 ORDER BY c.revision"
-            );
-            let rows = client.query(&sql, &[&revision, &limit]).await?;
-            let mut changes = Vec::with_capacity(rows.len());
-            for row in rows {
-                let text: String = row.get(1);
-                let Ok(uuid) = Uuid::try_parse(&text) else {
-                    continue;
-                };
-                let record = match row.get::<_, Option<i64>>(2) {
-                    Some(_) => service_row(&row, 2).into_record(),
-                    None => None,
-                };
-                changes.push(Change {
-                    revision: row.get(0),
-                    uuid,
-                    record,
-                });
-            }
-            Ok(changes)
+            let rows = client
+                .query(
+                    "SELECT uuid, max(revision) FROM herve_changes WHERE revision > $1
+                     GROUP BY uuid ORDER BY 2 LIMIT $2",
+                    &[&revision, &limit],
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    Some(Change {
+                        uuid: Uuid::try_parse(row.get::<_, &str>(0)).ok()?,
+                        revision: row.get(1),
+                    })
+                })
+                .collect())
         })
         .await
     }
@@ -561,6 +554,20 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn get(&self, uuid: Uuid) -> Result<Option<ServiceRecord>, StoreError> {
+        within(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    &format!("SELECT {SERVICE_COLUMNS} FROM services s WHERE s.uuid = $1"),
+                    &[&uuid.to_string()],
+                )
+                .await?;
+            Ok(row.and_then(|row| service_row(&row, 0).into_record()))
+        })
+        .await
+    }
+
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError> {
         within(async {
             let mut client = self.pool.get().await?;
@@ -652,11 +659,8 @@ impl Store for PostgresStore {
         within(async {
             let mut client = self.pool.get().await?;
             let tx = Self::begin(&mut client).await?;
-            tx.execute(
-                "DELETE FROM services WHERE uuid = $1",
-                &[&uuid.to_string()],
-            )
-            .await?;
+            tx.execute("DELETE FROM services WHERE uuid = $1", &[&uuid.to_string()])
+                .await?;
             tx.execute(
                 "DELETE FROM herve_leases WHERE uuid = $1",
                 &[&uuid.to_string()],
@@ -671,7 +675,10 @@ impl Store for PostgresStore {
         within(async {
             let client = self.pool.get().await?;
             let rows = client
-                .query("SELECT host, source, pem, updated_at FROM certificates", &[])
+                .query(
+                    "SELECT host, source, pem, updated_at FROM certificates",
+                    &[],
+                )
                 .await?;
             Ok(rows
                 .into_iter()

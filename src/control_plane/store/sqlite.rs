@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{json_text, CertSource, Row, ServiceRecord, Status, Store, StoreError, StoredCertificate};
+use super::{
+    json_text, CertSource, Row, ServiceRecord, Status, Store, StoreError, StoredCertificate,
+};
 use crate::util::sqlite::{Database, DbError};
 
 /// The store's schema, one step per version (see `Database::migrate_blocking`).
@@ -57,6 +59,53 @@ impl SqliteStore {
         database.migrate_blocking("store", &MIGRATIONS)?;
         Ok(SqliteStore { database })
     }
+
+    /// The rows of `services` that `clause` selects (`uuid`: its one parameter).
+    async fn select(
+        &self,
+        clause: &'static str,
+        uuid: Option<String>,
+    ) -> Result<Vec<ServiceRecord>, StoreError> {
+        let records = self
+            .database
+            .call(move |conn| {
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT seq, uuid, name, type, description, status, config, created_at, detail,
+                            user_description, hosts, path, fields
+                     FROM services {clause}"
+                ))?;
+                let params: Vec<&dyn rusqlite::ToSql> = match &uuid {
+                    Some(uuid) => vec![uuid],
+                    None => Vec::new(),
+                };
+                let rows = stmt.query_map(params.as_slice(), |row| {
+                    Ok(Row {
+                        seq: row.get(0)?,
+                        uuid: row.get(1)?,
+                        name: row.get(2)?,
+                        type_name: row.get(3)?,
+                        description: row.get(4)?,
+                        status: row.get(5)?,
+                        config: row.get(6)?,
+                        created_at: row.get(7)?,
+                        detail: row.get(8)?,
+                        user_description: row.get(9)?,
+                        hosts: row.get(10)?,
+                        path: row.get(11)?,
+                        fields: row.get(12)?,
+                    })
+                })?;
+                let mut records = Vec::new();
+                for row in rows {
+                    if let Some(record) = row?.into_record() {
+                        records.push(record);
+                    }
+                }
+                Ok(records)
+            })
+            .await?;
+        Ok(records)
+    }
 }
 
 /// Herve versions before per-component migrations counted the whole schema in
@@ -87,42 +136,15 @@ fn adopt_older_schema(database: &Database) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn get(&self, uuid: Uuid) -> Result<Option<ServiceRecord>, StoreError> {
+        Ok(self
+            .select("WHERE uuid = ?1", Some(uuid.to_string()))
+            .await?
+            .pop())
+    }
+
     async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError> {
-        let records = self
-            .database
-            .call(|conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT seq, uuid, name, type, description, status, config, created_at, detail,
-                            user_description, hosts, path, fields
-                     FROM services ORDER BY seq",
-                )?;
-                let rows = stmt.query_map([], |row| {
-                    Ok(Row {
-                        seq: row.get(0)?,
-                        uuid: row.get(1)?,
-                        name: row.get(2)?,
-                        type_name: row.get(3)?,
-                        description: row.get(4)?,
-                        status: row.get(5)?,
-                        config: row.get(6)?,
-                        created_at: row.get(7)?,
-                        detail: row.get(8)?,
-                        user_description: row.get(9)?,
-                        hosts: row.get(10)?,
-                        path: row.get(11)?,
-                        fields: row.get(12)?,
-                    })
-                })?;
-                let mut records = Vec::new();
-                for row in rows {
-                    if let Some(record) = row?.into_record() {
-                        records.push(record);
-                    }
-                }
-                Ok(records)
-            })
-            .await?;
-        Ok(records)
+        self.select("ORDER BY seq", None).await
     }
 
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError> {
