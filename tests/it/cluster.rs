@@ -330,3 +330,106 @@ async fn without_the_database_nodes_serve_on_refuse_changes_and_catch_up() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kills_of_random_nodes_lose_no_acknowledged_change() {
+    use std::sync::{Arc, Mutex};
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["a", "b", "c"];
+    let mut nodes: Vec<BinHerve> = names
+        .iter()
+        .map(|name| bin_node(&postgres, &dir.path().join(name), name))
+        .collect();
+    let addrs = Arc::new(Mutex::new(nodes.iter().map(|n| n.addr).collect::<Vec<_>>()));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (addrs, acknowledged, done) = (
+            Arc::clone(&addrs),
+            Arc::clone(&acknowledged),
+            Arc::clone(&done),
+        );
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let addr = {
+                    let addrs = addrs.lock().expect("addrs");
+                    addrs[n % addrs.len()]
+                };
+                let name = format!("s{n}");
+                let client = HttpClient::new(addr);
+                if let Some(reply) = client
+                    .try_post_form("/services/register", &[("name", &name), ("type", "ping")])
+                    .await
+                {
+                    if reply.status == 201 {
+                        acknowledged.lock().expect("acked").push(name);
+                    }
+                }
+            }
+        })
+    };
+    // Each round kills a node picked by a small generator and starts it again.
+    let mut seed = 0x9e37_79b9_u32;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let victim = seed as usize % nodes.len();
+        nodes[victim].signal(libc::SIGKILL);
+        nodes[victim].wait(Duration::from_secs(10));
+        let name = names[victim];
+        nodes[victim] = bin_node(&postgres, &dir.path().join(name), name);
+        addrs.lock().expect("addrs")[victim] = nodes[victim].addr;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.expect("writer");
+    let acknowledged = acknowledged.lock().expect("acked").clone();
+    assert!(
+        acknowledged.len() > 20,
+        "too few changes went through: {}",
+        acknowledged.len()
+    );
+
+    // Every acknowledged registration is in the database and known by every node.
+    let stored = postgres.sql("SELECT name FROM services");
+    let stored: std::collections::HashSet<&str> = stored.lines().collect();
+    for name in &acknowledged {
+        assert!(
+            stored.contains(name.as_str()),
+            "{name} was acknowledged and lost"
+        );
+    }
+    for node in &nodes {
+        let client = node.client();
+        let started = Instant::now();
+        loop {
+            let listed: std::collections::HashSet<String> = client
+                .list()
+                .await
+                .iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect();
+            let missing: Vec<&String> = acknowledged
+                .iter()
+                .filter(|name| !listed.contains(*name))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{} does not know {missing:?}",
+                node.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "{} changes acknowledged across 20 kills",
+        acknowledged.len()
+    );
+}

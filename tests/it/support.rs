@@ -252,6 +252,32 @@ impl HttpClient {
         }
     }
 
+    /// An admin POST of a form to a server that may die meanwhile: `None` when no
+    /// whole answer came.
+    pub async fn try_post_form(&self, path: &str, fields: &[(&str, &str)]) -> Option<Reply> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("authorization", basic(ADMIN_ID, ADMIN_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     /// An admin GET whose body streams: its content type and its first `events`
     /// blank-line-separated chunks, as lines (the connection is then dropped).
     pub async fn stream_lines(
