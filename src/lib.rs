@@ -57,6 +57,7 @@ use data_plane::{
 };
 use tokio_util::sync::CancellationToken;
 use util::hashing::HashPool;
+use util::postgres::SharedDb;
 use util::sqlite::DbError;
 
 /// The database file inside the data directory.
@@ -206,10 +207,13 @@ impl HerveBuilder {
 
         let database = data_dir.join(DATABASE_FILE);
         let mut shared = None;
+        let mut shared_db = None;
         let store: Arc<dyn Store> = match &config.database_url {
             None => Arc::new(SqliteStore::open(&database)?),
             Some(url) => {
-                let postgres = PostgresStore::connect(url).await?;
+                let db = SharedDb::new(url).map_err(StoreError::from)?;
+                let postgres = PostgresStore::open(db.clone()).await?;
+                shared_db = Some(db);
                 // Read before the registry loads: changes made meanwhile are applied
                 // again, which changes nothing.
                 let revision = postgres.revision().await?;
@@ -229,10 +233,11 @@ impl HerveBuilder {
         let builtins = types::Builtins {
             data_dir: data_dir.clone(),
             database,
+            shared: shared_db,
             hashing: Arc::clone(&hashing),
             trusted: config.trusted_proxies.clone(),
         };
-        for builtin in types::builtin(&builtins)? {
+        for builtin in types::builtin(&builtins).await? {
             types.add_shared(builtin);
         }
         types.extend(self.extra_types);

@@ -25,6 +25,9 @@ pub(crate) struct Builtins {
     /// The database file where `models` and `auth` keep their data (on connections
     /// of their own).
     pub database: PathBuf,
+    /// The database the nodes of a cluster share: `models` and `auth` keep their data
+    /// there instead, so that any node answers any request.
+    pub shared: Option<crate::util::postgres::SharedDb>,
     /// Where password hashes run.
     pub hashing: Arc<HashPool>,
     /// The proxies in front of Herve whose forwarding headers are believed.
@@ -32,7 +35,7 @@ pub(crate) struct Builtins {
 }
 
 /// Every built-in type.
-pub(crate) fn builtin(deps: &Builtins) -> Result<Vec<Arc<dyn AnyServiceType>>, DbError> {
+pub(crate) async fn builtin(deps: &Builtins) -> Result<Vec<Arc<dyn AnyServiceType>>, DbError> {
     let prober = Prober::default();
     Ok(vec![
         Arc::new(echo::Echo),
@@ -44,10 +47,28 @@ pub(crate) fn builtin(deps: &Builtins) -> Result<Vec<Arc<dyn AnyServiceType>>, D
             deps.trusted.clone(),
         )),
         Arc::new(static_files::StaticType::new(&deps.data_dir)),
-        Arc::new(models::ModelsType::open(&deps.database)?),
-        Arc::new(accounts::AuthType::open(
-            &deps.database,
-            Arc::clone(&deps.hashing),
-        )?),
+        Arc::new(models::ModelsType::open(&deps.database, deps.shared.as_ref()).await?),
+        Arc::new(
+            accounts::AuthType::open(
+                &deps.database,
+                deps.shared.as_ref(),
+                Arc::clone(&deps.hashing),
+            )
+            .await?,
+        ),
     ])
+}
+
+/// The answer when the data of `what` ("The data", "The accounts") could not be read or
+/// saved: 503 while the shared database is away (any node says the same), else 500.
+pub(crate) fn data_failed(what: &str, error: DbError) -> crate::contract::http::ApiError {
+    use crate::contract::http::ApiError;
+    match error {
+        DbError::Unavailable(_) => ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} cannot be reached for now: the shared database is away."),
+        )
+        .caused_by(error),
+        other => ApiError::internal(format!("{what} could not be read or saved."), other),
+    }
 }

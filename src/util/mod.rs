@@ -1,8 +1,10 @@
 //! Small mechanisms any layer may use: failure throttles, the CPU gate for password
-//! hashing, a SQLite connection for async code, and lock recovery. (The stop signal is
+//! hashing, a SQLite connection for async code, a pool for the shared PostgreSQL, and
+//! lock recovery. (The stop signal is
 //! `tokio_util`'s `CancellationToken`, used as it is.)
 
 pub(crate) mod hashing;
+pub(crate) mod postgres;
 pub(crate) mod secrets;
 pub(crate) mod sqlite;
 pub(crate) mod throttle;

@@ -22,6 +22,12 @@ pub enum DbError {
     /// The thread running the call failed.
     #[error("the database thread failed: {0}")]
     Worker(#[from] tokio::task::JoinError),
+    /// PostgreSQL refused a statement.
+    #[error("database error: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
+    /// The shared database cannot be reached: changes are refused until it is back.
+    #[error("the shared database cannot be reached ({0}); changes are refused until it is back")]
+    Unavailable(String),
     /// The data read back is not what was written.
     #[error("corrupt data: {0}")]
     Corrupt(String),

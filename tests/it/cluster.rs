@@ -433,3 +433,88 @@ async fn twenty_kills_of_random_nodes_lose_no_acknowledged_change() {
         acknowledged.len()
     );
 }
+
+/// A urlencoded POST without credentials.
+async fn post_anonymous(client: &HttpClient, path: &str, fields: &[(&str, &str)]) -> Reply {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    client
+        .send(
+            hyper::Method::POST,
+            path,
+            Auth::None,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_accounts_are_shared_by_every_node() {
+    let postgres = Postgres::start();
+    let a = node(&postgres, "a").await;
+    let c = node(&postgres, "c").await;
+
+    // Data written through A is read, changed and listed through C.
+    let notes = a
+        .running_with(
+            "notes",
+            "models",
+            &[("model", "note"), ("fields", "title:string:80:required")],
+        )
+        .await;
+    until_status(&c, &format!("/{notes}/note"), 200, Duration::from_secs(1)).await;
+    let created = post_anonymous(&a, &format!("/{notes}/note"), &[("title", "from a")]).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["data"]["id"].as_i64().expect("id");
+    let read = c.get(&format!("/{notes}/note/{id}")).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["data"]["title"], "from a");
+    let second = post_anonymous(&c, &format!("/{notes}/note"), &[("title", "from c")]).await;
+    assert_eq!(
+        second.json()["data"]["id"],
+        id + 1,
+        "ids are the cluster's, not a node's"
+    );
+    let listed = a.get(&format!("/{notes}/note")).await.json();
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    // A token issued by A opens a service protected by the accounts through C.
+    a.running("accounts", "auth").await;
+    a.running_with("guarded", "ping", &[("protect", "auth:accounts")])
+        .await;
+    until_status(&c, "/guarded/ping", 401, Duration::from_secs(1)).await;
+    let credentials = [("username", "ada"), ("password", "correct horse")];
+    let signup = post_anonymous(&a, "/accounts/signup", &credentials).await;
+    assert_eq!(signup.status, 201, "{}", signup.text());
+    let login = post_anonymous(&a, "/accounts/login", &credentials).await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    let token = login.json()["data"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let through_c = c
+        .send(
+            hyper::Method::GET,
+            "/guarded/ping",
+            Auth::Raw(&bearer),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(through_c.status, 200, "{}", through_c.text());
+    // And a user who signed up through C logs in through A.
+    let other = [("username", "bob"), ("password", "battery staple")];
+    assert_eq!(
+        post_anonymous(&c, "/accounts/signup", &other).await.status,
+        201
+    );
+    assert_eq!(
+        post_anonymous(&a, "/accounts/login", &other).await.status,
+        200
+    );
+    a.stop().await;
+    c.stop().await;
+}

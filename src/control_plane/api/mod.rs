@@ -29,7 +29,6 @@ use super::cluster::Cluster;
 use super::metrics::Sources;
 use super::registry::{validate_name, Registry, RegistryError};
 use super::sessions::Sessions;
-use super::store::StoreError;
 use crate::contract::http::{ApiError, Envelope, FormOrJson};
 use crate::data_plane::health_response;
 use crate::util::throttle::client_key;
@@ -286,7 +285,7 @@ async fn logs(
 /// cause for the one log line the dispatcher writes.
 fn api_error(error: RegistryError) -> ApiError {
     let status = match &error {
-        RegistryError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        RegistryError::Store(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
         RegistryError::NotFound | RegistryError::UnknownType | RegistryError::NoLogs => {
             StatusCode::NOT_FOUND
         }

@@ -166,33 +166,18 @@ pub(crate) enum StoreError {
     /// A change was asked of a service the store does not have.
     #[error("no service {0} in the store")]
     Missing(Uuid),
-    /// PostgreSQL refused a statement.
-    #[error("database error: {0}")]
-    Postgres(#[source] tokio_postgres::Error),
-    /// The shared database cannot be reached: every node serves on with what it knows,
-    /// and changes are refused until the database is back.
-    #[error("the shared database cannot be reached ({0}); changes are refused until it is back")]
-    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (rather than refusing the change).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Database(DbError::Unavailable(_)))
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // An error the server sent is about the statement; any other is about reaching
-        // the server.
-        if error.as_db_error().is_some() {
-            StoreError::Postgres(error)
-        } else {
-            StoreError::Unavailable(error.to_string())
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(error: deadpool_postgres::PoolError) -> Self {
-        match error {
-            deadpool_postgres::PoolError::Backend(error) => error.into(),
-            other => StoreError::Unavailable(other.to_string()),
-        }
+        StoreError::Database(error.into())
     }
 }
 

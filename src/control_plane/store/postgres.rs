@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::future::poll_fn;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::{
     is_replaying, json_text, CertSource, Row, ServiceRecord, Status, Store, StoreError,
     StoredCertificate,
 };
+use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
@@ -69,19 +69,11 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE services (
          expires_at TIMESTAMPTZ NOT NULL
      );"];
 
-/// Advisory lock keys ("HERVE" and a number): schema changes, and the order of changes.
-const MIGRATION_LOCK: i64 = 0x4845_5256_4501;
+/// The advisory lock ("HERVE" and 2) that puts changes in order.
 const CHANGE_LOCK: i64 = 0x4845_5256_4502;
 
 /// The channel changes are announced on.
 const CHANNEL: &str = "herve_changes";
-
-/// How long any one call may take before the database counts as unreachable: a
-/// partition must turn into a clear refusal, not a hung API.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections each node keeps to the database.
-const POOL_SIZE: usize = 8;
 
 /// Changes are kept this long: a node that was away longer reloads everything.
 const KEEP_CHANGES: &str = "1 hour";
@@ -119,124 +111,20 @@ pub(crate) struct Lease {
 }
 
 /// A [`Store`] in a PostgreSQL database, shared by every node.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct PostgresStore {
-    pool: Pool,
-    config: tokio_postgres::Config,
-}
-
-impl std::fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the password.
-        f.debug_struct("PostgresStore")
-            .field("hosts", &self.config.get_hosts())
-            .field("dbname", &self.config.get_dbname())
-            .finish()
-    }
-}
-
-/// Runs a call with the deadline every call has.
-async fn within<T>(
-    call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "no answer within {} s",
-                CALL_TIMEOUT.as_secs()
-            )))
-        })
+    db: SharedDb,
 }
 
 impl PostgresStore {
-    /// Connects to the database at `url` (`postgres://user:password@host:port/db`) and
-    /// brings its schema up to date, one node at a time.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|error| StoreError::Unavailable(format!("invalid database URL: {error}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CALL_TIMEOUT);
-        }
-        config.application_name("herve");
-        // A dead peer must not leave a connection waiting for the kernel's default
-        // (minutes): sent data unacknowledged for this long fails the connection.
-        config.tcp_user_timeout(CALL_TIMEOUT);
-        config.keepalives_idle(Duration::from_secs(10));
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CALL_TIMEOUT))
-            .create_timeout(Some(CALL_TIMEOUT))
-            .recycle_timeout(Some(CALL_TIMEOUT))
-            .build()
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
-        let store = PostgresStore { pool, config };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
-        // A session lock, held across the steps: the other nodes wait here.
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        let result = async {
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS herve_schema (
-                         component TEXT PRIMARY KEY,
-                         version   BIGINT NOT NULL
-                     )",
-                )
-                .await?;
-            let version: i64 = client
-                .query_opt(
-                    "SELECT version FROM herve_schema WHERE component = 'store'",
-                    &[],
-                )
-                .await?
-                .map(|row| row.get(0))
-                .unwrap_or(0);
-            let known = MIGRATIONS.len() as i64;
-            if version > known {
-                return Err(StoreError::Unavailable(format!(
-                    "the database has schema version {version}, newer than this Herve's {known}; upgrade Herve"
-                )));
-            }
-            for (step, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-                let tx = client.transaction().await?;
-                tx.batch_execute(sql).await?;
-                tx.execute(
-                    "INSERT INTO herve_schema (component, version) VALUES ('store', $1)
-                     ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                    &[&(step as i64 + 1)],
-                )
-                .await?;
-                tx.commit().await?;
-            }
-            Ok(())
-        }
-        .await;
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        result
+    /// The store in `db`, its schema brought up to date (one node at a time).
+    pub async fn open(db: SharedDb) -> Result<Self, StoreError> {
+        db.migrate("store", &MIGRATIONS).await?;
+        Ok(PostgresStore { db })
     }
 
     /// A transaction in which a change is made, its place in the order taken.
-    async fn begin<'a>(
-        client: &'a mut deadpool_postgres::Object,
-    ) -> Result<Transaction<'a>, StoreError> {
+    async fn begin(client: &mut deadpool_postgres::Object) -> Result<Transaction<'_>, StoreError> {
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CHANGE_LOCK])
             .await?;
@@ -264,7 +152,7 @@ impl PostgresStore {
     /// The last revision given.
     pub async fn revision(&self) -> Result<i64, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let row = client
                 .query_one("SELECT coalesce(max(revision), 0) FROM herve_changes", &[])
                 .await?;
@@ -281,7 +169,7 @@ impl PostgresStore {
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let rows = client
                 .query(
                     "SELECT uuid, max(revision) FROM herve_changes WHERE revision > $1
@@ -306,7 +194,7 @@ impl PostgresStore {
     /// connection, which closes the receiver) arrives on the receiver.
     pub async fn listen(&self) -> Result<Listener, StoreError> {
         within(async {
-            let (client, mut connection) = self.config.connect(NoTls).await?;
+            let (client, mut connection) = self.db.connect().await?;
             let (notify, notices) = mpsc::channel(1);
             let driver = AbortOnDrop::spawn(async move {
                 while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
@@ -344,7 +232,7 @@ impl PostgresStore {
         services: &serde_json::Value,
     ) -> Result<(), StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             client
                 .execute(
                     "INSERT INTO herve_nodes (name, addr, started_at, heartbeat_at, revision, services)
@@ -369,7 +257,7 @@ impl PostgresStore {
     /// Every node that ever reported, most recently heard first.
     pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let rows = client
                 .query(
                     "SELECT name, addr, started_at,
@@ -405,7 +293,7 @@ impl PostgresStore {
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             let row = client
                 .query_opt(
@@ -441,7 +329,7 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX) as f64;
             let mut kept = Vec::with_capacity(held.len());
             for (uuid, generation) in held {
@@ -464,7 +352,7 @@ impl PostgresStore {
     /// Who holds the lease of `uuid` now, if anyone holds an unexpired one.
     pub async fn lease_holder(&self, uuid: Uuid) -> Result<Option<Lease>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let row = client
                 .query_opt(
                     "SELECT node, generation FROM herve_leases
@@ -483,7 +371,7 @@ impl PostgresStore {
     /// Gives up the lease of `uuid` if `node` holds it.
     pub async fn release_lease(&self, uuid: Uuid, node: &str) -> Result<(), StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             client
                 .execute(
                     "DELETE FROM herve_leases WHERE uuid = $1 AND node = $2",
@@ -498,7 +386,7 @@ impl PostgresStore {
     /// The address of node `name`, as it reported it.
     pub async fn node_addr(&self, name: &str) -> Result<Option<String>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let row = client
                 .query_opt("SELECT addr FROM herve_nodes WHERE name = $1", &[&name])
                 .await?;
@@ -539,7 +427,7 @@ fn service_row(row: &tokio_postgres::Row, first: usize) -> Row {
 impl Store for PostgresStore {
     async fn load(&self) -> Result<Vec<ServiceRecord>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let rows = client
                 .query(
                     &format!("SELECT {SERVICE_COLUMNS} FROM services s ORDER BY s.seq"),
@@ -556,7 +444,7 @@ impl Store for PostgresStore {
 
     async fn get(&self, uuid: Uuid) -> Result<Option<ServiceRecord>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let row = client
                 .query_opt(
                     &format!("SELECT {SERVICE_COLUMNS} FROM services s WHERE s.uuid = $1"),
@@ -570,7 +458,7 @@ impl Store for PostgresStore {
 
     async fn insert(&self, record: &ServiceRecord) -> Result<i64, StoreError> {
         within(async {
-            let mut client = self.pool.get().await?;
+            let mut client = self.db.client().await?;
             let tx = Self::begin(&mut client).await?;
             let seq: i64 = tx
                 .query_one(
@@ -606,7 +494,7 @@ impl Store for PostgresStore {
             return Ok(());
         }
         within(async {
-            let mut client = self.pool.get().await?;
+            let mut client = self.db.client().await?;
             let tx = Self::begin(&mut client).await?;
             let changed = tx
                 .execute(
@@ -636,7 +524,7 @@ impl Store for PostgresStore {
             return Ok(());
         }
         within(async {
-            let mut client = self.pool.get().await?;
+            let mut client = self.db.client().await?;
             let tx = Self::begin(&mut client).await?;
             let changed = tx
                 .execute(
@@ -657,7 +545,7 @@ impl Store for PostgresStore {
             return Ok(());
         }
         within(async {
-            let mut client = self.pool.get().await?;
+            let mut client = self.db.client().await?;
             let tx = Self::begin(&mut client).await?;
             tx.execute("DELETE FROM services WHERE uuid = $1", &[&uuid.to_string()])
                 .await?;
@@ -673,7 +561,7 @@ impl Store for PostgresStore {
 
     async fn certificates(&self) -> Result<Vec<StoredCertificate>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let rows = client
                 .query(
                     "SELECT host, source, pem, updated_at FROM certificates",
@@ -697,7 +585,7 @@ impl Store for PostgresStore {
 
     async fn put_certificate(&self, certificate: &StoredCertificate) -> Result<(), StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             client
                 .execute(
                     "INSERT INTO certificates (host, source, pem, updated_at)
@@ -719,7 +607,7 @@ impl Store for PostgresStore {
 
     async fn remove_certificate(&self, host: &str, source: CertSource) -> Result<bool, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let removed = client
                 .execute(
                     "DELETE FROM certificates WHERE host = $1 AND source = $2",
@@ -733,7 +621,7 @@ impl Store for PostgresStore {
 
     async fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             let row = client
                 .query_opt(
                     "SELECT credentials FROM acme_accounts WHERE directory = $1",
@@ -747,7 +635,7 @@ impl Store for PostgresStore {
 
     async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<(), StoreError> {
         within(async {
-            let client = self.pool.get().await?;
+            let client = self.db.client().await?;
             client
                 .execute(
                     "INSERT INTO acme_accounts (directory, credentials) VALUES ($1, $2)

@@ -1,10 +1,12 @@
 //! Where `auth` services keep their users and tokens: two tables of Herve's database,
-//! on a connection of their own.
+//! on a connection of their own; or, for several nodes, the same tables in their shared
+//! PostgreSQL, so that a token issued by one node is good on every node.
 
 use std::path::Path;
 
 use rusqlite::{params, OptionalExtension};
 
+use crate::util::postgres::{within, SharedDb};
 use crate::util::sqlite::{Database, DbError};
 use crate::util::unix_now;
 
@@ -25,6 +27,22 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS auth_users (
      );
      CREATE INDEX IF NOT EXISTS auth_tokens_by_service ON auth_tokens (service, username);"];
 
+/// The same tables in the shared database.
+const SHARED_MIGRATIONS: [&str; 1] = ["CREATE TABLE IF NOT EXISTS auth_users (
+         service       TEXT NOT NULL,
+         username      TEXT NOT NULL,
+         password_hash TEXT NOT NULL,
+         created_at    BIGINT NOT NULL,
+         PRIMARY KEY (service, username)
+     );
+     CREATE TABLE IF NOT EXISTS auth_tokens (
+         token_hash TEXT PRIMARY KEY,
+         service    TEXT NOT NULL,
+         username   TEXT NOT NULL,
+         expires_at BIGINT NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS auth_tokens_by_service ON auth_tokens (service, username);"];
+
 /// A user as clients see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct User {
@@ -34,16 +52,24 @@ pub(crate) struct User {
 
 /// The users and tokens of every `auth` service.
 #[derive(Clone)]
-pub(crate) struct AccountsDb {
-    database: Database,
+pub(crate) enum AccountsDb {
+    /// In Herve's own SQLite file.
+    Embedded(Database),
+    /// In the database the nodes of a cluster share.
+    Shared(SharedDb),
 }
 
 impl AccountsDb {
-    /// Opens the tables in the database at `path`, bringing them up to date.
-    pub fn open(path: &Path) -> Result<AccountsDb, DbError> {
+    /// Opens the tables in `shared` if there is one, else in the database at `path`,
+    /// bringing them up to date.
+    pub async fn open(path: &Path, shared: Option<&SharedDb>) -> Result<AccountsDb, DbError> {
+        if let Some(shared) = shared {
+            shared.migrate("accounts", &SHARED_MIGRATIONS).await?;
+            return Ok(AccountsDb::Shared(shared.clone()));
+        }
         let database = Database::open(path)?;
         database.migrate_blocking("accounts", &MIGRATIONS)?;
-        Ok(AccountsDb { database })
+        Ok(AccountsDb::Embedded(database))
     }
 
     /// Adds a user; `false` when the name is taken.
@@ -54,8 +80,14 @@ impl AccountsDb {
         password_hash: String,
         now: i64,
     ) -> Result<bool, DbError> {
+        let database = match self {
+            AccountsDb::Embedded(database) => database,
+            AccountsDb::Shared(db) => {
+                return within(shared_add_user(db, service, username, password_hash, now)).await
+            }
+        };
         let (service, username) = (service.to_owned(), username.to_owned());
-        self.database
+        database
             .call(move |conn| {
                 Ok(conn.execute(
                     "INSERT INTO auth_users (service, username, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -72,8 +104,14 @@ impl AccountsDb {
         service: &str,
         username: &str,
     ) -> Result<Option<String>, DbError> {
+        let database = match self {
+            AccountsDb::Embedded(database) => database,
+            AccountsDb::Shared(db) => {
+                return within(shared_password_hash(db, service, username)).await
+            }
+        };
         let (service, username) = (service.to_owned(), username.to_owned());
-        self.database
+        database
             .call(move |conn| {
                 Ok(conn
                     .query_row(
@@ -95,8 +133,17 @@ impl AccountsDb {
         token_hash: String,
         expires_at: i64,
     ) -> Result<(), DbError> {
+        let database = match self {
+            AccountsDb::Embedded(database) => database,
+            AccountsDb::Shared(db) => {
+                return within(shared_add_token(
+                    db, service, username, token_hash, expires_at,
+                ))
+                .await
+            }
+        };
         let (service, username) = (service.to_owned(), username.to_owned());
-        self.database
+        database
             .transaction(move |tx| {
                 tx.execute(
                     "DELETE FROM auth_tokens WHERE service = ?1 AND expires_at <= ?2",
@@ -117,8 +164,14 @@ impl AccountsDb {
         service: &str,
         token_hash: &str,
     ) -> Result<Option<User>, DbError> {
+        let database = match self {
+            AccountsDb::Embedded(database) => database,
+            AccountsDb::Shared(db) => {
+                return within(shared_user_of_token(db, service, token_hash)).await
+            }
+        };
         let (service, token_hash) = (service.to_owned(), token_hash.to_owned());
-        self.database
+        database
             .call(move |conn| {
                 Ok(conn
                     .query_row(
@@ -140,8 +193,12 @@ impl AccountsDb {
 
     /// Forgets a token (by its hash).
     pub async fn remove_token(&self, token_hash: &str) -> Result<(), DbError> {
+        let database = match self {
+            AccountsDb::Embedded(database) => database,
+            AccountsDb::Shared(db) => return within(shared_remove_token(db, token_hash)).await,
+        };
         let token_hash = token_hash.to_owned();
-        self.database
+        database
             .call(move |conn| {
                 conn.execute(
                     "DELETE FROM auth_tokens WHERE token_hash = ?1",
@@ -154,8 +211,12 @@ impl AccountsDb {
 
     /// Deletes everything of `service`.
     pub async fn forget(&self, service: &str) -> Result<(), DbError> {
+        let database = match self {
+            AccountsDb::Embedded(database) => database,
+            AccountsDb::Shared(db) => return within(shared_forget(db, service)).await,
+        };
         let service = service.to_owned();
-        self.database
+        database
             .transaction(move |tx| {
                 tx.execute("DELETE FROM auth_tokens WHERE service = ?1", [&service])?;
                 tx.execute("DELETE FROM auth_users WHERE service = ?1", [&service])?;
@@ -163,4 +224,102 @@ impl AccountsDb {
             })
             .await
     }
+}
+
+async fn shared_add_user(
+    db: &SharedDb,
+    service: &str,
+    username: &str,
+    password_hash: String,
+    now: i64,
+) -> Result<bool, DbError> {
+    let client = db.client().await?;
+    let added = client
+        .execute(
+            "INSERT INTO auth_users (service, username, password_hash, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (service, username) DO NOTHING",
+            &[&service, &username, &password_hash, &now],
+        )
+        .await?;
+    Ok(added > 0)
+}
+
+async fn shared_password_hash(
+    db: &SharedDb,
+    service: &str,
+    username: &str,
+) -> Result<Option<String>, DbError> {
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT password_hash FROM auth_users WHERE service = $1 AND username = $2",
+            &[&service, &username],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+async fn shared_add_token(
+    db: &SharedDb,
+    service: &str,
+    username: &str,
+    token_hash: String,
+    expires_at: i64,
+) -> Result<(), DbError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "DELETE FROM auth_tokens WHERE service = $1 AND expires_at <= $2",
+        &[&service, &unix_now()],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO auth_tokens (token_hash, service, username, expires_at) VALUES ($1, $2, $3, $4)",
+        &[&token_hash, &service, &username, &expires_at],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn shared_user_of_token(
+    db: &SharedDb,
+    service: &str,
+    token_hash: &str,
+) -> Result<Option<User>, DbError> {
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT u.username, u.created_at FROM auth_tokens t
+             JOIN auth_users u ON u.service = t.service AND u.username = t.username
+             WHERE t.token_hash = $1 AND t.service = $2 AND t.expires_at > $3",
+            &[&token_hash, &service, &unix_now()],
+        )
+        .await?;
+    Ok(row.map(|row| User {
+        username: row.get(0),
+        created_at: row.get(1),
+    }))
+}
+
+async fn shared_remove_token(db: &SharedDb, token_hash: &str) -> Result<(), DbError> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "DELETE FROM auth_tokens WHERE token_hash = $1",
+            &[&token_hash],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn shared_forget(db: &SharedDb, service: &str) -> Result<(), DbError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute("DELETE FROM auth_tokens WHERE service = $1", &[&service])
+        .await?;
+    tx.execute("DELETE FROM auth_users WHERE service = $1", &[&service])
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

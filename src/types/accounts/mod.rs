@@ -58,10 +58,15 @@ pub(crate) struct AuthType {
 }
 
 impl AuthType {
-    /// The type, its data in the database file at `database`, its hashes on `hashing`.
-    pub fn open(database: &Path, hashing: Arc<HashPool>) -> Result<Self, DbError> {
+    /// The type, its data in the shared database if there is one, else in the
+    /// database file at `database`; its hashes on `hashing`.
+    pub async fn open(
+        database: &Path,
+        shared: Option<&crate::util::postgres::SharedDb>,
+        hashing: Arc<HashPool>,
+    ) -> Result<Self, DbError> {
         Ok(AuthType {
-            db: AccountsDb::open(database)?,
+            db: AccountsDb::open(database, shared).await?,
             hashing,
         })
     }
@@ -246,7 +251,7 @@ fn busy() -> ApiError {
 }
 
 fn store_failed(error: DbError) -> ApiError {
-    ApiError::internal("The accounts could not be read or saved.", error)
+    super::data_failed("The accounts", error)
 }
 
 fn unauthorized(message: &'static str) -> ApiError {

@@ -43,10 +43,14 @@ pub(crate) struct ModelsType {
 }
 
 impl ModelsType {
-    /// The type, its data in the database file at `database`.
-    pub fn open(database: &FilePath) -> Result<Self, DbError> {
+    /// The type, its data in the shared database if there is one, else in the
+    /// database file at `database`.
+    pub async fn open(
+        database: &FilePath,
+        shared: Option<&crate::util::postgres::SharedDb>,
+    ) -> Result<Self, DbError> {
         Ok(ModelsType {
-            db: ModelsDb::open(database)?,
+            db: ModelsDb::open(database, shared).await?,
         })
     }
 }
@@ -197,7 +201,7 @@ impl Model {
 }
 
 fn store_failed(error: DbError) -> ApiError {
-    ApiError::internal("The data could not be read or saved.", error)
+    super::data_failed("The data", error)
 }
 
 #[derive(Deserialize)]

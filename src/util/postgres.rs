@@ -1,0 +1,194 @@
+//! A pool of connections to the PostgreSQL database the nodes of a cluster share, for
+//! the store and for the built-in types that keep data (`models`, `auth`).
+//!
+//! Every call has a deadline: when the database is away (a partition), a call fails
+//! with [`DbError::Unavailable`] within [`CALL_TIMEOUT`] instead of hanging a request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::sqlite::DbError;
+
+/// How long any one call may take before the database counts as unreachable.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections each node keeps to the database.
+const POOL_SIZE: usize = 8;
+
+/// The advisory lock (`"HERVE"` and 1) held while a component's tables are migrated:
+/// nodes starting together migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x4845_5256_4501;
+
+/// Connections to the shared database. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct SharedDb {
+    pool: Pool,
+    config: std::sync::Arc<tokio_postgres::Config>,
+}
+
+impl std::fmt::Debug for SharedDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("SharedDb")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        // An error the server sent is about the statement; any other is about reaching
+        // the server.
+        if error.as_db_error().is_some() {
+            DbError::Postgres(error)
+        } else {
+            DbError::Unavailable(error.to_string())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => error.into(),
+            other => DbError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Runs `call` with the deadline every call has.
+pub(crate) async fn within<T, E: From<DbError>>(
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(
+                DbError::Unavailable(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))
+                    .into(),
+            )
+        })
+}
+
+impl SharedDb {
+    /// A pool for the database at `url` (`postgres://user:password@host:port/db`);
+    /// connections are made when first needed.
+    pub fn new(url: &str) -> Result<SharedDb, DbError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| DbError::Unavailable(format!("invalid database URL: {error}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CALL_TIMEOUT);
+        }
+        config.application_name("herve");
+        // A dead peer must not leave a connection waiting for the kernel's default
+        // (minutes): data unacknowledged this long fails the connection.
+        config.tcp_user_timeout(CALL_TIMEOUT);
+        config.keepalives_idle(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .build()
+            .map_err(|error| DbError::Unavailable(error.to_string()))?;
+        Ok(SharedDb {
+            pool,
+            config: std::sync::Arc::new(config),
+        })
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<Object, DbError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// A connection of its own, outside the pool (to `LISTEN` on), and the future
+    /// that drives it.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        DbError,
+    > {
+        Ok(self.config.connect(NoTls).await?)
+    }
+
+    /// Brings the tables of `component` to the version `steps` describe, one step per
+    /// version, each in a transaction; one node at a time.
+    pub async fn migrate(&self, component: &str, steps: &[&str]) -> Result<(), DbError> {
+        within(async {
+            let mut client = self.client().await?;
+            // A session lock, held across the steps: the other nodes wait here.
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            let result = migrate_locked(&mut client, component, steps).await;
+            client
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            result
+        })
+        .await
+    }
+}
+
+async fn migrate_locked(
+    client: &mut Object,
+    component: &str,
+    steps: &[&str],
+) -> Result<(), DbError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS herve_schema (
+                 component TEXT PRIMARY KEY,
+                 version   BIGINT NOT NULL
+             )",
+        )
+        .await?;
+    let current: i64 = client
+        .query_opt(
+            "SELECT version FROM herve_schema WHERE component = $1",
+            &[&component],
+        )
+        .await?
+        .map(|row| row.get(0))
+        .unwrap_or(0);
+    let wanted = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+    if current > wanted {
+        return Err(DbError::Corrupt(format!(
+            "the tables of '{component}' have version {current}, newer than this Herve \
+             ({wanted}); upgrade Herve"
+        )));
+    }
+    for (version, step) in (1i64..)
+        .zip(steps)
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        let tx = client.transaction().await?;
+        tx.batch_execute(step).await?;
+        tx.execute(
+            "INSERT INTO herve_schema (component, version) VALUES ($1, $2)
+             ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+            &[&component, &version],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
