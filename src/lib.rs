@@ -285,8 +285,9 @@ impl HerveBuilder {
             .map_err(|error| StartError::Certificates(Box::new(error)))?,
         );
         let background = CancellationToken::new();
+
         if let Some(cluster) = &cluster {
-            cluster.spawn(background.child_token());
+            cluster.spawn(Arc::clone(&certificates), background.child_token());
         }
         if let Some(files) = default_files {
             certificates.watch_files(files, background.child_token());

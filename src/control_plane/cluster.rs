@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::certificates::Certificates;
 use super::registry::Registry;
-use super::store::{Lease, NodeRow, PostgresStore, StoreError};
+use super::store::{Lease, NodeRow, PostgresStore, StoreError, CERTIFICATES};
 use crate::contract::{AnyServiceType, Fields, RunningService, ServiceContext, ServiceError};
 use crate::util::lock;
 
@@ -238,6 +239,8 @@ pub(crate) struct Cluster {
     /// The last revision applied here.
     applied: AtomicI64,
     started_at: i64,
+    /// Refreshed when another node changes a certificate.
+    certificates: std::sync::OnceLock<Arc<Certificates>>,
 }
 
 /// What `GET /cluster` shows.
@@ -276,11 +279,14 @@ impl Cluster {
             settings,
             applied: AtomicI64::new(revision),
             started_at: crate::util::unix_now(),
+            certificates: std::sync::OnceLock::new(),
         })
     }
 
-    /// Runs the node's part until `stop`: following changes, heartbeats and leases.
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
+    /// Runs the node's part until `stop`: following changes (of services, and of
+    /// `certificates`), heartbeats and leases.
+    pub fn spawn(self: &Arc<Self>, certificates: Arc<Certificates>, stop: CancellationToken) {
+        let _ = self.certificates.set(certificates);
         let follower = Arc::clone(self);
         let until = stop.clone();
         tokio::spawn(async move {
@@ -354,7 +360,11 @@ impl Cluster {
                 return Ok(());
             };
             for change in changes {
-                self.registry.converge(change.uuid).await;
+                if change.uuid == CERTIFICATES {
+                    self.refresh_certificates().await;
+                } else {
+                    self.registry.converge(change.uuid).await;
+                }
             }
             self.applied.store(last, Ordering::SeqCst);
         }
@@ -367,11 +377,21 @@ impl Cluster {
         let stored: HashSet<Uuid> = self.store.load().await?.iter().map(|r| r.uuid).collect();
         let mut all: HashSet<Uuid> = self.registry.uuids().into_iter().collect();
         all.extend(stored);
+        all.remove(&CERTIFICATES);
         for uuid in all {
             self.registry.converge(uuid).await;
         }
+        self.refresh_certificates().await;
         self.applied.fetch_max(revision, Ordering::SeqCst);
         self.catch_up().await
+    }
+
+    async fn refresh_certificates(&self) {
+        if let Some(certificates) = self.certificates.get() {
+            if let Err(error) = certificates.refresh_stored().await {
+                tracing::warn!(%error, "could not read the certificates another node changed");
+            }
+        }
     }
 
     /// Says where this node is, before it starts anything.

@@ -8,12 +8,22 @@ use crate::support::*;
 
 /// Starts a node named `name` on `postgres`.
 async fn node(postgres: &Postgres, name: &str) -> TestHerve {
+    node_with(postgres, name, |_| {}).await
+}
+
+/// Starts a node named `name` on `postgres`, with settings of its own.
+async fn node_with(
+    postgres: &Postgres,
+    name: &str,
+    tune: impl FnOnce(&mut herve::Config),
+) -> TestHerve {
     let url = postgres.url();
     let name = name.to_owned();
     TestHerve::start_with(move |config| {
         config.database_url = Some(url);
         config.node_name = Some(name);
         config.failover_s = 3;
+        tune(config);
     })
     .await
 }
@@ -517,4 +527,73 @@ async fn models_and_accounts_are_shared_by_every_node() {
     );
     a.stop().await;
     c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_uploaded_to_one_node_is_served_by_the_others() {
+    use crate::tls_client::{client_config, handshake, presented, TestCa};
+    let postgres = Postgres::start();
+    let with_tls = |config: &mut herve::Config| config.tls_port = Some(0);
+    let a = node_with(&postgres, "a", with_tls).await;
+    let b = node_with(&postgres, "b", with_tls).await;
+    let ca = TestCa::new("Herve cluster CA");
+    let issued = ca.issue(&["shared.test"]);
+    crate::tls::put_certificate(&a, "shared.test", &issued.bundle())
+        .await
+        .expect(200, "The certificate has been stored.");
+    let tls = b.tls_addr.expect("tls");
+    let started = Instant::now();
+    loop {
+        let stream = handshake(
+            tls,
+            "shared.test",
+            client_config(ca.roots(), &[b"http/1.1"]),
+        )
+        .await;
+        if let Ok(stream) = stream {
+            assert_eq!(presented(&stream), issued.der);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B does not serve the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listed = b.admin_get("/certificates").await.json();
+    assert!(
+        listed["data"].as_array().is_some_and(|all| all
+            .iter()
+            .any(|c| c["host"] == "shared.test" && c["source"] == "upload")),
+        "{listed}"
+    );
+    // Removed through B: A no longer serves it.
+    let removed = b
+        .send(
+            hyper::Method::DELETE,
+            "/certificates/shared.test",
+            Auth::Admin,
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let started = Instant::now();
+    let tls = a.tls_addr.expect("tls");
+    while handshake(
+        tls,
+        "shared.test",
+        client_config(ca.roots(), &[b"http/1.1"]),
+    )
+    .await
+    .is_ok()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "A still serves the removed certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.stop().await;
+    b.stop().await;
 }

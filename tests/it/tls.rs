@@ -41,7 +41,11 @@ fn tls_port(herve: &TestHerve) -> u16 {
     herve.tls_addr.expect("an HTTPS listener").port()
 }
 
-async fn put_certificate(herve: &TestHerve, host: &str, body: &str) -> crate::support::Reply {
+pub(crate) async fn put_certificate(
+    herve: &TestHerve,
+    host: &str,
+    body: &str,
+) -> crate::support::Reply {
     herve
         .send(
             Method::PUT,

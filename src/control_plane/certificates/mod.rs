@@ -106,6 +106,41 @@ pub(crate) struct AcmeEntry {
     pub failures: u32,
 }
 
+impl AcmeEntry {
+    /// A certificate obtained and kept.
+    fn obtained(cert: Certificate) -> AcmeEntry {
+        AcmeEntry {
+            status: AcmeStatus::Valid,
+            cert: Some(cert),
+            retry_at: 0,
+            failures: 0,
+        }
+    }
+}
+
+/// The stored certificates that can be served: uploads, and those ACME obtained, by
+/// host.
+fn read_stored(
+    stored: Vec<StoredCertificate>,
+    crypto: &Arc<CryptoProvider>,
+) -> (BTreeMap<String, Certificate>, Vec<(String, Certificate)>) {
+    let mut uploaded = BTreeMap::new();
+    let mut acme = Vec::new();
+    for stored in stored {
+        let parsed = Certificate::from_pem(stored.pem.as_bytes(), stored.pem.as_bytes(), crypto);
+        match (parsed, stored.source) {
+            (Ok(cert), CertSource::Upload) => {
+                uploaded.insert(stored.host, cert);
+            }
+            (Ok(cert), CertSource::Acme) => acme.push((stored.host, cert)),
+            (Err(error), _) => {
+                tracing::warn!(host = %stored.host, %error, "a stored certificate cannot be served; skipped");
+            }
+        }
+    }
+    (uploaded, acme)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AcmeStatus {
     Pending,
@@ -145,28 +180,13 @@ impl Certificates {
         if let Some((cert, key)) = files {
             held.default = Some(read_files(cert, key, &crypto)?);
         }
-        for stored in store.certificates().await.map_err(CertSetupError::Store)? {
-            let parsed =
-                Certificate::from_pem(stored.pem.as_bytes(), stored.pem.as_bytes(), &crypto);
-            match (parsed, stored.source) {
-                (Ok(cert), CertSource::Upload) => {
-                    held.uploaded.insert(stored.host, cert);
-                }
-                (Ok(cert), CertSource::Acme) => {
-                    held.acme.insert(
-                        stored.host,
-                        AcmeEntry {
-                            status: AcmeStatus::Valid,
-                            cert: Some(cert),
-                            retry_at: 0,
-                            failures: 0,
-                        },
-                    );
-                }
-                (Err(error), _) => {
-                    tracing::warn!(host = %stored.host, %error, "a stored certificate cannot be served; skipped");
-                }
-            }
+        let (uploaded, acme) = read_stored(
+            store.certificates().await.map_err(CertSetupError::Store)?,
+            &crypto,
+        );
+        held.uploaded = uploaded;
+        for (host, cert) in acme {
+            held.acme.insert(host, AcmeEntry::obtained(cert));
         }
         let certificates = Certificates {
             table,
@@ -177,6 +197,30 @@ impl Certificates {
         };
         certificates.publish(&lock(&certificates.held));
         Ok(certificates)
+    }
+
+    /// Reads the stored certificates again: another node of the cluster uploaded,
+    /// removed or obtained one.
+    pub async fn refresh_stored(&self) -> Result<(), StoreError> {
+        let (uploaded, acme) = read_stored(self.store.certificates().await?, &self.crypto);
+        {
+            let mut held = lock(&self.held);
+            held.uploaded = uploaded;
+            for (host, cert) in acme {
+                let newer = held.acme.get(&host).is_none_or(|entry| {
+                    entry
+                        .cert
+                        .as_ref()
+                        .is_none_or(|current| current.not_after < cert.not_after)
+                });
+                if newer {
+                    held.acme.insert(host, AcmeEntry::obtained(cert));
+                }
+            }
+            self.publish(&held);
+        }
+        self.uploads_changed.notify_one();
+        Ok(())
     }
 
     /// Reads the default certificate's files again whenever they change, until `stop`.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub(crate) use postgres::{Lease, NodeRow, PostgresStore};
+pub(crate) use postgres::{Lease, NodeRow, PostgresStore, CERTIFICATES};
 pub(crate) use sqlite::SqliteStore;
 
 use crate::util::sqlite::DbError;

@@ -72,6 +72,9 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE services (
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
 const CHANGE_LOCK: i64 = 0x4845_5256_4502;
 
+/// What `herve_changes` names when the certificates changed (no service has it).
+pub(crate) const CERTIFICATES: Uuid = Uuid::nil();
+
 /// The channel changes are announced on.
 const CHANNEL: &str = "herve_changes";
 
@@ -585,35 +588,37 @@ impl Store for PostgresStore {
 
     async fn put_certificate(&self, certificate: &StoredCertificate) -> Result<(), StoreError> {
         within(async {
-            let client = self.db.client().await?;
-            client
-                .execute(
-                    "INSERT INTO certificates (host, source, pem, updated_at)
+            let mut client = self.db.client().await?;
+            let tx = Self::begin(&mut client).await?;
+            tx.execute(
+                "INSERT INTO certificates (host, source, pem, updated_at)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (host, source)
                      DO UPDATE SET pem = excluded.pem, updated_at = excluded.updated_at",
-                    &[
-                        &certificate.host,
-                        &certificate.source.as_str(),
-                        &certificate.pem,
-                        &certificate.updated_at,
-                    ],
-                )
-                .await?;
-            Ok(())
+                &[
+                    &certificate.host,
+                    &certificate.source.as_str(),
+                    &certificate.pem,
+                    &certificate.updated_at,
+                ],
+            )
+            .await?;
+            Self::finish(tx, CERTIFICATES).await
         })
         .await
     }
 
     async fn remove_certificate(&self, host: &str, source: CertSource) -> Result<bool, StoreError> {
         within(async {
-            let client = self.db.client().await?;
-            let removed = client
+            let mut client = self.db.client().await?;
+            let tx = Self::begin(&mut client).await?;
+            let removed = tx
                 .execute(
                     "DELETE FROM certificates WHERE host = $1 AND source = $2",
                     &[&host, &source.as_str()],
                 )
                 .await?;
+            Self::finish(tx, CERTIFICATES).await?;
             Ok(removed > 0)
         })
         .await
