@@ -597,3 +597,54 @@ async fn a_certificate_uploaded_to_one_node_is_served_by_the_others() {
     a.stop().await;
     b.stop().await;
 }
+
+#[test]
+fn cluster_settings_are_checked_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |env: &[(&str, &str)]| {
+        let mut command = herve_command(dir.path());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let out = command.output().expect("herve runs");
+        assert!(!out.status.success(), "herve started with {env:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let url = ("HERVE_DATABASE_URL", "postgres://herve@127.0.0.1:1/herve");
+    let admin = [
+        ("AUTH_ADMIN_ID", "root"),
+        ("AUTH_ADMIN_SECRET", "a-long-enough-secret"),
+    ];
+    let said = run(&[url]);
+    assert!(
+        said.contains("HERVE_DATABASE_URL needs AUTH_ADMIN_ID and AUTH_ADMIN_SECRET"),
+        "{said}"
+    );
+    let said = run(&[
+        url,
+        admin[0],
+        admin[1],
+        ("HERVE_NODE_NAME", "no spaces please"),
+    ]);
+    assert!(
+        said.contains("HERVE_NODE_NAME 'no spaces please' must be"),
+        "{said}"
+    );
+    let said = run(&[
+        url,
+        admin[0],
+        admin[1],
+        ("HERVE_NODE_ADDR", "10.0.0.2:5000"),
+    ]);
+    assert!(
+        said.contains("HERVE_NODE_ADDR '10.0.0.2:5000' must be an http://"),
+        "{said}"
+    );
+    let said = run(&[("HERVE_DATABASE_URL", "mysql:/nope"), admin[0], admin[1]]);
+    assert!(said.contains("invalid database URL"), "{said}");
+    let said = run(&[url, admin[0], admin[1]]);
+    assert!(
+        said.contains("the shared database cannot be reached"),
+        "{said}"
+    );
+}
