@@ -216,7 +216,7 @@ impl HerveBuilder {
             None => Arc::new(SqliteStore::open(&database)?),
             Some(url) => {
                 let db = SharedDb::new(url).map_err(StoreError::from)?;
-                let postgres = PostgresStore::open(db.clone()).await?;
+                let postgres = PostgresStore::open(db.clone(), config.node_name()).await?;
                 shared_db = Some(db);
                 // Read before the registry loads: changes made meanwhile are applied
                 // again, which changes nothing.

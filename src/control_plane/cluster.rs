@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::certificates::Certificates;
 use super::registry::Registry;
-use super::store::{Lease, NodeRow, PostgresStore, StoreError, CERTIFICATES};
+use super::store::{Lease, NodeRow, PostgresStore, StoreError, CERTIFICATES, CHALLENGES};
 use crate::contract::{AnyServiceType, Fields, RunningService, ServiceContext, ServiceError};
 use crate::util::lock;
 
@@ -58,8 +58,8 @@ pub(crate) struct Placement {
     settings: ClusterSettings,
     /// Leases this node holds: generation, and when they were last renewed.
     held: Mutex<HashMap<Uuid, (i64, Instant)>>,
-    /// Services whose traffic this node forwards, and to which node.
-    forwarded: Mutex<HashMap<Uuid, String>>,
+    /// Services whose traffic this node forwards, and to which node at which address.
+    forwarded: Mutex<HashMap<Uuid, (String, String)>>,
     /// Services whose program this node stopped because it could not renew their
     /// lease: started again (here or elsewhere) once the database is back.
     fenced: Mutex<HashSet<Uuid>>,
@@ -139,7 +139,7 @@ impl Placement {
             let forwarding = forwarder.register(ctx, &fields).await?;
             let instance = forwarder.start(ctx, &forwarding).await?;
             lock(&self.held).remove(&uuid);
-            lock(&self.forwarded).insert(uuid, holder);
+            lock(&self.forwarded).insert(uuid, (holder, addr));
             return Ok(instance);
         }
         Err(ServiceError::failed(
@@ -164,7 +164,9 @@ impl Placement {
         if lock(&self.held).contains_key(&uuid) {
             return Some("here".to_owned());
         }
-        lock(&self.forwarded).get(&uuid).cloned()
+        lock(&self.forwarded)
+            .get(&uuid)
+            .map(|(node, _)| node.clone())
     }
 
     /// Renews the leases held, and finds the services to place again: those whose
@@ -214,15 +216,26 @@ impl Placement {
                 return (again, fence);
             }
         }
-        let forwarded: Vec<(Uuid, String)> = lock(&self.forwarded)
+        let forwarded: Vec<(Uuid, (String, String))> = lock(&self.forwarded)
             .iter()
-            .map(|(uuid, node)| (*uuid, node.clone()))
+            .map(|(uuid, to)| (*uuid, to.clone()))
             .collect();
-        for (uuid, node) in forwarded {
-            match self.store.lease_holder(uuid).await {
-                Ok(Some(lease)) if lease.node == node => {}
-                Ok(_) => again.push(uuid),
+        for (uuid, (node, addr)) in forwarded {
+            // The same holder, at the same address (a node restarted elsewhere keeps
+            // its name and lease).
+            let holder = match self.store.lease_holder(uuid).await {
+                Ok(holder) => holder,
                 Err(_) => break,
+            };
+            let moved = match holder {
+                Some(lease) if lease.node == node => match self.store.node_addr(&node).await {
+                    Ok(now) => now.as_deref() != Some(addr.as_str()),
+                    Err(_) => break,
+                },
+                _ => true,
+            };
+            if moved {
+                again.push(uuid);
             }
         }
         again.extend(lock(&self.fenced).iter().copied());
@@ -362,6 +375,8 @@ impl Cluster {
             for change in changes {
                 if change.uuid == CERTIFICATES {
                     self.refresh_certificates().await;
+                } else if change.uuid == CHALLENGES {
+                    self.refresh_challenges().await;
                 } else {
                     self.registry.converge(change.uuid).await;
                 }
@@ -378,10 +393,12 @@ impl Cluster {
         let mut all: HashSet<Uuid> = self.registry.uuids().into_iter().collect();
         all.extend(stored);
         all.remove(&CERTIFICATES);
+        all.remove(&CHALLENGES);
         for uuid in all {
             self.registry.converge(uuid).await;
         }
         self.refresh_certificates().await;
+        self.refresh_challenges().await;
         self.applied.fetch_max(revision, Ordering::SeqCst);
         self.catch_up().await
     }
@@ -390,6 +407,14 @@ impl Cluster {
         if let Some(certificates) = self.certificates.get() {
             if let Err(error) = certificates.refresh_stored().await {
                 tracing::warn!(%error, "could not read the certificates another node changed");
+            }
+        }
+    }
+
+    async fn refresh_challenges(&self) {
+        if let Some(certificates) = self.certificates.get() {
+            if let Err(error) = certificates.refresh_challenges().await {
+                tracing::warn!(%error, "could not read the challenges another node shared");
             }
         }
     }

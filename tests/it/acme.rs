@@ -30,7 +30,7 @@ fn free_port(udp: bool) -> u16 {
 }
 
 /// pebble and its DNS, stopped when dropped.
-struct Pebble {
+pub(crate) struct Pebble {
     children: Vec<Child>,
     directory: String,
     management: SocketAddr,
@@ -51,7 +51,7 @@ impl Drop for Pebble {
 
 /// Where pebble will listen, chosen before Herve starts (Herve needs the directory's
 /// URL; pebble needs Herve's ports).
-struct PebblePorts {
+pub(crate) struct PebblePorts {
     wfe: u16,
     management: u16,
     dns: u16,
@@ -59,7 +59,7 @@ struct PebblePorts {
 }
 
 impl PebblePorts {
-    fn pick() -> PebblePorts {
+    pub(crate) fn pick() -> PebblePorts {
         PebblePorts {
             wfe: free_port(false),
             management: free_port(false),
@@ -68,14 +68,14 @@ impl PebblePorts {
         }
     }
 
-    fn directory(&self) -> String {
+    pub(crate) fn directory(&self) -> String {
         format!("https://127.0.0.1:{}/dir", self.wfe)
     }
 }
 
 impl Pebble {
     /// The HTTPS certificate pebble itself serves, and its root for Herve to trust.
-    fn prepare(dir: &Path) -> PathBuf {
+    pub(crate) fn prepare(dir: &Path) -> PathBuf {
         let ca = TestCa::new("pebble front CA");
         let issued = ca.issue(&["127.0.0.1", "localhost"]);
         std::fs::write(dir.join("pebble-cert.pem"), &issued.chain).expect("write");
@@ -85,7 +85,7 @@ impl Pebble {
 
     /// Starts pebble validating against `herve` (its plain and HTTPS ports), issuing
     /// certificates valid for `validity_s` seconds.
-    fn start(
+    pub(crate) fn start(
         ports: &PebblePorts,
         dir: tempfile::TempDir,
         herve_http: u16,
@@ -164,7 +164,7 @@ impl Pebble {
     }
 
     /// The root of the certificates pebble issues, written to a file.
-    fn issuing_root(&self) -> PathBuf {
+    pub(crate) fn issuing_root(&self) -> PathBuf {
         let url = format!("https://{}/roots/0", self.management);
         let (ok, pem) = curl(&["--cacert", self.https_root.to_str().expect("path"), &url]);
         assert!(ok, "pebble's root: {pem}");
@@ -183,7 +183,7 @@ impl Pebble {
 }
 
 /// The entry of `host` in `GET /certificates`, once `ready` holds for it.
-async fn certificate_of(
+pub(crate) async fn certificate_of(
     herve: &TestHerve,
     host: &str,
     within: Duration,
@@ -211,7 +211,7 @@ async fn route_host(herve: &TestHerve, name: &str, host: &str) {
     herve.running_with(name, "ping", &[("hosts", host)]).await;
 }
 
-fn acme_settings(
+pub(crate) fn acme_settings(
     config: &mut herve::Config,
     directory: &str,
     root: &Path,

@@ -648,3 +648,50 @@ fn cluster_settings_are_checked_at_start() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_orders_once_and_any_node_answers_the_challenge() {
+    use crate::acme::{acme_settings, certificate_of, Pebble, PebblePorts};
+    let pebble_dir = tempfile::tempdir().expect("tempdir");
+    let root = Pebble::prepare(pebble_dir.path());
+    let ports = PebblePorts::pick();
+    let directory = ports.directory();
+    let postgres = Postgres::start();
+    // A orders; the ACME server validates through B, which orders nothing itself.
+    let a = node_with(&postgres, "a", |config| {
+        acme_settings(config, &directory, &root, herve::AcmeChallenge::TlsAlpn01);
+    })
+    .await;
+    let b = node_with(&postgres, "b", |config| config.tls_port = Some(0)).await;
+    let b_tls = b.tls_addr.expect("tls");
+    let pebble = Pebble::start(&ports, pebble_dir, b.addr.port(), b_tls.port(), 3600);
+
+    a.running_with("site", "ping", &[("hosts", "acme.test")])
+        .await;
+    let on_a = certificate_of(&a, "acme.test", Duration::from_secs(60), |entry| {
+        entry["status"] == "valid"
+    })
+    .await;
+    let on_b = certificate_of(&b, "acme.test", Duration::from_secs(5), |entry| {
+        entry["status"] == "valid"
+    })
+    .await;
+    assert_eq!(
+        on_a["serial"], on_b["serial"],
+        "one certificate for the cluster"
+    );
+
+    // B serves it, trusted through pebble's root.
+    let issuing_root = pebble.issuing_root();
+    let (ok, out) = crate::tls_client::curl(&[
+        "--cacert",
+        issuing_root.to_str().expect("path"),
+        "--resolve",
+        &format!("acme.test:{}:127.0.0.1", b_tls.port()),
+        &format!("https://acme.test:{}/ping", b_tls.port()),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "pong");
+    a.stop().await;
+    b.stop().await;
+}

@@ -20,12 +20,11 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, Order, OrderStatus, RetryPolicy,
 };
-use rustls::pki_types::PrivateKeyDer;
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use super::{AcmeEntry, AcmeStatus, Certificates};
-use crate::control_plane::store::{CertSource, StoreError, StoredCertificate};
+use crate::control_plane::store::{CertSource, StoreError, StoredCertificate, StoredChallenge};
 use crate::data_plane::{Certificate, RouteTable};
 use crate::util::{lock, unix_now};
 
@@ -37,6 +36,12 @@ const RETRY_MOST_S: i64 = 6 * 3600;
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Even with nothing to do, the hosts are looked at again this often.
 const RECHECK_S: i64 = 3600;
+/// When another node of the cluster orders a host's certificate, how long until this
+/// node looks again (it gets the certificate through the store meanwhile).
+const ELSEWHERE_RETRY_S: i64 = 30;
+/// How long a challenge shared through the store is given to reach every node before
+/// the ACME server is told to validate (changes reach nodes in milliseconds).
+const CHALLENGE_SETTLE: Duration = Duration::from_millis(500);
 
 /// How Herve reaches its ACME server.
 #[derive(Debug, Clone)]
@@ -121,6 +126,23 @@ pub(crate) fn spawn(
                 tracing::warn!("wildcard hosts need DNS-01, which Herve cannot answer: upload their certificates");
             }
             if let Some(host) = due {
+                // One order per host across the nodes sharing the store.
+                match certificates
+                    .store
+                    .claim_order(&host, ORDER_TIMEOUT * 2)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        certificates.acme_elsewhere(&host);
+                        continue;
+                    }
+                    Err(error) => {
+                        certificates
+                            .acme_failed(&host, format!("The order could not be claimed: {error}"));
+                        continue;
+                    }
+                }
                 certificates.acme_pending(&host);
                 let attempt = obtain(&certificates, &mut account, &settings, &host);
                 let outcome = tokio::select! {
@@ -129,7 +151,10 @@ pub(crate) fn spawn(
                     }
                     () = stop.cancelled() => return,
                 };
-                certificates.clear_challenges(&host);
+                certificates.clear_challenges(&host).await;
+                if let Err(error) = certificates.store.release_order(&host).await {
+                    tracing::warn!(%host, %error, "could not give the order back; it runs out by itself");
+                }
                 match outcome {
                     Ok(()) => tracing::info!(%host, "ACME certificate obtained"),
                     Err(error) => {
@@ -189,6 +214,18 @@ impl Certificates {
         entry.status = AcmeStatus::Pending;
     }
 
+    /// Another node orders `host`'s certificate: look again later.
+    fn acme_elsewhere(&self, host: &str) {
+        let mut held = lock(&self.held);
+        let entry = held.acme.entry(host.to_owned()).or_insert(AcmeEntry {
+            status: AcmeStatus::Pending,
+            cert: None,
+            retry_at: 0,
+            failures: 0,
+        });
+        entry.retry_at = unix_now() + ELSEWHERE_RETRY_S;
+    }
+
     fn acme_failed(&self, host: &str, reason: String) {
         let mut held = lock(&self.held);
         if let Some(entry) = held.acme.get_mut(host) {
@@ -232,11 +269,29 @@ impl Certificates {
         self.publish(&held);
     }
 
-    fn clear_challenges(&self, host: &str) {
-        let mut held = lock(&self.held);
-        if held.challenges.remove(host).is_some() {
-            self.publish(&held);
+    async fn clear_challenges(&self, host: &str) {
+        {
+            let mut held = lock(&self.held);
+            if held.challenges.remove(host).is_some() {
+                self.publish(&held);
+            }
         }
+        if self.store.is_shared() {
+            if let Err(error) = self.store.remove_challenges(host).await {
+                tracing::warn!(%host, %error, "could not forget the shared challenges");
+            }
+        }
+    }
+
+    /// Tells the other nodes sharing the store how to answer `challenge`, and gives
+    /// them the time to hear it.
+    async fn share_challenge(&self, challenge: StoredChallenge) -> Result<(), AcmeError> {
+        if !self.store.is_shared() {
+            return Ok(());
+        }
+        self.store.put_challenge(&challenge).await?;
+        tokio::time::sleep(CHALLENGE_SETTLE).await;
+        Ok(())
     }
 
     async fn account(&self, settings: &AcmeSettings) -> Result<Account, AcmeError> {
@@ -323,16 +378,32 @@ async fn answer_challenges(
         let key_authorization = challenge.key_authorization();
         match settings.validation {
             Validation::TlsAlpn => {
-                let key =
-                    challenge_certificate(host, key_authorization.digest().as_ref(), certificates)?;
-                certificates.set_challenge(host, key);
+                let (cert, key) = challenge_certificate(host, key_authorization.digest().as_ref())?;
+                let certified = certificates
+                    .certified_challenge(&cert, &key)
+                    .map_err(AcmeError::ChallengeCertificate)?;
+                certificates.set_challenge(host, certified);
+                certificates
+                    .share_challenge(StoredChallenge::TlsAlpn {
+                        host: host.to_owned(),
+                        cert,
+                        key,
+                    })
+                    .await?;
             }
             Validation::Http => {
                 let token = challenge.token.clone();
                 certificates
                     .table
                     .set_http_challenge(&token, key_authorization.as_str());
-                tokens.push(token);
+                tokens.push(token.clone());
+                certificates
+                    .share_challenge(StoredChallenge::Http {
+                        host: host.to_owned(),
+                        token,
+                        key_authorization: key_authorization.as_str().to_owned(),
+                    })
+                    .await?;
             }
         }
         challenge.set_ready().await?;
@@ -370,27 +441,13 @@ async fn why_invalid(order: &mut Order) -> String {
 }
 
 /// The self-signed certificate of TLS-ALPN-01 (RFC 8737 §3): the host's name and the
-/// digest of the key authorization in the acmeIdentifier extension.
-fn challenge_certificate(
-    host: &str,
-    digest: &[u8],
-    certificates: &Certificates,
-) -> Result<Arc<CertifiedKey>, AcmeError> {
+/// digest of the key authorization in the acmeIdentifier extension; the certificate
+/// and its PKCS#8 key, DER.
+fn challenge_certificate(host: &str, digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), AcmeError> {
     let failed = |error: rcgen::Error| AcmeError::ChallengeCertificate(error.to_string());
     let key = rcgen::KeyPair::generate().map_err(failed)?;
     let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(failed)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(failed)?;
-    let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    // Not `CertifiedKey::from_der`: its check parses the certificate with webpki, which
-    // refuses the critical acmeIdentifier extension this certificate exists for.
-    let signing_key = certificates
-        .crypto
-        .key_provider
-        .load_private_key(key_der)
-        .map_err(|error| AcmeError::ChallengeCertificate(error.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signing_key,
-    )))
+    Ok((cert.der().to_vec(), key.serialize_der()))
 }

@@ -11,7 +11,7 @@
 
 pub(crate) mod acme;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{CertSource, Store, StoreError, StoredCertificate};
+use super::store::{CertSource, Store, StoreError, StoredCertificate, StoredChallenge};
 use crate::data_plane::{CertError, CertSnapshot, CertTable, Certificate, HostPattern};
 use crate::util::{lock, unix_now};
 
@@ -155,6 +155,9 @@ struct Held {
     acme: BTreeMap<String, AcmeEntry>,
     /// TLS-ALPN-01 challenge certificates being validated, by host.
     challenges: HashMap<String, Arc<CertifiedKey>>,
+    /// Of those, and of the HTTP-01 tokens, the ones another node shared.
+    shared_hosts: HashSet<String>,
+    shared_tokens: HashSet<String>,
 }
 
 /// The certificates of a Herve: the one place that changes them.
@@ -221,6 +224,72 @@ impl Certificates {
         }
         self.uploads_changed.notify_one();
         Ok(())
+    }
+
+    /// Answers the challenges another node of the cluster shared (for the orders it
+    /// makes), and no longer those it withdrew.
+    pub async fn refresh_challenges(&self) -> Result<(), StoreError> {
+        let shared = self.store.challenges().await?;
+        let mut held = lock(&self.held);
+        let (mut hosts, mut tokens) = (HashSet::new(), HashSet::new());
+        for challenge in shared {
+            match challenge {
+                StoredChallenge::Http {
+                    token,
+                    key_authorization,
+                    ..
+                } => {
+                    self.table.set_http_challenge(&token, &key_authorization);
+                    tokens.insert(token);
+                }
+                StoredChallenge::TlsAlpn { host, cert, key } => {
+                    if held.challenges.contains_key(&host) && !held.shared_hosts.contains(&host) {
+                        // This node's own order.
+                        continue;
+                    }
+                    match self.certified_challenge(&cert, &key) {
+                        Ok(certified) => {
+                            held.challenges.insert(host.clone(), certified);
+                            hosts.insert(host);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%host, %error, "a shared challenge cannot be served");
+                        }
+                    }
+                }
+            }
+        }
+        for token in held.shared_tokens.difference(&tokens) {
+            self.table.remove_http_challenge(token);
+        }
+        let gone: Vec<String> = held.shared_hosts.difference(&hosts).cloned().collect();
+        for host in gone {
+            held.challenges.remove(&host);
+        }
+        held.shared_hosts = hosts;
+        held.shared_tokens = tokens;
+        self.publish(&held);
+        Ok(())
+    }
+
+    /// The TLS-ALPN-01 certificate (DER) with its PKCS#8 key (DER), ready to serve.
+    pub(super) fn certified_challenge(
+        &self,
+        cert: &[u8],
+        key: &[u8],
+    ) -> Result<Arc<CertifiedKey>, String> {
+        let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into());
+        // Not `CertifiedKey::from_der`: its check parses the certificate with webpki,
+        // which refuses the critical acmeIdentifier extension this certificate exists for.
+        let signing_key = self
+            .crypto
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|error| error.to_string())?;
+        Ok(Arc::new(CertifiedKey::new(
+            vec![rustls::pki_types::CertificateDer::from(cert.to_vec())],
+            signing_key,
+        )))
     }
 
     /// Reads the default certificate's files again whenever they change, until `stop`.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub(crate) use postgres::{Lease, NodeRow, PostgresStore, CERTIFICATES};
+pub(crate) use postgres::{Lease, NodeRow, PostgresStore, CERTIFICATES, CHALLENGES};
 pub(crate) use sqlite::SqliteStore;
 
 use crate::util::sqlite::DbError;
@@ -224,6 +224,77 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Keeps the credentials (JSON) of the ACME account at `directory`.
     async fn put_acme_account(&self, directory: &str, credentials: &str) -> Result<(), StoreError>;
+
+    /// Whether other Herve share this store (a cluster).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the right to order a certificate for `host` for `ttl`: several Herve
+    /// sharing a store order one certificate per host, not one each. A store of one
+    /// Herve always grants it.
+    async fn claim_order(
+        &self,
+        _host: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives the right to order for `host` back.
+    async fn release_order(&self, _host: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Shares the answer to an ACME challenge with the other Herve on this store: the
+    /// ACME server may validate through any of them. A store of one Herve keeps none.
+    async fn put_challenge(&self, _challenge: &StoredChallenge) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Forgets the shared challenges of `host`.
+    async fn remove_challenges(&self, _host: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Every shared challenge.
+    async fn challenges(&self) -> Result<Vec<StoredChallenge>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// The answer to one ACME challenge, shared by the nodes of a cluster.
+#[derive(Clone, PartialEq)]
+pub(crate) enum StoredChallenge {
+    /// HTTP-01: `token` is answered with `key_authorization`.
+    Http {
+        host: String,
+        token: String,
+        key_authorization: String,
+    },
+    /// TLS-ALPN-01: a handshake for `host` gets this self-signed certificate (DER) and
+    /// its PKCS#8 key (DER).
+    TlsAlpn {
+        host: String,
+        cert: Vec<u8>,
+        key: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for StoredChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never a key.
+        match self {
+            StoredChallenge::Http { host, token, .. } => f
+                .debug_struct("Http")
+                .field("host", host)
+                .field("token", token)
+                .finish(),
+            StoredChallenge::TlsAlpn { host, .. } => {
+                f.debug_struct("TlsAlpn").field("host", host).finish()
+            }
+        }
+    }
 }
 
 /// A `services` row as stored.

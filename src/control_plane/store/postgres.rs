@@ -17,13 +17,14 @@ use uuid::Uuid;
 
 use super::{
     is_replaying, json_text, CertSource, Row, ServiceRecord, Status, Store, StoreError,
-    StoredCertificate,
+    StoredCertificate, StoredChallenge,
 };
 use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
-const MIGRATIONS: [&str; 1] = ["CREATE TABLE services (
+const MIGRATIONS: [&str; 2] = [
+    "CREATE TABLE services (
          seq              BIGSERIAL PRIMARY KEY,
          uuid             TEXT NOT NULL UNIQUE,
          name             TEXT NOT NULL UNIQUE,
@@ -67,13 +68,25 @@ const MIGRATIONS: [&str; 1] = ["CREATE TABLE services (
          node       TEXT NOT NULL,
          generation BIGINT NOT NULL,
          expires_at TIMESTAMPTZ NOT NULL
-     );"];
+     );",
+    "CREATE TABLE herve_challenges (
+         host  TEXT NOT NULL,
+         kind  TEXT NOT NULL,
+         token TEXT NOT NULL,
+         value BYTEA NOT NULL,
+         key   BYTEA NOT NULL,
+         PRIMARY KEY (host, kind, token)
+     );",
+];
 
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
 const CHANGE_LOCK: i64 = 0x4845_5256_4502;
 
 /// What `herve_changes` names when the certificates changed (no service has it).
 pub(crate) const CERTIFICATES: Uuid = Uuid::nil();
+
+/// What `herve_changes` names when the shared ACME challenges changed.
+pub(crate) const CHALLENGES: Uuid = Uuid::max();
 
 /// The channel changes are announced on.
 const CHANNEL: &str = "herve_changes";
@@ -117,13 +130,16 @@ pub(crate) struct Lease {
 #[derive(Clone, Debug)]
 pub(crate) struct PostgresStore {
     db: SharedDb,
+    /// This node's name, for the claims it takes.
+    node: String,
 }
 
 impl PostgresStore {
-    /// The store in `db`, its schema brought up to date (one node at a time).
-    pub async fn open(db: SharedDb) -> Result<Self, StoreError> {
+    /// The store in `db` for node `node`, its schema brought up to date (one node at
+    /// a time).
+    pub async fn open(db: SharedDb, node: String) -> Result<Self, StoreError> {
         db.migrate("store", &MIGRATIONS).await?;
-        Ok(PostgresStore { db })
+        Ok(PostgresStore { db, node })
     }
 
     /// A transaction in which a change is made, its place in the order taken.
@@ -295,6 +311,16 @@ impl PostgresStore {
         node: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
+        self.take_lease_of(&uuid.to_string(), node, ttl).await
+    }
+
+    /// [`PostgresStore::take_lease`] of anything named by `key`.
+    async fn take_lease_of(
+        &self,
+        key: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
         within(async {
             let client = self.db.client().await?;
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
@@ -309,7 +335,7 @@ impl PostgresStore {
                          node = excluded.node, expires_at = excluded.expires_at
                      WHERE herve_leases.node = excluded.node OR herve_leases.expires_at < now()
                      RETURNING node, generation",
-                    &[&uuid.to_string(), &node, &(ttl_ms as f64)],
+                    &[&key, &node, &(ttl_ms as f64)],
                 )
                 .await?;
             Ok(row.map(|row| Lease {
@@ -620,6 +646,107 @@ impl Store for PostgresStore {
                 .await?;
             Self::finish(tx, CERTIFICATES).await?;
             Ok(removed > 0)
+        })
+        .await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn claim_order(&self, host: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let lease = self
+            .take_lease_of(&format!("acme:{host}"), &self.node, ttl)
+            .await?;
+        Ok(lease.is_some_and(|lease| lease.node == self.node))
+    }
+
+    async fn release_order(&self, host: &str) -> Result<(), StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            client
+                .execute(
+                    "DELETE FROM herve_leases WHERE uuid = $1 AND node = $2",
+                    &[&format!("acme:{host}"), &self.node],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_challenge(&self, challenge: &StoredChallenge) -> Result<(), StoreError> {
+        let (host, kind, token, value, key) = match challenge {
+            StoredChallenge::Http {
+                host,
+                token,
+                key_authorization,
+            } => (
+                host,
+                "http-01",
+                token.as_str(),
+                key_authorization.as_bytes(),
+                &[][..],
+            ),
+            StoredChallenge::TlsAlpn { host, cert, key } => {
+                (host, "tls-alpn-01", "", cert.as_slice(), key.as_slice())
+            }
+        };
+        within(async {
+            let mut client = self.db.client().await?;
+            let tx = Self::begin(&mut client).await?;
+            tx.execute(
+                "INSERT INTO herve_challenges (host, kind, token, value, key)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (host, kind, token) DO UPDATE SET value = excluded.value,
+                     key = excluded.key",
+                &[host, &kind, &token, &value, &key],
+            )
+            .await?;
+            Self::finish(tx, CHALLENGES).await
+        })
+        .await
+    }
+
+    async fn remove_challenges(&self, host: &str) -> Result<(), StoreError> {
+        within(async {
+            let mut client = self.db.client().await?;
+            let tx = Self::begin(&mut client).await?;
+            tx.execute("DELETE FROM herve_challenges WHERE host = $1", &[&host])
+                .await?;
+            Self::finish(tx, CHALLENGES).await
+        })
+        .await
+    }
+
+    async fn challenges(&self) -> Result<Vec<StoredChallenge>, StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            let rows = client
+                .query(
+                    "SELECT host, kind, token, value, key FROM herve_challenges",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    let host: String = row.get(0);
+                    match row.get::<_, &str>(1) {
+                        "http-01" => Some(StoredChallenge::Http {
+                            host,
+                            token: row.get(2),
+                            key_authorization: String::from_utf8(row.get(3)).ok()?,
+                        }),
+                        "tls-alpn-01" => Some(StoredChallenge::TlsAlpn {
+                            host,
+                            cert: row.get(3),
+                            key: row.get(4),
+                        }),
+                        _ => None,
+                    }
+                })
+                .collect())
         })
         .await
     }
