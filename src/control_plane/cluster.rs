@@ -158,6 +158,11 @@ impl Placement {
         }
     }
 
+    /// The node (and its address) this node forwards service `uuid` to, if it does.
+    pub fn runs_elsewhere(&self, uuid: Uuid) -> Option<(String, String)> {
+        lock(&self.forwarded).get(&uuid).cloned()
+    }
+
     /// Where service `uuid` runs, as this node sees it: `here`, or the node it
     /// forwards to.
     fn whereabouts(&self, uuid: Uuid) -> Option<String> {

@@ -239,6 +239,29 @@ async fn a_program_runs_on_one_node_and_moves_when_that_node_is_killed() {
         .collect();
     assert_eq!(holders, ["a"], "{view}");
 
+    // Its logs and reloads are the holder's; another node says where it runs.
+    let b = nodes[1].as_ref().expect("b").client();
+    let elsewhere = b.admin_get(&format!("/services/{uuid}/logs")).await;
+    assert_eq!(elsewhere.status, 409, "{}", elsewhere.text());
+    assert!(
+        elsewhere.message().contains("runs on the node 'a'"),
+        "{}",
+        elsewhere.text()
+    );
+    assert_eq!(
+        a.admin_get(&format!("/services/{uuid}/logs")).await.status,
+        200
+    );
+    // The CLI works against any node.
+    let env = [
+        ("HERVE_URL", format!("http://{}", b.addr)),
+        ("HERVE_ADMIN_ID", ADMIN_ID.to_owned()),
+        ("HERVE_ADMIN_SECRET", ADMIN_SECRET.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let listed = crate::cli::cli(dir.path(), &env, &["ls"]).await;
+    assert!(listed.ok().contains("app"), "{}", listed.stdout);
+
     // Killed: another node starts it within 10 s, and never two at once.
     let killed_at = Instant::now();
     let mut holder = nodes[0].take().expect("a");

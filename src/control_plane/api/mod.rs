@@ -294,6 +294,7 @@ fn api_error(error: RegistryError) -> ApiError {
         | RegistryError::NotRunning
         | RegistryError::Plan(_) => StatusCode::BAD_REQUEST,
         RegistryError::NameTaken(_)
+        | RegistryError::Elsewhere { .. }
         | RegistryError::TooMany(_)
         | RegistryError::RouteTaken { .. } => StatusCode::CONFLICT,
         RegistryError::TypeUnavailable(_)

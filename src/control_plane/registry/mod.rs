@@ -96,6 +96,8 @@ pub(crate) enum RegistryError {
     Hook(#[source] ServiceError),
     #[error("The change could not be saved: {0}")]
     Store(#[from] StoreError),
+    #[error("The service's program runs on the node '{node}' ({addr}): ask that node.")]
+    Elsewhere { node: String, addr: String },
 }
 
 impl From<ServiceError> for RegistryError {
@@ -684,6 +686,7 @@ impl Registry {
     /// The last `tail` lines of a service's output.
     pub async fn logs(&self, uuid: Uuid, tail: usize) -> Result<Vec<String>, RegistryError> {
         let slot = self.slot(uuid)?;
+        self.check_runs_here(&slot)?;
         let Some(service_type) = &slot.service_type else {
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
@@ -704,6 +707,7 @@ impl Registry {
         if let Some(problem) = &slot.corrupt {
             return Err(RegistryError::Corrupt(problem.clone()));
         }
+        self.check_runs_here(&slot)?;
         let Some(service_type) = slot.service_type.clone() else {
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
@@ -747,6 +751,7 @@ impl Registry {
         tail: usize,
     ) -> Result<(Vec<String>, LogLines), RegistryError> {
         let slot = self.slot(uuid)?;
+        self.check_runs_here(&slot)?;
         let Some(service_type) = &slot.service_type else {
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
@@ -1056,6 +1061,18 @@ impl Registry {
         }
         if let Some(placement) = self.placement_of(slot) {
             placement.release(slot.uuid).await;
+        }
+    }
+
+    /// Refuses what only the node that runs a program can do (its logs, a reload),
+    /// naming that node.
+    fn check_runs_here(&self, slot: &Slot) -> Result<(), RegistryError> {
+        match self
+            .placement_of(slot)
+            .and_then(|placement| placement.runs_elsewhere(slot.uuid))
+        {
+            Some((node, addr)) => Err(RegistryError::Elsewhere { node, addr }),
+            None => Ok(()),
         }
     }
 
