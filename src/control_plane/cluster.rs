@@ -147,6 +147,12 @@ impl Placement {
         ))
     }
 
+    /// Forgets that this node stopped service `uuid` for want of its lease (it is not
+    /// to run any more).
+    pub fn unfence(&self, uuid: Uuid) {
+        lock(&self.fenced).remove(&uuid);
+    }
+
     /// Forgets where service `uuid` runs, giving up its lease if this node holds it.
     pub async fn release(&self, uuid: Uuid) {
         lock(&self.forwarded).remove(&uuid);

@@ -205,24 +205,20 @@ impl Certificates {
 
     fn acme_pending(&self, host: &str) {
         let mut held = lock(&self.held);
-        let entry = held.acme.entry(host.to_owned()).or_insert(AcmeEntry {
-            status: AcmeStatus::Pending,
-            cert: None,
-            retry_at: 0,
-            failures: 0,
-        });
+        let entry = held
+            .acme
+            .entry(host.to_owned())
+            .or_insert_with(AcmeEntry::pending);
         entry.status = AcmeStatus::Pending;
     }
 
     /// Another node orders `host`'s certificate: look again later.
     fn acme_elsewhere(&self, host: &str) {
         let mut held = lock(&self.held);
-        let entry = held.acme.entry(host.to_owned()).or_insert(AcmeEntry {
-            status: AcmeStatus::Pending,
-            cert: None,
-            retry_at: 0,
-            failures: 0,
-        });
+        let entry = held
+            .acme
+            .entry(host.to_owned())
+            .or_insert_with(AcmeEntry::pending);
         entry.retry_at = unix_now() + ELSEWHERE_RETRY_S;
     }
 
@@ -250,15 +246,7 @@ impl Certificates {
             })
             .await?;
         let mut held = lock(&self.held);
-        held.acme.insert(
-            host.to_owned(),
-            AcmeEntry {
-                status: AcmeStatus::Valid,
-                cert: Some(cert),
-                retry_at: 0,
-                failures: 0,
-            },
-        );
+        held.acme.insert(host.to_owned(), AcmeEntry::obtained(cert));
         self.publish(&held);
         Ok(())
     }

@@ -107,8 +107,18 @@ pub(crate) struct AcmeEntry {
 }
 
 impl AcmeEntry {
+    /// A host whose first certificate is yet to come.
+    pub(super) fn pending() -> AcmeEntry {
+        AcmeEntry {
+            status: AcmeStatus::Pending,
+            cert: None,
+            retry_at: 0,
+            failures: 0,
+        }
+    }
+
     /// A certificate obtained and kept.
-    fn obtained(cert: Certificate) -> AcmeEntry {
+    pub(super) fn obtained(cert: Certificate) -> AcmeEntry {
         AcmeEntry {
             status: AcmeStatus::Valid,
             cert: Some(cert),

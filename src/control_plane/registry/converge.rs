@@ -139,6 +139,9 @@ impl Registry {
             let (slot, mut life) = self.locked(uuid, true).await?;
             self.halt(&slot, &mut life).await;
             if matches!(slot.status(), Status::Stopped | Status::Registered) {
+                if let Some(placement) = self.placement_of(&slot) {
+                    placement.unfence(uuid);
+                }
                 return Ok(());
             }
             self.start_locked(&slot, &mut life).await
