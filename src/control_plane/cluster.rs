@@ -52,6 +52,16 @@ pub(crate) struct ClusterSettings {
     pub lease: Duration,
 }
 
+/// Where this node forwards a service's traffic.
+#[derive(Debug, Clone)]
+struct Forwarded {
+    node: String,
+    addr: String,
+    /// The service is pinned to that node (`node`): it is forwarded there even while
+    /// that node does not hold the lease (it takes it when it runs).
+    pinned: bool,
+}
+
 /// Where this node's services that run on one node at a time are.
 pub(crate) struct Placement {
     store: PostgresStore,
@@ -59,7 +69,7 @@ pub(crate) struct Placement {
     /// Leases this node holds: generation, and when they were last renewed.
     held: Mutex<HashMap<Uuid, (i64, Instant)>>,
     /// Services whose traffic this node forwards, and to which node at which address.
-    forwarded: Mutex<HashMap<Uuid, (String, String)>>,
+    forwarded: Mutex<HashMap<Uuid, Forwarded>>,
     /// Services whose program this node stopped because it could not renew their
     /// lease: started again (here or elsewhere) once the database is back.
     fenced: Mutex<HashSet<Uuid>>,
@@ -81,17 +91,20 @@ impl Placement {
         ONE_NODE_TYPES.contains(&type_name)
     }
 
-    /// Starts service `uuid` here if this node gets its lease, else starts a forwarder
-    /// to the node that holds it (`forwarder`: the proxy type).
+    /// Starts service `uuid` here if this node gets its lease (and the service is not
+    /// `pinned` to another node), else starts a forwarder to the node that holds it, or
+    /// that it is pinned to (`forwarder`: the proxy type).
     pub async fn start(
         &self,
         ctx: &ServiceContext,
         service_type: &Arc<dyn AnyServiceType>,
         config: &Value,
+        pinned: Option<&str>,
         forwarder: Option<&Arc<dyn AnyServiceType>>,
     ) -> Result<Box<dyn RunningService>, ServiceError> {
         let uuid = ctx.uuid();
         let node = &self.settings.node;
+        let pinned_elsewhere = pinned.filter(|pinned| pinned != node);
         lock(&self.fenced).remove(&uuid);
         let unplaced = |error: StoreError| {
             ServiceError::failed(format!("The cluster could not place the service: {error}"))
@@ -99,11 +112,14 @@ impl Placement {
         // Twice: a lease seen held may run out between the two queries.
         for _ in 0..2 {
             let sent = Instant::now();
-            let taken = self
-                .store
-                .take_lease(uuid, node, self.settings.lease)
-                .await
-                .map_err(unplaced)?;
+            let taken = match pinned_elsewhere {
+                Some(_) => None,
+                None => self
+                    .store
+                    .take_lease(uuid, node, self.settings.lease)
+                    .await
+                    .map_err(unplaced)?,
+            };
             if let Some(lease) = taken.filter(|lease| lease.node == *node) {
                 lock(&self.forwarded).remove(&uuid);
                 lock(&self.held).insert(uuid, (lease.generation, sent));
@@ -115,10 +131,11 @@ impl Placement {
                     }
                 };
             }
-            let Some(Lease { node: holder, .. }) =
-                self.store.lease_holder(uuid).await.map_err(unplaced)?
-            else {
-                continue;
+            let holder = self.store.lease_holder(uuid).await.map_err(unplaced)?;
+            let holder = match (holder, pinned_elsewhere) {
+                (Some(Lease { node: holder, .. }), _) => holder,
+                (None, Some(pinned)) => pinned.to_owned(),
+                (None, None) => continue,
             };
             let addr = self
                 .store
@@ -127,7 +144,7 @@ impl Placement {
                 .map_err(unplaced)?
                 .ok_or_else(|| {
                     ServiceError::failed(format!(
-                        "The node '{holder}' that runs it has no address."
+                        "The node '{holder}' has never joined the cluster: nothing runs the service."
                     ))
                 })?;
             let Some(forwarder) = forwarder else {
@@ -139,7 +156,15 @@ impl Placement {
             let forwarding = forwarder.register(ctx, &fields).await?;
             let instance = forwarder.start(ctx, &forwarding).await?;
             lock(&self.held).remove(&uuid);
-            lock(&self.forwarded).insert(uuid, (holder, addr));
+            let pinned = pinned_elsewhere == Some(holder.as_str());
+            lock(&self.forwarded).insert(
+                uuid,
+                Forwarded {
+                    node: holder,
+                    addr,
+                    pinned,
+                },
+            );
             return Ok(instance);
         }
         Err(ServiceError::failed(
@@ -166,7 +191,9 @@ impl Placement {
 
     /// The node (and its address) this node forwards service `uuid` to, if it does.
     pub fn runs_elsewhere(&self, uuid: Uuid) -> Option<(String, String)> {
-        lock(&self.forwarded).get(&uuid).cloned()
+        lock(&self.forwarded)
+            .get(&uuid)
+            .map(|to| (to.node.clone(), to.addr.clone()))
     }
 
     /// Where service `uuid` runs, as this node sees it: `here`, or the node it
@@ -175,9 +202,7 @@ impl Placement {
         if lock(&self.held).contains_key(&uuid) {
             return Some("here".to_owned());
         }
-        lock(&self.forwarded)
-            .get(&uuid)
-            .map(|(node, _)| node.clone())
+        lock(&self.forwarded).get(&uuid).map(|to| to.node.clone())
     }
 
     /// Renews the leases held, and finds the services to place again: those whose
@@ -227,24 +252,26 @@ impl Placement {
                 return (again, fence);
             }
         }
-        let forwarded: Vec<(Uuid, (String, String))> = lock(&self.forwarded)
+        let forwarded: Vec<(Uuid, Forwarded)> = lock(&self.forwarded)
             .iter()
             .map(|(uuid, to)| (*uuid, to.clone()))
             .collect();
-        for (uuid, (node, addr)) in forwarded {
-            // The same holder, at the same address (a node restarted elsewhere keeps
-            // its name and lease).
+        for (uuid, to) in forwarded {
+            // The same holder (or the node it is pinned to, while nobody holds it), at
+            // the same address (a node restarted elsewhere keeps its name and lease).
             let holder = match self.store.lease_holder(uuid).await {
                 Ok(holder) => holder,
                 Err(_) => break,
             };
-            let moved = match holder {
-                Some(lease) if lease.node == node => match self.store.node_addr(&node).await {
-                    Ok(now) => now.as_deref() != Some(addr.as_str()),
-                    Err(_) => break,
-                },
-                _ => true,
+            let same = match holder {
+                Some(lease) => lease.node == to.node,
+                None => to.pinned,
             };
+            let moved = !same
+                || match self.store.node_addr(&to.node).await {
+                    Ok(now) => now.as_deref() != Some(to.addr.as_str()),
+                    Err(_) => break,
+                };
             if moved {
                 again.push(uuid);
             }

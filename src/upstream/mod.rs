@@ -245,12 +245,12 @@ impl Proxy {
         } = options;
         let prefix = format!("/{service}");
         // Enough of the uuid to tell proxies apart, not more than needed; and which
-        // Herve process this is, since the nodes of a cluster forward a service's
-        // traffic to the one node that runs it, under the same uuid.
+        // Herve this is, since the nodes of a cluster forward a service's traffic to
+        // the one node that runs it, under the same uuid.
         let hop = format!(
             "herve-{}-{}",
             &service.simple().to_string()[..12],
-            process_nonce()
+            prober.herve()
         );
         let via = http::HeaderValue::try_from(format!("1.1 {hop}"))
             .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 herve"));
@@ -415,19 +415,6 @@ impl Proxy {
             }
         }
     }
-}
-
-/// A short random name for this Herve process, made once.
-fn process_nonce() -> &'static str {
-    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NONCE.get_or_init(|| {
-        let mut bytes = [0u8; 3];
-        // Without randomness, the pid tells processes on one machine apart.
-        if getrandom::fill(&mut bytes).is_err() {
-            return format!("{:x}", std::process::id());
-        }
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    })
 }
 
 #[cfg(test)]

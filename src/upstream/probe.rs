@@ -12,10 +12,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 /// How long connecting for a probe may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Probes upstreams; cheap to clone (its pool of connections is shared).
+/// Probes upstreams; cheap to clone (its pool of connections is shared). One per
+/// Herve, which it also names (see [`Prober::herve`]).
 #[derive(Clone)]
 pub struct Prober {
     client: Client<HttpConnector, Body>,
+    herve: std::sync::Arc<str>,
 }
 
 impl Default for Prober {
@@ -27,7 +29,10 @@ impl Default for Prober {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Prober { client }
+        Prober {
+            client,
+            herve: random_name().into(),
+        }
     }
 }
 
@@ -53,4 +58,26 @@ impl Prober {
             _ => false,
         }
     }
+}
+
+impl Prober {
+    /// A short random name of the Herve this prober serves: its proxies' `Via` tells
+    /// them apart from those of another Herve (the nodes of a cluster forward a
+    /// service's traffic to the node that runs it, under the same uuid).
+    pub fn herve(&self) -> &str {
+        &self.herve
+    }
+}
+
+fn random_name() -> String {
+    let mut bytes = [0u8; 3];
+    // Without randomness, the pid and the time tell Herves apart well enough.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.subsec_nanos())
+            .unwrap_or(0);
+        return format!("{:x}{:x}", std::process::id(), nanos & 0xfff);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -718,3 +718,88 @@ async fn acme_orders_once_and_any_node_answers_the_challenge() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_pinned_to_a_node_runs_there_and_moves_when_the_pin_changes() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let a = node(&postgres, "a").await;
+    let b = node(&postgres, "b").await;
+    let command = format!("python3 {app}");
+    let uuid = crate::process_type::register_process(
+        &a,
+        "pinned",
+        &[("command", command.as_str()), ("node", "b")],
+    )
+    .await
+    .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    let runs_on = |client: &HttpClient| {
+        let client = client.clone();
+        let uuid = uuid.clone();
+        async move {
+            let view = client.admin_get("/cluster").await.json();
+            view["data"]["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|node| {
+                    node["services"].as_array().is_some_and(|services| {
+                        services
+                            .iter()
+                            .any(|s| s["uuid"] == uuid.as_str() && s["runs_on"] == "here")
+                    })
+                })
+                .filter_map(|node| node["name"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    let started = Instant::now();
+    while runs_on(&a.client).await != ["b"] {
+        assert!(started.elapsed() < Duration::from_secs(5), "not run by b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = crate::process_type::processes_of(&uuid);
+    assert_eq!(first.len(), 1, "{first:?}");
+    for client in [&a.client, &b.client] {
+        let reply = client.get(&format!("/{uuid}/")).await;
+        assert_eq!(reply.status, 200, "{} {}", client.addr, reply.text());
+        assert_eq!(reply.json()["pid"].as_u64(), Some(u64::from(first[0])));
+    }
+
+    // Pinned to a instead: it moves, and still runs once.
+    b.patch(&uuid, &[("node", "a")])
+        .await
+        .expect(200, "The service has been successfully updated.");
+    let started = Instant::now();
+    loop {
+        let now = crate::process_type::processes_of(&uuid);
+        assert!(now.len() <= 1, "two programs at once: {now:?}");
+        if runs_on(&b.client).await == ["a"] && now.len() == 1 && now != first {
+            assert_eq!(pid_through(&b.client, &uuid).await, Some(u64::from(now[0])));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "did not move to a"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Only programs are placed: a pin on another type is refused.
+    let refused = a
+        .post_form(
+            "/services/register",
+            &[("name", "everywhere"), ("type", "ping"), ("node", "a")],
+        )
+        .await;
+    refused.expect(
+        400,
+        "The field 'node' applies to process services only: 'ping' services run on every node.",
+    );
+    a.stop().await;
+    b.stop().await;
+}

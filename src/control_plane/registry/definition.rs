@@ -28,6 +28,8 @@ pub(crate) struct Definition {
     pub path: Option<String>,
     /// What guards and shapes its traffic.
     pub middlewares: MiddlewareSpec,
+    /// In a cluster, the node a program must run on (`node`).
+    pub node: Option<String>,
     /// The fields as given, but `name` and `type`.
     pub fields: Fields,
     /// What the type made of them.
@@ -40,6 +42,7 @@ pub(crate) struct Generic {
     pub hosts: Vec<HostPattern>,
     pub path: Option<String>,
     pub middlewares: MiddlewareSpec,
+    pub node: Option<String>,
 }
 
 impl Generic {
@@ -87,11 +90,13 @@ impl Generic {
         let path = path.or_else(|| (!hosts.is_empty()).then(|| "/".to_owned()));
         let middlewares =
             MiddlewareSpec::read(fields).map_err(|error| invalid(error.field, error.message))?;
+        let node = read_node(fields).map_err(|message| invalid("node", message))?;
         Ok(Generic {
             description,
             hosts,
             path,
             middlewares,
+            node,
         })
     }
 }
@@ -114,15 +119,20 @@ impl Definition {
             })
             .collect();
         let fields = Fields::from_pairs(record.fields.clone());
-        let (middlewares, problem) = match MiddlewareSpec::read(&fields) {
+        let (middlewares, mut problem) = match MiddlewareSpec::read(&fields) {
             Ok(middlewares) => (middlewares, None),
             Err(error) => (MiddlewareSpec::default(), Some(error.message)),
         };
+        let node = read_node(&fields).unwrap_or_else(|message| {
+            problem.get_or_insert(message);
+            None
+        });
         let definition = Definition {
             description: record.user_description.clone(),
             hosts,
             path: record.path.clone(),
             middlewares,
+            node,
             fields,
             config: record.config.clone(),
         };
@@ -153,6 +163,7 @@ impl Definition {
             hosts: generic.hosts,
             path: generic.path,
             middlewares: generic.middlewares,
+            node: generic.node,
             fields: Fields::from_pairs(fields.iter().filter(|(key, _)| !HERVES.contains(key))),
             config,
         }
@@ -178,6 +189,24 @@ impl Definition {
             })
             .collect()
     }
+}
+
+/// The `node` field: a node name (1 to 63 letters, digits, `.`, `_`, `-`), if given.
+fn read_node(fields: &Fields) -> Result<Option<String>, String> {
+    let Some(node) = fields.optional("node") else {
+        return Ok(None);
+    };
+    let valid = node.len() <= 63
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid || node.is_empty() {
+        return Err(
+            "The field 'node' must be a node name: 1 to 63 letters, digits, '.', '_' or '-'."
+                .to_owned(),
+        );
+    }
+    Ok(Some(node.to_owned()))
 }
 
 /// One route a service claims.

@@ -66,6 +66,7 @@ impl Registry {
         let current = slot.definition();
         let generic = Generic::read(fields)?;
         self.check_authority(&slot.name, &generic.middlewares)?;
+        super::check_node(&slot.type_name, &generic)?;
         let ctx = self.context(
             uuid,
             &slot.name,
@@ -98,7 +99,9 @@ impl Registry {
         next: Definition,
     ) -> Result<bool, RegistryError> {
         let running = life.instance.is_some() && slot.status().should_run();
-        let reconfigured = next.config != current.config;
+        // A program pinned to another node moves there.
+        let reconfigured = next.config != current.config
+            || (next.node != current.node && self.placement_of(slot).is_some());
         if !running || !reconfigured {
             self.store.update(&slot.record(&next)).await?;
             self.adopt(slot, current, next);

@@ -518,6 +518,7 @@ impl Registry {
         let _registering = self.registering.lock().await;
         self.check_room_for(name)?;
         self.check_authority(name, &generic.middlewares)?;
+        check_node(type_name, &generic)?;
         let uuid = Uuid::new_v4();
         let ctx = self.context(uuid, name, StatusReporter::detached());
         let config = service_type.register(&ctx, fields).await?;
@@ -965,6 +966,7 @@ impl Registry {
                         &ctx,
                         service_type,
                         &definition.config,
+                        definition.node.as_deref(),
                         self.types.get("proxy"),
                     )
                     .await
@@ -1194,6 +1196,19 @@ impl Recorder {
             }
         });
     }
+}
+
+/// Refuses `node` for a type whose services run on every node.
+fn check_node(type_name: &str, generic: &Generic) -> Result<(), RegistryError> {
+    if generic.node.is_some() && !super::cluster::ONE_NODE_TYPES.contains(&type_name) {
+        return Err(RegistryError::InvalidField {
+            field: "node".to_owned(),
+            message: format!(
+                "The field 'node' applies to process services only: '{type_name}' services run on every node."
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a service name against `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.
