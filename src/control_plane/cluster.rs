@@ -37,6 +37,8 @@ const POLL: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a node waits before connecting again to a database it lost.
 const RECONNECT: Duration = Duration::from_millis(500);
+/// Heartbeats between two prunings of old changes.
+const PRUNE_EVERY: u64 = 60;
 /// Changes read per query while catching up.
 const BATCH: i64 = 500;
 
@@ -474,8 +476,15 @@ impl Cluster {
     async fn beat(&self) {
         let mut every = tokio::time::interval(HEARTBEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u64;
         loop {
             every.tick().await;
+            beats += 1;
+            if beats % PRUNE_EVERY == 0 {
+                if let Err(error) = self.store.prune_changes().await {
+                    tracing::debug!(%error, "old changes not pruned");
+                }
+            }
             let (again, fence) = self.placement.tend().await;
             for uuid in fence {
                 self.registry.fence(uuid).await;

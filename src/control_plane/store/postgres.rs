@@ -23,7 +23,7 @@ use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "CREATE TABLE services (
          seq              BIGSERIAL PRIMARY KEY,
          uuid             TEXT NOT NULL UNIQUE,
@@ -77,6 +77,7 @@ const MIGRATIONS: [&str; 2] = [
          key   BYTEA NOT NULL,
          PRIMARY KEY (host, kind, token)
      );",
+    "CREATE INDEX herve_changes_at ON herve_changes (at);",
 ];
 
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
@@ -240,8 +241,7 @@ impl PostgresStore {
         .await
     }
 
-    /// Says that `node` is alive, what it applied and what it runs; forgets changes
-    /// older than every node needs.
+    /// Says that `node` is alive, what it applied and what it runs.
     pub async fn heartbeat(
         &self,
         node: &str,
@@ -262,9 +262,20 @@ impl PostgresStore {
                     &[&node, &addr, &started_at, &revision, &services.to_string()],
                 )
                 .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets changes older than any node needs (a node away longer reloads all).
+    pub async fn prune_changes(&self) -> Result<(), StoreError> {
+        within(async {
+            let client = self.db.client().await?;
             client
                 .execute(
-                    &format!("DELETE FROM herve_changes WHERE at < now() - interval '{KEEP_CHANGES}'"),
+                    &format!(
+                        "DELETE FROM herve_changes WHERE at < now() - interval '{KEEP_CHANGES}'"
+                    ),
                     &[],
                 )
                 .await?;
