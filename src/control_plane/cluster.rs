@@ -480,7 +480,7 @@ impl Cluster {
         loop {
             every.tick().await;
             beats += 1;
-            if beats % PRUNE_EVERY == 0 {
+            if beats.is_multiple_of(PRUNE_EVERY) {
                 if let Err(error) = self.store.prune_changes().await {
                     tracing::debug!(%error, "old changes not pruned");
                 }
