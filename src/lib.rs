@@ -210,14 +210,22 @@ impl HerveBuilder {
         }
 
         let database = data_dir.join(DATABASE_FILE);
+        // Cancelled when Herve stops: ACME, watched files, the cluster's tasks.
+        let background = CancellationToken::new();
+        // A start that fails half way stops what it started.
+        let stop_on_failure = background.clone().drop_guard();
         let mut shared = None;
         let mut shared_db = None;
         let store: Arc<dyn Store> = match &config.database_url {
             None => Arc::new(SqliteStore::open(&database)?),
             Some(url) => {
-                let db = SharedDb::new(url).map_err(StoreError::from)?;
+                let db = SharedDb::new(url, util::postgres::POOL_SIZE).map_err(StoreError::from)?;
                 let postgres = PostgresStore::open(db.clone(), config.node_name()).await?;
                 shared_db = Some(db);
+                // Leases and heartbeats on connections of their own.
+                let control = SharedDb::new(url, util::postgres::CONTROL_POOL_SIZE)
+                    .map_err(StoreError::from)?;
+                let control = PostgresStore::attach(control, config.node_name());
                 // Read before the registry loads: changes made meanwhile are applied
                 // again, which changes nothing.
                 let revision = postgres.revision().await?;
@@ -228,8 +236,8 @@ impl HerveBuilder {
                         config.failover_s.saturating_sub(2).max(2),
                     ),
                 };
-                let placement = Arc::new(Placement::new(postgres.clone(), settings));
-                shared = Some((postgres.clone(), placement, revision));
+                let placement = Arc::new(Placement::new(control.clone(), settings));
+                shared = Some((control, placement, revision));
                 Arc::new(postgres)
             }
         };
@@ -266,6 +274,7 @@ impl HerveBuilder {
                 let cluster = Cluster::new(postgres, Arc::clone(&registry), placement, revision);
                 // The others must know where this node is before it runs anything.
                 cluster.announce().await?;
+                cluster.spawn_leases(background.child_token());
                 Some(cluster)
             }
             None => None,
@@ -288,8 +297,6 @@ impl HerveBuilder {
             .await
             .map_err(|error| StartError::Certificates(Box::new(error)))?,
         );
-        let background = CancellationToken::new();
-
         if let Some(cluster) = &cluster {
             cluster.spawn(Arc::clone(&certificates), background.child_token());
         }
@@ -382,6 +389,7 @@ impl HerveBuilder {
         };
         let workers = Workers::start(config.worker_count(), dispatcher, &limits, tls)
             .map_err(StartError::Threads)?;
+        stop_on_failure.disarm();
         Ok(Herve {
             _lock: lock,
             listeners,

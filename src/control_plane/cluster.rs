@@ -107,8 +107,9 @@ impl Placement {
         let uuid = ctx.uuid();
         let node = &self.settings.node;
         let pinned_elsewhere = pinned.filter(|pinned| pinned != node);
-        lock(&self.fenced).remove(&uuid);
+        // Without the database, the service is placed again when it is back.
         let unplaced = |error: StoreError| {
+            lock(&self.fenced).insert(uuid);
             ServiceError::failed(format!("The cluster could not place the service: {error}"))
         };
         // Twice: a lease seen held may run out between the two queries.
@@ -123,6 +124,7 @@ impl Placement {
                     .map_err(unplaced)?,
             };
             if let Some(lease) = taken.filter(|lease| lease.node == *node) {
+                lock(&self.fenced).remove(&uuid);
                 lock(&self.forwarded).remove(&uuid);
                 lock(&self.held).insert(uuid, (lease.generation, sent));
                 return match service_type.start(ctx, config).await {
@@ -158,6 +160,7 @@ impl Placement {
             let forwarding = forwarder.register(ctx, &fields).await?;
             let instance = forwarder.start(ctx, &forwarding).await?;
             lock(&self.held).remove(&uuid);
+            lock(&self.fenced).remove(&uuid);
             let pinned = pinned_elsewhere == Some(holder.as_str());
             lock(&self.forwarded).insert(
                 uuid,
@@ -209,24 +212,45 @@ impl Placement {
 
     /// Renews the leases held, and finds the services to place again: those whose
     /// lease this node lost, those it forwards to a node that no longer holds them,
-    /// and those it stopped while the database was away. Services it must stop now
-    /// (it could not renew them in time) are in the second list.
+    /// and those it could not place or had to stop while the database was away.
+    /// Services it must stop now are in the second list: their lease was last renewed
+    /// half a lease ago, which leaves the program the other half to stop before
+    /// another node may take the lease. That check comes first and waits for nothing.
     async fn tend(&self) -> (Vec<Uuid>, Vec<Uuid>) {
         let mut again = Vec::new();
         let mut fence = Vec::new();
+        let half = self.settings.lease / 2;
+        lock(&self.held).retain(|uuid, (_, renewed)| {
+            if renewed.elapsed() < half {
+                return true;
+            }
+            tracing::error!(%uuid, "could not renew a lease in time; the service's program is stopped here");
+            fence.push(*uuid);
+            false
+        });
+        lock(&self.fenced).extend(fence.iter().copied());
         let held: Vec<(Uuid, i64)> = lock(&self.held)
             .iter()
             .map(|(uuid, (generation, _))| (*uuid, *generation))
             .collect();
         let sent = Instant::now();
-        match self
-            .store
-            .renew_leases(&self.settings.node, &held, self.settings.lease)
-            .await
-        {
-            Ok(kept) => {
+        // A renewal that takes long is as good as failed: the watchdog above decides.
+        let renewal = tokio::time::timeout(
+            self.settings.lease / 4,
+            self.store
+                .renew_leases(&self.settings.node, &held, self.settings.lease),
+        )
+        .await;
+        match renewal {
+            Ok(Ok(kept)) => {
                 let mut leases = lock(&self.held);
-                for (uuid, _) in &held {
+                for (uuid, generation) in &held {
+                    let current = leases.get(uuid).map(|(current, _)| *current);
+                    // A lease given up and taken again since the snapshot is not ours
+                    // to judge by it.
+                    if current != Some(*generation) {
+                        continue;
+                    }
                     if kept.contains(uuid) {
                         if let Some(lease) = leases.get_mut(uuid) {
                             lease.1 = sent;
@@ -238,19 +262,12 @@ impl Placement {
                     }
                 }
             }
-            Err(error) => {
-                // Stop before the lease can run out: another node may take it then.
-                let margin = self.settings.lease.saturating_sub(Duration::from_secs(1));
-                let mut leases = lock(&self.held);
-                leases.retain(|uuid, (_, renewed)| {
-                    if renewed.elapsed() < margin {
-                        return true;
-                    }
-                    tracing::error!(%uuid, %error, "could not renew a lease in time; the service's program is stopped here");
-                    fence.push(*uuid);
-                    false
-                });
-                lock(&self.fenced).extend(fence.iter().copied());
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not renew the leases");
+                return (again, fence);
+            }
+            Err(_) => {
+                tracing::warn!("the leases' renewal took too long");
                 return (again, fence);
             }
         }
@@ -294,6 +311,8 @@ pub(crate) struct Cluster {
     started_at: i64,
     /// Refreshed when another node changes a certificate.
     certificates: std::sync::OnceLock<Arc<Certificates>>,
+    /// Services being fenced or placed again in a task of their own.
+    busy: Mutex<HashSet<Uuid>>,
 }
 
 /// What `GET /cluster` shows.
@@ -333,11 +352,53 @@ impl Cluster {
             applied: AtomicI64::new(revision),
             started_at: crate::util::unix_now(),
             certificates: std::sync::OnceLock::new(),
+            busy: Mutex::default(),
         })
     }
 
+    /// Renews this node's leases and places again what needs it, every second until
+    /// `stop`. Started before anything is started, and never waiting for the registry:
+    /// a slow start or an apply holds up neither renewals nor fencing.
+    pub fn spawn_leases(self: &Arc<Self>, stop: CancellationToken) {
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let (again, fence) = cluster.placement.tend().await;
+                for uuid in fence {
+                    cluster.in_background(uuid, true);
+                }
+                for uuid in again {
+                    cluster.in_background(uuid, false);
+                }
+            }
+        });
+    }
+
+    /// Fences (or places again) service `uuid` in a task of its own, unless one is at
+    /// it already.
+    fn in_background(self: &Arc<Self>, uuid: Uuid, fence: bool) {
+        if !lock(&self.busy).insert(uuid) {
+            return;
+        }
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            if fence {
+                cluster.registry.fence(uuid).await;
+            } else {
+                cluster.registry.place_again(uuid).await;
+            }
+            lock(&cluster.busy).remove(&uuid);
+        });
+    }
+
     /// Runs the node's part until `stop`: following changes (of services, and of
-    /// `certificates`), heartbeats and leases.
+    /// `certificates`) and heartbeats.
     pub fn spawn(self: &Arc<Self>, certificates: Arc<Certificates>, stop: CancellationToken) {
         let _ = self.certificates.set(certificates);
         let follower = Arc::clone(self);
@@ -418,10 +479,12 @@ impl Cluster {
                 } else if change.uuid == CHALLENGES {
                     self.refresh_challenges().await;
                 } else {
-                    self.registry.converge(change.uuid).await;
+                    // Not applied: the revision stays, and the change is read again.
+                    self.registry.converge(change.uuid).await?;
                 }
+                self.applied.fetch_max(change.revision, Ordering::SeqCst);
             }
-            self.applied.store(last, Ordering::SeqCst);
+            self.applied.fetch_max(last, Ordering::SeqCst);
         }
     }
 
@@ -435,7 +498,7 @@ impl Cluster {
         all.remove(&CERTIFICATES);
         all.remove(&CHALLENGES);
         for uuid in all {
-            self.registry.converge(uuid).await;
+            self.registry.converge(uuid).await?;
         }
         self.refresh_certificates().await;
         self.refresh_challenges().await;
@@ -472,7 +535,7 @@ impl Cluster {
             .await
     }
 
-    /// Says this node is alive, renews its leases and places again what needs it.
+    /// Says this node is alive (and forgets old changes now and then).
     async fn beat(&self) {
         let mut every = tokio::time::interval(HEARTBEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -484,13 +547,6 @@ impl Cluster {
                 if let Err(error) = self.store.prune_changes().await {
                     tracing::debug!(%error, "old changes not pruned");
                 }
-            }
-            let (again, fence) = self.placement.tend().await;
-            for uuid in fence {
-                self.registry.fence(uuid).await;
-            }
-            for uuid in again {
-                self.registry.place_again(uuid).await;
             }
             let services = self.services();
             if let Err(error) = self

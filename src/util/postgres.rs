@@ -15,8 +15,15 @@ use super::sqlite::DbError;
 /// How long any one call may take before the database counts as unreachable.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections each node keeps to the database.
-const POOL_SIZE: usize = 8;
+/// Connections a node keeps to the database for its requests and changes; the
+/// cluster's own work (leases, heartbeats) has a pool of its own, so that a burst of
+/// requests never holds up a lease's renewal.
+pub(crate) const POOL_SIZE: usize = 8;
+pub(crate) const CONTROL_POOL_SIZE: usize = 3;
+
+/// Server-side limits of every session: a node that vanishes in the middle of a
+/// transaction must not keep its locks (the order of changes) until TCP gives up.
+const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=10000";
 
 /// The advisory lock (`"HERVE"` and 1) held while a component's tables are migrated:
 /// nodes starting together migrate one at a time.
@@ -75,9 +82,9 @@ pub(crate) async fn within<T, E: From<DbError>>(
 }
 
 impl SharedDb {
-    /// A pool for the database at `url` (`postgres://user:password@host:port/db`);
-    /// connections are made when first needed.
-    pub fn new(url: &str) -> Result<SharedDb, DbError> {
+    /// A pool of `size` connections to the database at `url`
+    /// (`postgres://user:password@host:port/db`), made when first needed.
+    pub fn new(url: &str, size: usize) -> Result<SharedDb, DbError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| DbError::Unavailable(format!("invalid database URL: {error}")))?;
@@ -85,6 +92,7 @@ impl SharedDb {
             config.connect_timeout(CALL_TIMEOUT);
         }
         config.application_name("herve");
+        config.options(SESSION_OPTIONS);
         // A dead peer must not leave a connection waiting for the kernel's default
         // (minutes): data unacknowledged this long fails the connection.
         config.tcp_user_timeout(CALL_TIMEOUT);
@@ -97,7 +105,7 @@ impl SharedDb {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+            .max_size(size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(CALL_TIMEOUT))
             .create_timeout(Some(CALL_TIMEOUT))
@@ -129,39 +137,37 @@ impl SharedDb {
         Ok(self.config.connect(NoTls).await?)
     }
 
-    /// Brings the tables of `component` to the version `steps` describe, one step per
-    /// version, each in a transaction; one node at a time.
+    /// Brings the tables of `component` to the version `steps` describe, in one
+    /// transaction under a transaction-scoped advisory lock: nodes starting together
+    /// migrate one at a time, and a migration cut short leaves nothing half done (nor
+    /// a lock behind).
     pub async fn migrate(&self, component: &str, steps: &[&str]) -> Result<(), DbError> {
         within(async {
             let mut client = self.client().await?;
-            // A session lock, held across the steps: the other nodes wait here.
-            client
-                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await?;
-            let result = migrate_locked(&mut client, component, steps).await;
-            client
-                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-                .await?;
-            result
+            migrate_locked(&tx, component, steps).await?;
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }
 }
 
 async fn migrate_locked(
-    client: &mut Object,
+    tx: &deadpool_postgres::Transaction<'_>,
     component: &str,
     steps: &[&str],
 ) -> Result<(), DbError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS herve_schema (
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS herve_schema (
                  component TEXT PRIMARY KEY,
                  version   BIGINT NOT NULL
              )",
-        )
-        .await?;
-    let current: i64 = client
+    )
+    .await?;
+    let current: i64 = tx
         .query_opt(
             "SELECT version FROM herve_schema WHERE component = $1",
             &[&component],
@@ -180,7 +186,6 @@ async fn migrate_locked(
         .zip(steps)
         .skip(usize::try_from(current).unwrap_or(0))
     {
-        let tx = client.transaction().await?;
         tx.batch_execute(step).await?;
         tx.execute(
             "INSERT INTO herve_schema (component, version) VALUES ($1, $2)
@@ -188,7 +193,6 @@ async fn migrate_locked(
             &[&component, &version],
         )
         .await?;
-        tx.commit().await?;
     }
     Ok(())
 }

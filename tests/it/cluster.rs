@@ -803,3 +803,50 @@ async fn a_program_pinned_to_a_node_runs_there_and_moves_when_the_pin_changes() 
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_registering_the_same_name_or_route_at_once_do_not_both_win() {
+    let postgres = Postgres::start();
+    let a = node(&postgres, "a").await;
+    let b = node(&postgres, "b").await;
+    for round in 0..5 {
+        let name = format!("same-{round}");
+        let fields = [("name", name.as_str()), ("type", "ping")];
+        let (first, second) = tokio::join!(
+            a.post_form("/services/register", &fields),
+            b.post_form("/services/register", &fields)
+        );
+        let mut statuses = [first.status.as_u16(), second.status.as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{} / {}", first.text(), second.text());
+        let host = format!("route-{round}.test");
+        let (x, y) = (format!("x-{round}"), format!("y-{round}"));
+        let on_a = [
+            ("name", x.as_str()),
+            ("type", "ping"),
+            ("hosts", host.as_str()),
+        ];
+        let on_b = [
+            ("name", y.as_str()),
+            ("type", "ping"),
+            ("hosts", host.as_str()),
+        ];
+        let (first, second) = tokio::join!(
+            a.post_form("/services/register", &on_a),
+            b.post_form("/services/register", &on_b)
+        );
+        let mut statuses = [first.status.as_u16(), second.status.as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{} / {}", first.text(), second.text());
+        let refused = if first.status == 409 { &first } else { &second };
+        assert!(
+            refused
+                .message()
+                .starts_with(&format!("The route {host} is taken by the service")),
+            "{}",
+            refused.text()
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -219,6 +219,11 @@ impl Certificates {
         {
             let mut held = lock(&self.held);
             held.uploaded = uploaded;
+            // A certificate removed by another node goes here too (and is ordered again
+            // while its host is routed); a host still waiting for its first stays.
+            held.acme.retain(|host, entry| {
+                entry.cert.is_none() || acme.iter().any(|(stored, _)| stored == host)
+            });
             for (host, cert) in acme {
                 let newer = held.acme.get(&host).is_none_or(|entry| {
                     entry

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::definition::Definition;
 use super::{Life, Registry, RegistryError, Slot};
-use crate::control_plane::store::{replaying, ServiceRecord, Status};
+use crate::control_plane::store::{replaying, ServiceRecord, Status, StoreError};
 use crate::data_plane::ServiceMeter;
 use crate::util::lock;
 
@@ -22,7 +22,9 @@ impl Registry {
     /// Brings service `uuid` to what the store says of it now (gone, if nothing).
     /// The row is read once this node's own changes to the service are done (under
     /// its lifecycle lock), so a notice that comes late never undoes a newer change.
-    pub async fn converge(&self, uuid: Uuid) {
+    /// A store that fails is the caller's to retry (the change is not applied); any
+    /// other failure is this node's, and logged (a start that failed, say).
+    pub async fn converge(&self, uuid: Uuid) -> Result<(), StoreError> {
         let _shared = self.gate.read().await;
         let outcome = replaying(async {
             let known = lock(&self.services).by_uuid.contains_key(&uuid);
@@ -49,9 +51,11 @@ impl Registry {
         })
         .await;
         match outcome {
-            Ok(()) | Err(RegistryError::NotFound) => {}
+            Ok(()) | Err(RegistryError::NotFound) => Ok(()),
+            Err(RegistryError::Store(error)) => Err(error),
             Err(error) => {
                 tracing::warn!(%uuid, %error, "could not apply a change made on another node");
+                Ok(())
             }
         }
     }
@@ -95,6 +99,11 @@ impl Registry {
         life: &mut Life,
         record: ServiceRecord,
     ) -> Result<(), RegistryError> {
+        // A stop first: an edit that came with it must not start anything.
+        if matches!(record.status, Status::Stopped | Status::Registered) {
+            self.halt(slot, life).await;
+            slot.set_status(record.status, &record.detail);
+        }
         let (next, _) = Definition::stored(&record);
         let current = slot.definition();
         if next != *current {
@@ -104,15 +113,8 @@ impl Registry {
             }
         }
         let runs_here = life.instance.is_some() && slot.status().should_run();
-        match record.status {
-            Status::Running | Status::Starting if !runs_here => {
-                self.start_locked(slot, life).await?;
-            }
-            Status::Stopped | Status::Registered => {
-                self.halt(slot, life).await;
-                slot.set_status(record.status, &record.detail);
-            }
-            _ => {}
+        if record.status.should_run() && !runs_here {
+            self.start_locked(slot, life).await?;
         }
         Ok(())
     }
@@ -138,7 +140,13 @@ impl Registry {
         let outcome = replaying(async {
             let (slot, mut life) = self.locked(uuid, true).await?;
             self.halt(&slot, &mut life).await;
-            if matches!(slot.status(), Status::Stopped | Status::Registered) {
+            // What the store says now: the lease may have gone with a stop or an
+            // unregistration that this node has yet to apply.
+            let stored = self.store.get(uuid).await?;
+            let stopped = stored
+                .as_ref()
+                .is_none_or(|record| matches!(record.status, Status::Stopped | Status::Registered));
+            if stopped || matches!(slot.status(), Status::Stopped | Status::Registered) {
                 if let Some(placement) = self.placement_of(&slot) {
                     placement.unfence(uuid);
                 }

@@ -95,9 +95,20 @@ pub(crate) enum RegistryError {
     #[error("{0}")]
     Hook(#[source] ServiceError),
     #[error("The change could not be saved: {0}")]
-    Store(#[from] StoreError),
+    Store(#[source] StoreError),
     #[error("The service's program runs on the node '{node}' ({addr}): ask that node.")]
     Elsewhere { node: String, addr: String },
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(error: StoreError) -> Self {
+        // What another node did first is the user's conflict, not a failure.
+        match error {
+            StoreError::NameTaken(name) => RegistryError::NameTaken(name),
+            StoreError::RouteTaken { route, owner } => RegistryError::RouteTaken { route, owner },
+            other => RegistryError::Store(other),
+        }
+    }
 }
 
 impl From<ServiceError> for RegistryError {

@@ -166,6 +166,12 @@ pub(crate) enum StoreError {
     /// A change was asked of a service the store does not have.
     #[error("no service {0} in the store")]
     Missing(Uuid),
+    /// Another Herve sharing the store registered this name first.
+    #[error("the name {0} is taken")]
+    NameTaken(String),
+    /// Another Herve sharing the store gave this route to another service first.
+    #[error("the route {route} is taken by {owner}")]
+    RouteTaken { route: String, owner: String },
 }
 
 impl StoreError {

@@ -23,7 +23,7 @@ use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "CREATE TABLE services (
          seq              BIGSERIAL PRIMARY KEY,
          uuid             TEXT NOT NULL UNIQUE,
@@ -78,6 +78,13 @@ const MIGRATIONS: [&str; 3] = [
          PRIMARY KEY (host, kind, token)
      );",
     "CREATE INDEX herve_changes_at ON herve_changes (at);",
+    "CREATE TABLE herve_claims (
+         host TEXT NOT NULL,
+         path TEXT NOT NULL,
+         uuid TEXT NOT NULL,
+         PRIMARY KEY (host, path)
+     );
+     CREATE INDEX herve_claims_by_uuid ON herve_claims (uuid);",
 ];
 
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
@@ -141,6 +148,11 @@ impl PostgresStore {
     pub async fn open(db: SharedDb, node: String) -> Result<Self, StoreError> {
         db.migrate("store", &MIGRATIONS).await?;
         Ok(PostgresStore { db, node })
+    }
+
+    /// The store in `db`, whose schema [`PostgresStore::open`] brought up to date.
+    pub fn attach(db: SharedDb, node: String) -> Self {
+        PostgresStore { db, node }
     }
 
     /// A transaction in which a change is made, its place in the order taken.
@@ -444,6 +456,68 @@ pub(crate) struct Listener {
     _driver: AbortOnDrop,
 }
 
+/// A unique violation on the service's name: another node registered the name first.
+fn name_taken(error: tokio_postgres::Error, name: &str) -> StoreError {
+    if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        StoreError::NameTaken(name.to_owned())
+    } else {
+        error.into()
+    }
+}
+
+/// The routes `record` claims, as the registry counts them: its path on each of its
+/// hosts, or on every host (`""`) without hosts; nothing without a path.
+fn claims_of(record: &ServiceRecord) -> Vec<(String, String)> {
+    let Some(path) = &record.path else {
+        return Vec::new();
+    };
+    if record.hosts.is_empty() {
+        return vec![(String::new(), path.clone())];
+    }
+    record
+        .hosts
+        .iter()
+        .map(|host| (host.clone(), path.clone()))
+        .collect()
+}
+
+/// Makes the claims of `record` its own in the transaction: two nodes registering the
+/// same route at once cannot both succeed (each node checks its own view first).
+async fn claim_routes(tx: &Transaction<'_>, record: &ServiceRecord) -> Result<(), StoreError> {
+    let uuid = record.uuid.to_string();
+    tx.execute("DELETE FROM herve_claims WHERE uuid = $1", &[&uuid])
+        .await?;
+    for (host, path) in claims_of(record) {
+        let claimed = tx
+            .execute(
+                "INSERT INTO herve_claims (host, path, uuid) VALUES ($1, $2, $3)
+                 ON CONFLICT (host, path) DO NOTHING",
+                &[&host, &path, &uuid],
+            )
+            .await?;
+        if claimed == 0 {
+            let owner: Option<String> = tx
+                .query_opt(
+                    "SELECT s.name FROM herve_claims c JOIN services s ON s.uuid = c.uuid
+                     WHERE c.host = $1 AND c.path = $2",
+                    &[&host, &path],
+                )
+                .await?
+                .map(|row| row.get(0));
+            let route = match (host.is_empty(), path.as_str()) {
+                (true, _) => path.clone(),
+                (false, "/") => host.clone(),
+                (false, _) => format!("{host}{path}"),
+            };
+            return Err(StoreError::RouteTaken {
+                route,
+                owner: owner.unwrap_or_default(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The `services` columns of `row` from `first` on, as [`SERVICE_COLUMNS`] lists them.
 fn service_row(row: &tokio_postgres::Row, first: usize) -> Row {
     Row {
@@ -521,8 +595,10 @@ impl Store for PostgresStore {
                         &json_text(&record.fields),
                     ],
                 )
-                .await?
+                .await
+                .map_err(|error| name_taken(error, &record.name))?
                 .get(0);
+            claim_routes(&tx, record).await?;
             Self::finish(tx, record.uuid).await?;
             Ok(seq)
         })
@@ -554,6 +630,7 @@ impl Store for PostgresStore {
             if changed == 0 {
                 return Err(StoreError::Missing(record.uuid));
             }
+            claim_routes(&tx, record).await?;
             Self::finish(tx, record.uuid).await
         })
         .await
@@ -589,8 +666,10 @@ impl Store for PostgresStore {
             let tx = Self::begin(&mut client).await?;
             tx.execute("DELETE FROM services WHERE uuid = $1", &[&uuid.to_string()])
                 .await?;
+            // Its lease goes when its holder stops it (an unregistered service does
+            // not run); its claims go now.
             tx.execute(
-                "DELETE FROM herve_leases WHERE uuid = $1",
+                "DELETE FROM herve_claims WHERE uuid = $1",
                 &[&uuid.to_string()],
             )
             .await?;
