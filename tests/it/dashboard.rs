@@ -162,6 +162,24 @@ async fn sessions_need_their_csrf_token_and_pages_are_locked_down() {
         .expect("fields")
         .iter()
         .any(|f| f["name"] == "env" && f["repeated"] == true));
+    // And the fields Herve reads itself, whatever the type.
+    let common: Vec<&str> = process["common_fields"]
+        .as_array()
+        .expect("common fields")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    for field in [
+        "hosts",
+        "path",
+        "protect",
+        "rate_limit",
+        "cors_origins",
+        "compress",
+        "node",
+    ] {
+        assert!(common.contains(&field), "{field} missing from {common:?}");
+    }
 
     // Signing out ends the session.
     let out = herve

@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::RegistryError;
-use crate::contract::Fields;
+use crate::contract::{FieldSpec, Fields};
 use crate::control_plane::store::ServiceRecord;
 use crate::data_plane::{parse_path_prefix, HostPattern, MiddlewareSpec};
 
@@ -35,6 +35,73 @@ pub(crate) struct Definition {
     /// What the type made of them.
     pub config: Value,
 }
+
+/// The fields Herve reads itself, whatever the type (`GET /services/types` lists them
+/// beside each type's own).
+pub(crate) const COMMON_FIELDS: [FieldSpec; 17] = [
+    FieldSpec::optional(
+        "description",
+        "Shown instead of the type's description (one line, at most 200 characters).",
+    ),
+    FieldSpec::optional(
+        "hosts",
+        "Host names the service answers for, comma-separated (app.example.com, *.example.com).",
+    ),
+    FieldSpec::optional(
+        "path",
+        "A path prefix the service answers under (/api), on its hosts or on every host.",
+    ),
+    FieldSpec::optional(
+        "protect",
+        "auth:<service> (bearer tokens of that auth service) or basic (basic_users).",
+    ),
+    FieldSpec::optional(
+        "basic_users",
+        "user:hash lines (bcrypt or argon2) for protect=basic.",
+    ),
+    FieldSpec::optional(
+        "rate_limit",
+        "Requests per client: N/s, N/min or N/h (429 beyond).",
+    ),
+    FieldSpec::optional(
+        "burst",
+        "Requests at once under rate_limit (default: its N).",
+    ),
+    FieldSpec::optional(
+        "cors_origins",
+        "Origins allowed by CORS, comma-separated (* for any).",
+    ),
+    FieldSpec::optional(
+        "cors_methods",
+        "Methods allowed by CORS (default GET, HEAD, POST).",
+    ),
+    FieldSpec::optional("cors_headers", "Request headers allowed by CORS."),
+    FieldSpec::optional(
+        "cors_credentials",
+        "true to allow credentials (not with cors_origins=*).",
+    ),
+    FieldSpec::optional(
+        "cors_max_age",
+        "Seconds a browser may keep a preflight's answer.",
+    ),
+    FieldSpec::optional("compress", "true: gzip or brotli by Accept-Encoding."),
+    FieldSpec::optional(
+        "request_headers",
+        "Rules, one a line: Name: value sets, -Name removes (before the service).",
+    ),
+    FieldSpec::optional(
+        "response_headers",
+        "Rules, one a line: Name: value sets, -Name removes (on its answers).",
+    ),
+    FieldSpec::optional(
+        "max_body_bytes",
+        "A request body limit for this service, in bytes (413 beyond).",
+    ),
+    FieldSpec::optional(
+        "node",
+        "With several nodes: the node a process service runs on (process only).",
+    ),
+];
 
 /// The generic part of a definition, read from a registration's or an edit's fields.
 pub(crate) struct Generic {

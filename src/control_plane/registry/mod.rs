@@ -811,6 +811,7 @@ impl Registry {
                     "name": service_type.name(),
                     "description": service_type.description(),
                     "fields": service_type.fields(),
+                    "common_fields": definition::COMMON_FIELDS,
                 })
             })
             .collect()
