@@ -850,3 +850,52 @@ async fn two_nodes_registering_the_same_name_or_route_at_once_do_not_both_win() 
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_hands_its_programs_over_at_once() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    // Leases of 28 s: a hand-over within seconds is not an expiry.
+    let long = |config: &mut herve::Config| config.failover_s = 30;
+    let a = node_with(&postgres, "a", long).await;
+    let b = node_with(&postgres, "b", long).await;
+    let command = format!("python3 {app}");
+    let uuid =
+        crate::process_type::register_process(&a, "handed", &[("command", command.as_str())])
+            .await
+            .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    let before = crate::process_type::processes_of(&uuid);
+    assert_eq!(before.len(), 1, "{before:?}");
+    until_status(&b, &format!("/{uuid}/"), 200, Duration::from_secs(2)).await;
+
+    // A stops as an operator stops it: its lease is given back, and B does not wait
+    // for it to run out (3 s here would be the lease).
+    let stopped = Instant::now();
+    a.stop().await;
+    let moved = loop {
+        let now = crate::process_type::processes_of(&uuid);
+        assert!(now.len() <= 1, "two programs at once: {now:?}");
+        if now.len() == 1 && now != before {
+            break now;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "not handed over: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("handed over in {:?}", stopped.elapsed());
+    let started = Instant::now();
+    while pid_through(&b.client, &uuid).await != Some(u64::from(moved[0])) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B does not reach the program"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+}
