@@ -567,24 +567,25 @@ impl Cluster {
 
     /// What this node runs, for the others to see.
     fn services(&self) -> Value {
-        let runs: Vec<Value> = self
-            .registry
-            .list()
+        // Stateless services run on every node: a count says enough of them, and keeps
+        // the heartbeat small however many there are. Programs are listed, with where
+        // this node sees them run.
+        let views = self.registry.list();
+        let running = views.iter().filter(|view| view.status.should_run()).count();
+        let programs: Vec<Value> = views
             .into_iter()
             .filter(|view| view.status.should_run())
-            .map(|view| {
-                let mut entry = json!({
+            .filter_map(|view| {
+                let place = self.placement.whereabouts(view.uuid)?;
+                Some(json!({
                     "uuid": view.uuid,
                     "name": view.name,
                     "status": view.status,
-                });
-                if let Some(place) = self.placement.whereabouts(view.uuid) {
-                    entry["runs_on"] = Value::String(place);
-                }
-                entry
+                    "runs_on": place,
+                }))
             })
             .collect();
-        Value::Array(runs)
+        json!({ "running": running, "programs": programs })
     }
 
     /// The nodes, as `GET /cluster` shows them.

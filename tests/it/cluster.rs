@@ -238,6 +238,10 @@ async fn a_program_runs_on_one_node_and_moves_when_that_node_is_killed() {
         .filter_map(|node| node["name"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(holders, ["a"], "{view}");
+    // Every node counts it among what it runs (there, or forwarded).
+    let shown = view["data"]["nodes"].as_array().expect("nodes");
+    assert_eq!(shown.len(), 3, "{view}");
+    assert!(shown.iter().all(|node| node["running"] == 1), "{view}");
 
     // Its logs and reloads are the holder's; another node says where it runs.
     let b = nodes[1].as_ref().expect("b").client();

@@ -123,7 +123,10 @@ pub(crate) struct NodeRow {
     pub heartbeat_age_ms: i64,
     /// The last revision it applied.
     pub revision: i64,
-    /// What it runs (JSON, as it wrote it).
+    /// How many services run on it.
+    pub running: i64,
+    /// The programs (services that run on one node at a time) it runs or forwards to
+    /// another node, as it wrote them.
     pub services: serde_json::Value,
 }
 
@@ -311,14 +314,23 @@ impl PostgresStore {
                 .await?;
             Ok(rows
                 .into_iter()
-                .map(|row| NodeRow {
-                    name: row.get(0),
-                    addr: row.get(1),
-                    started_at: row.get(2),
-                    heartbeat_age_ms: row.get(3),
-                    revision: row.get(4),
-                    services: serde_json::from_str(row.get::<_, &str>(5))
-                        .unwrap_or(serde_json::Value::Null),
+                .map(|row| {
+                    let written: serde_json::Value =
+                        serde_json::from_str(row.get::<_, &str>(5)).unwrap_or_default();
+                    NodeRow {
+                        name: row.get(0),
+                        addr: row.get(1),
+                        started_at: row.get(2),
+                        heartbeat_age_ms: row.get(3),
+                        revision: row.get(4),
+                        running: written["running"].as_i64().unwrap_or(0),
+                        services: match &written["programs"] {
+                            serde_json::Value::Array(programs) => {
+                                serde_json::Value::Array(programs.clone())
+                            }
+                            _ => serde_json::Value::Array(Vec::new()),
+                        },
+                    }
                 })
                 .collect())
         })
