@@ -362,6 +362,7 @@ impl HerveBuilder {
             certificates,
             metrics,
             cluster,
+            Arc::new(control_plane::sessions::Sessions::new(&store)),
         );
         // Admin requests run here, on the runtime that calls `bind`, whichever worker
         // reads them; so do the tasks that lifecycle changes start.

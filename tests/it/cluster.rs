@@ -903,3 +903,102 @@ async fn a_node_stopped_cleanly_hands_its_programs_over_at_once() {
     }
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_opened_on_one_node_works_on_the_others() {
+    let postgres = Postgres::start();
+    let a = node(&postgres, "a").await;
+    let b = node(&postgres, "b").await;
+    let form = format!("id={ADMIN_ID}&secret={ADMIN_SECRET}");
+    let form_type = [("content-type", "application/x-www-form-urlencoded")];
+    let signed = a
+        .send(
+            hyper::Method::POST,
+            "/ui/login",
+            Auth::None,
+            &form_type,
+            form,
+        )
+        .await;
+    assert_eq!(signed.status, 303, "{}", signed.text());
+    let cookie = signed
+        .header("set-cookie")
+        .and_then(|set| set.split(';').next())
+        .expect("a cookie")
+        .to_owned();
+    // B knows the session: it lists, and its page carries the session's token.
+    let page = b
+        .send(
+            hyper::Method::GET,
+            "/ui/",
+            Auth::None,
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await
+        .text();
+    let token = page
+        .split("name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("B shows the signed-in page")
+        .to_owned();
+    let listed = b
+        .send(
+            hyper::Method::GET,
+            "/services",
+            Auth::None,
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    // A change through B with the token made by A.
+    let made = b
+        .send(
+            hyper::Method::POST,
+            "/services/register",
+            Auth::None,
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-csrf-token", &token),
+            ],
+            "name=from-the-dashboard&type=echo",
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    // Signed out through B: A refuses the cookie (within its recheck of 5 s).
+    let out = b
+        .send(
+            hyper::Method::POST,
+            "/ui/logout",
+            Auth::None,
+            &[("cookie", &cookie), ("x-csrf-token", &token)],
+            "",
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", out.text());
+    let started = Instant::now();
+    loop {
+        let tried = a
+            .send(
+                hyper::Method::GET,
+                "/services",
+                Auth::None,
+                &[("cookie", &cookie)],
+                "",
+            )
+            .await;
+        if tried.status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(7),
+            "A still takes the cookie"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}

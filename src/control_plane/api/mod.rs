@@ -41,8 +41,8 @@ pub(crate) fn router(
     certificates: Arc<Certificates>,
     metrics: Arc<Sources>,
     cluster: Option<Arc<Cluster>>,
+    sessions: Arc<Sessions>,
 ) -> Router {
-    let sessions = Arc::new(Sessions::default());
     let gate = Gate {
         auth: Arc::clone(&auth),
         sessions: Arc::clone(&sessions),
@@ -362,7 +362,7 @@ async fn require_admin(
 ) -> Result<Response, ApiError> {
     let auth = &gate.auth;
     if request.headers().get(header::AUTHORIZATION).is_none() {
-        if let Some((_, valid)) = ui::session_of(&gate.sessions, request.headers()) {
+        if let Some((_, valid)) = ui::session_of(&gate.sessions, request.headers()).await {
             let safe = matches!(
                 *request.method(),
                 axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS

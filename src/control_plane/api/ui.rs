@@ -92,10 +92,13 @@ fn html(status: StatusCode, text: String) -> Response {
 }
 
 /// The session of the request's cookie, if it is open, with its id.
-pub(super) fn session_of(sessions: &Sessions, headers: &HeaderMap) -> Option<(String, Valid)> {
+pub(super) async fn session_of(
+    sessions: &Sessions,
+    headers: &HeaderMap,
+) -> Option<(String, Valid)> {
     let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
     let id = cookie_value(cookies, COOKIE)?;
-    let valid = sessions.find(id)?;
+    let valid = sessions.find(id).await?;
     Some((id.to_owned(), valid))
 }
 
@@ -109,7 +112,7 @@ pub(super) fn carries_token(valid: &Valid, headers: &HeaderMap) -> bool {
 }
 
 async fn page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
-    match session_of(&ui.sessions, &headers) {
+    match session_of(&ui.sessions, &headers).await {
         Some((_, valid)) => html(StatusCode::OK, APP.replace("{{csrf}}", &valid.csrf)),
         None => html(StatusCode::OK, LOGIN.replace("{{message}}", "")),
     }
@@ -177,11 +180,15 @@ async fn login(State(ui): State<Ui>, request: Request) -> Response {
             LOGIN.replace("{{message}}", "Wrong id or secret."),
         );
     }
-    let Ok((id, _csrf)) = ui.sessions.open() else {
-        return html(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            LOGIN.replace("{{message}}", "No randomness for a session; try again."),
-        );
+    let (id, _csrf) = match ui.sessions.open().await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::error!(%error, "a dashboard session could not be opened");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                LOGIN.replace("{{message}}", "The session could not be opened; try again."),
+            );
+        }
     };
     let cookie = format!(
         "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -196,13 +203,13 @@ async fn login(State(ui): State<Ui>, request: Request) -> Response {
 }
 
 async fn logout(State(ui): State<Ui>, headers: HeaderMap) -> Response {
-    let Some((id, valid)) = session_of(&ui.sessions, &headers) else {
+    let Some((id, valid)) = session_of(&ui.sessions, &headers).await else {
         return guarded(StatusCode::UNAUTHORIZED.into_response(), true);
     };
     if !carries_token(&valid, &headers) {
         return guarded(StatusCode::FORBIDDEN.into_response(), true);
     }
-    ui.sessions.close(&id);
+    ui.sessions.close(&id).await;
     let mut response = guarded(StatusCode::NO_CONTENT.into_response(), true);
     response.headers_mut().insert(
         header::SET_COOKIE,

@@ -267,6 +267,27 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn challenges(&self) -> Result<Vec<StoredChallenge>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// Keeps a dashboard session (by its id's digest) for the other Herve on this
+    /// store, until `expires_at` (Unix seconds). A store of one Herve keeps none.
+    async fn put_session(
+        &self,
+        _digest: &str,
+        _csrf: &str,
+        _expires_at: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The CSRF token and end (Unix seconds) of a shared session.
+    async fn session(&self, _digest: &str) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(None)
+    }
+
+    /// Ends a shared session.
+    async fn remove_session(&self, _digest: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The answer to one ACME challenge, shared by the nodes of a cluster.

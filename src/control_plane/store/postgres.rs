@@ -23,7 +23,7 @@ use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "CREATE TABLE services (
          seq              BIGSERIAL PRIMARY KEY,
          uuid             TEXT NOT NULL UNIQUE,
@@ -85,6 +85,11 @@ const MIGRATIONS: [&str; 4] = [
          PRIMARY KEY (host, path)
      );
      CREATE INDEX herve_claims_by_uuid ON herve_claims (uuid);",
+    "CREATE TABLE herve_sessions (
+         digest     TEXT PRIMARY KEY,
+         csrf       TEXT NOT NULL,
+         expires_at BIGINT NOT NULL
+     );",
 ];
 
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
@@ -849,6 +854,56 @@ impl Store for PostgresStore {
                     }
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn put_session(
+        &self,
+        digest: &str,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            client
+                .execute(
+                    "DELETE FROM herve_sessions WHERE expires_at < $1",
+                    &[&crate::util::unix_now()],
+                )
+                .await?;
+            client
+                .execute(
+                    "INSERT INTO herve_sessions (digest, csrf, expires_at) VALUES ($1, $2, $3)",
+                    &[&digest, &csrf, &expires_at],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, digest: &str) -> Result<Option<(String, i64)>, StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT csrf, expires_at FROM herve_sessions WHERE digest = $1",
+                    &[&digest],
+                )
+                .await?;
+            Ok(row.map(|row| (row.get(0), row.get(1))))
+        })
+        .await
+    }
+
+    async fn remove_session(&self, digest: &str) -> Result<(), StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            client
+                .execute("DELETE FROM herve_sessions WHERE digest = $1", &[&digest])
+                .await?;
+            Ok(())
         })
         .await
     }
