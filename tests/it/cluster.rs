@@ -166,6 +166,37 @@ async fn pid_through(client: &HttpClient, uuid: &str) -> Option<u64> {
         .flatten()
 }
 
+/// Waits until the program of `uuid` runs as another process than `before`, checking
+/// all along that it never runs twice; its pids then.
+async fn moved_program(uuid: &str, before: &[u32], within: Duration) -> Vec<u32> {
+    let started = Instant::now();
+    loop {
+        let now = crate::process_type::processes_of(uuid);
+        assert!(now.len() <= 1, "two programs at once: {now:?}");
+        if now.len() == 1 && now != before {
+            return now;
+        }
+        assert!(
+            started.elapsed() < within,
+            "the program did not move: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `client` reaches the program whose pid is `pid`.
+async fn reaches(client: &HttpClient, uuid: &str, pid: u32, within: Duration) {
+    let started = Instant::now();
+    while pid_through(client, uuid).await != Some(u64::from(pid)) {
+        assert!(
+            started.elapsed() < within,
+            "{} does not reach the program",
+            client.addr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_runs_on_one_node_and_moves_when_that_node_is_killed() {
     let postgres = Postgres::start();
@@ -271,32 +302,10 @@ async fn a_program_runs_on_one_node_and_moves_when_that_node_is_killed() {
     let mut holder = nodes[0].take().expect("a");
     holder.signal(libc::SIGKILL);
     holder.wait(Duration::from_secs(10));
-    let moved = loop {
-        let now = crate::process_type::processes_of(&uuid);
-        assert!(now.len() <= 1, "two programs at once: {now:?}");
-        if now.len() == 1 && now != pids {
-            break now;
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(10),
-            "not started elsewhere: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let moved = moved_program(&uuid, &pids, Duration::from_secs(10)).await;
     println!("started elsewhere {:?} after the kill", killed_at.elapsed());
     for node in nodes.iter().flatten() {
-        let client = node.client();
-        let started = Instant::now();
-        loop {
-            if pid_through(&client, &uuid).await == Some(u64::from(moved[0])) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "a node does not reach the moved program"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        reaches(&node.client(), &uuid, moved[0], Duration::from_secs(3)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(crate::process_type::processes_of(&uuid), moved);
@@ -877,30 +886,12 @@ async fn a_node_stopped_cleanly_hands_its_programs_over_at_once() {
     until_status(&b, &format!("/{uuid}/"), 200, Duration::from_secs(2)).await;
 
     // A stops as an operator stops it: its lease is given back, and B does not wait
-    // for it to run out (3 s here would be the lease).
+    // for it to run out (28 s).
     let stopped = Instant::now();
     a.stop().await;
-    let moved = loop {
-        let now = crate::process_type::processes_of(&uuid);
-        assert!(now.len() <= 1, "two programs at once: {now:?}");
-        if now.len() == 1 && now != before {
-            break now;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(5),
-            "not handed over: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let moved = moved_program(&uuid, &before, Duration::from_secs(5)).await;
     println!("handed over in {:?}", stopped.elapsed());
-    let started = Instant::now();
-    while pid_through(&b.client, &uuid).await != Some(u64::from(moved[0])) {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "B does not reach the program"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&b.client, &uuid, moved[0], Duration::from_secs(5)).await;
     b.stop().await;
 }
 
