@@ -298,7 +298,11 @@ impl HerveBuilder {
             .map_err(|error| StartError::Certificates(Box::new(error)))?,
         );
         if let Some(cluster) = &cluster {
-            cluster.spawn(Arc::clone(&certificates), background.child_token());
+            cluster.spawn(
+                Arc::clone(&certificates),
+                Arc::clone(&auth),
+                background.child_token(),
+            );
         }
         if let Some(files) = default_files {
             certificates.watch_files(files, background.child_token());

@@ -9,13 +9,14 @@
 //! Without configured credentials Herve never runs an open API: it generates a secret
 //! for the id `admin`, keeps it in the data directory (mode 0600) and reuses it.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine;
@@ -23,6 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::contract::http::basic_credentials;
 use crate::util::hashing::{Busy, HashPool, Lane};
+use crate::util::lock;
 use crate::util::secrets::{self, Digest, HashError, PasswordHash};
 use crate::util::throttle::Throttle;
 
@@ -96,6 +98,15 @@ pub(crate) struct AdminAuth {
     throttle: Throttle<IpAddr>,
     /// Where configured hashes are checked (the admin's own lane).
     hashing: Arc<HashPool>,
+    /// In a cluster: failures here not yet told to the other nodes, and the addresses
+    /// the cluster as a whole refuses (until when).
+    shared: Mutex<SharedFailures>,
+}
+
+#[derive(Default)]
+struct SharedFailures {
+    untold: HashMap<IpAddr, u32>,
+    refused: HashMap<IpAddr, Instant>,
 }
 
 /// How long failed admin authentications count against an address.
@@ -155,6 +166,7 @@ impl AdminAuth {
             source,
             throttle: Throttle::new(max_failures, THROTTLE_WINDOW, MAX_TRACKED_CLIENTS),
             hashing,
+            shared: Mutex::default(),
         })
     }
 
@@ -163,9 +175,50 @@ impl AdminAuth {
         &self.id
     }
 
-    /// Failed authentications per client (see [`client_key`]).
-    pub fn throttle(&self) -> &Throttle<IpAddr> {
-        &self.throttle
+    /// How long `client` (see [`client_key`]) is still refused, if it is: by this node's
+    /// count of its failures, or by the cluster's.
+    pub fn blocked_for(&self, client: &IpAddr) -> Option<Duration> {
+        if let Some(wait) = self.throttle.blocked_for(client) {
+            return Some(wait);
+        }
+        let now = Instant::now();
+        let shared = lock(&self.shared);
+        let until = shared.refused.get(client)?;
+        (*until > now).then(|| *until - now)
+    }
+
+    /// Records a failed authentication of `client`, here and for the other nodes.
+    pub fn failed(&self, client: IpAddr) {
+        self.throttle.failed(client);
+        let mut shared = lock(&self.shared);
+        // Bounded as the throttle is: a flood of addresses cannot grow it.
+        if shared.untold.len() < MAX_TRACKED_CLIENTS || shared.untold.contains_key(&client) {
+            *shared.untold.entry(client).or_insert(0) += 1;
+        }
+    }
+
+    /// The failures recorded since the last call, to tell the other nodes.
+    pub fn take_untold_failures(&self) -> HashMap<IpAddr, u32> {
+        std::mem::take(&mut lock(&self.shared).untold)
+    }
+
+    /// The addresses that failed too often across the cluster within the window:
+    /// refused here too, for the rest of it.
+    pub fn refuse_across_cluster(&self, clients: Vec<IpAddr>) {
+        let until = Instant::now() + THROTTLE_WINDOW;
+        let mut shared = lock(&self.shared);
+        let now = Instant::now();
+        shared
+            .refused
+            .retain(|_, refused_until| *refused_until > now);
+        for client in clients.into_iter().take(MAX_TRACKED_CLIENTS) {
+            shared.refused.entry(client).or_insert(until);
+        }
+    }
+
+    /// Failures within the window after which an address is refused.
+    pub fn max_failures(&self) -> usize {
+        self.throttle.max_failures()
     }
 
     /// Whether the `Authorization` header value grants admin access; a configured hash

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::admin_auth::AdminAuth;
 use super::certificates::Certificates;
 use super::registry::Registry;
 use super::store::{Lease, NodeRow, PostgresStore, StoreError, CERTIFICATES, CHALLENGES};
@@ -311,6 +312,8 @@ pub(crate) struct Cluster {
     started_at: i64,
     /// Refreshed when another node changes a certificate.
     certificates: std::sync::OnceLock<Arc<Certificates>>,
+    /// Whose failed authentications are counted across the cluster.
+    auth: std::sync::OnceLock<Arc<AdminAuth>>,
     /// Services being fenced or placed again in a task of their own.
     busy: Mutex<HashSet<Uuid>>,
 }
@@ -352,6 +355,7 @@ impl Cluster {
             applied: AtomicI64::new(revision),
             started_at: crate::util::unix_now(),
             certificates: std::sync::OnceLock::new(),
+            auth: std::sync::OnceLock::new(),
             busy: Mutex::default(),
         })
     }
@@ -399,8 +403,14 @@ impl Cluster {
 
     /// Runs the node's part until `stop`: following changes (of services, and of
     /// `certificates`) and heartbeats.
-    pub fn spawn(self: &Arc<Self>, certificates: Arc<Certificates>, stop: CancellationToken) {
+    pub fn spawn(
+        self: &Arc<Self>,
+        certificates: Arc<Certificates>,
+        auth: Arc<AdminAuth>,
+        stop: CancellationToken,
+    ) {
         let _ = self.certificates.set(certificates);
+        let _ = self.auth.set(auth);
         let follower = Arc::clone(self);
         let until = stop.clone();
         tokio::spawn(async move {
@@ -548,6 +558,7 @@ impl Cluster {
                     tracing::debug!(%error, "old changes not pruned");
                 }
             }
+            self.share_failures().await;
             let services = self.services();
             if let Err(error) = self
                 .store
@@ -562,6 +573,39 @@ impl Cluster {
             {
                 tracing::debug!(%error, "heartbeat not recorded");
             }
+        }
+    }
+
+    /// Tells the other nodes of the failed admin authentications here, and refuses the
+    /// addresses that failed too often across the cluster (a second late at most):
+    /// guessing through several nodes gains nothing.
+    async fn share_failures(&self) {
+        let Some(auth) = self.auth.get() else {
+            return;
+        };
+        let untold: Vec<(String, i64)> = auth
+            .take_untold_failures()
+            .into_iter()
+            .map(|(client, count)| (client.to_string(), i64::from(count)))
+            .collect();
+        if !untold.is_empty() {
+            if let Err(error) = self
+                .store
+                .record_failures(&self.settings.node, &untold)
+                .await
+            {
+                tracing::debug!(%error, "failed authentications not shared");
+            }
+        }
+        let max = i64::try_from(auth.max_failures()).unwrap_or(i64::MAX);
+        match self.store.refused_clients(max, 60).await {
+            Ok(clients) => auth.refuse_across_cluster(
+                clients
+                    .iter()
+                    .filter_map(|client| client.parse().ok())
+                    .collect(),
+            ),
+            Err(error) => tracing::debug!(%error, "the cluster's refused addresses not read"),
         }
     }
 

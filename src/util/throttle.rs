@@ -53,6 +53,11 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
         }
     }
 
+    /// Failures within the window after which a key is refused.
+    pub fn max_failures(&self) -> usize {
+        self.max_failures
+    }
+
     /// How long `key` is still refused, if it is.
     pub fn blocked_for(&self, key: &K) -> Option<Duration> {
         let table = lock(&self.state);

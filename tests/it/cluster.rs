@@ -993,3 +993,40 @@ async fn a_dashboard_session_opened_on_one_node_works_on_the_others() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_secret_through_several_nodes_gains_nothing() {
+    let postgres = Postgres::start();
+    let strict = |config: &mut herve::Config| config.auth_max_failures = 4;
+    let a = node_with(&postgres, "a", strict).await;
+    let b = node_with(&postgres, "b", strict).await;
+    // Two wrong guesses through each node: four in all, which the limit allows on
+    // neither node alone.
+    for node in [&a, &b] {
+        for _ in 0..2 {
+            let wrong = node
+                .get_as("/services", Auth::Basic(ADMIN_ID, "guess"))
+                .await;
+            assert_eq!(wrong.status, 401, "{}", wrong.text());
+        }
+    }
+    // Within a couple of heartbeats, both nodes refuse the address, even the secret.
+    let started = Instant::now();
+    for node in [&a, &b] {
+        loop {
+            let tried = node.admin_get("/services").await;
+            if tried.status == 429 {
+                break;
+            }
+            assert_eq!(tried.status, 200, "{}", tried.text());
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{} still lets the address guess",
+                node.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}

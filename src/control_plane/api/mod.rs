@@ -383,7 +383,7 @@ async fn require_admin(
     // A client that keeps guessing is refused for a while, whatever it sends; the
     // admin, from anywhere else, is not affected.
     if let Some(client) = client {
-        if let Some(wait) = auth.throttle().blocked_for(&client) {
+        if let Some(wait) = auth.blocked_for(&client) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many failed authentications from this address; try again later.",
@@ -411,7 +411,7 @@ async fn require_admin(
     if !granted {
         // Only wrong credentials count: a client that sent none was not guessing.
         if let (Some(client), true) = (client, guessed) {
-            auth.throttle().failed(client);
+            auth.failed(client);
         }
         return Err(unauthorized());
     }

@@ -134,7 +134,7 @@ async fn login(State(ui): State<Ui>, request: Request) -> Response {
         .get::<axum::http::uri::Scheme>()
         .is_some_and(|scheme| *scheme == axum::http::uri::Scheme::HTTPS);
     if let Some(client) = client {
-        if ui.auth.throttle().blocked_for(&client).is_some() {
+        if ui.auth.blocked_for(&client).is_some() {
             return html(
                 StatusCode::TOO_MANY_REQUESTS,
                 LOGIN.replace(
@@ -173,7 +173,7 @@ async fn login(State(ui): State<Ui>, request: Request) -> Response {
     };
     if !granted {
         if let Some(client) = client {
-            ui.auth.throttle().failed(client);
+            ui.auth.failed(client);
         }
         return html(
             StatusCode::UNAUTHORIZED,

@@ -23,7 +23,7 @@ use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "CREATE TABLE services (
          seq              BIGSERIAL PRIMARY KEY,
          uuid             TEXT NOT NULL UNIQUE,
@@ -90,6 +90,13 @@ const MIGRATIONS: [&str; 5] = [
          csrf       TEXT NOT NULL,
          expires_at BIGINT NOT NULL
      );",
+    "CREATE TABLE herve_failures (
+         client TEXT NOT NULL,
+         node   TEXT NOT NULL,
+         at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+         count  BIGINT NOT NULL
+     );
+     CREATE INDEX herve_failures_at ON herve_failures (at);",
 ];
 
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
@@ -287,10 +294,60 @@ impl PostgresStore {
         .await
     }
 
-    /// Forgets changes older than any node needs (a node away longer reloads all).
+    /// Tells the other nodes of failed admin authentications here, by client address.
+    pub async fn record_failures(
+        &self,
+        node: &str,
+        failures: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            for (address, count) in failures {
+                client
+                    .execute(
+                        "INSERT INTO herve_failures (client, node, count) VALUES ($1, $2, $3)",
+                        &[address, &node, count],
+                    )
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The client addresses that failed `max` times or more across the cluster within
+    /// the last `window_s` seconds.
+    pub async fn refused_clients(
+        &self,
+        max: i64,
+        window_s: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        within(async {
+            let client = self.db.client().await?;
+            let rows = client
+                .query(
+                    "SELECT client FROM herve_failures
+                     WHERE at > now() - $2 * interval '1 second'
+                     GROUP BY client HAVING sum(count)::BIGINT >= $1 LIMIT 10000",
+                    &[&max, &(window_s as f64)],
+                )
+                .await?;
+            Ok(rows.into_iter().map(|row| row.get(0)).collect())
+        })
+        .await
+    }
+
+    /// Forgets changes older than any node needs (a node away longer reloads all), and
+    /// failed authentications older than any window.
     pub async fn prune_changes(&self) -> Result<(), StoreError> {
         within(async {
             let client = self.db.client().await?;
+            client
+                .execute(
+                    "DELETE FROM herve_failures WHERE at < now() - interval '10 minutes'",
+                    &[],
+                )
+                .await?;
             client
                 .execute(
                     &format!(
