@@ -200,6 +200,12 @@ pub struct Config {
     )]
     pub database_url: Option<String>,
 
+    /// PEM file of the CA that signed the database server's certificate: the server is
+    /// then verified (with `sslmode=require` in the URL, TLS is required too). Without
+    /// it, TLS (when the server offers it) is not verified, as with libpq.
+    #[arg(long, env = "HERVE_DATABASE_CA", value_name = "FILE")]
+    pub database_ca: Option<PathBuf>,
+
     /// This node's name among the nodes sharing HERVE_DATABASE_URL (default: the
     /// machine's host name). Unique per node.
     #[arg(long, env = "HERVE_NODE_NAME", value_name = "NAME")]
@@ -343,6 +349,7 @@ impl Default for Config {
             tls_handshake_timeout_s: 10,
             acme_email: None,
             database_url: None,
+            database_ca: None,
             node_name: None,
             node_addr: None,
             failover_s: 10,

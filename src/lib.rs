@@ -219,11 +219,13 @@ impl HerveBuilder {
         let store: Arc<dyn Store> = match &config.database_url {
             None => Arc::new(SqliteStore::open(&database)?),
             Some(url) => {
-                let db = SharedDb::new(url, util::postgres::POOL_SIZE).map_err(StoreError::from)?;
+                let ca = config.database_ca.as_deref();
+                let db =
+                    SharedDb::new(url, util::postgres::POOL_SIZE, ca).map_err(StoreError::from)?;
                 let postgres = PostgresStore::open(db.clone(), config.node_name()).await?;
                 shared_db = Some(db);
                 // Leases and heartbeats on connections of their own.
-                let control = SharedDb::new(url, util::postgres::CONTROL_POOL_SIZE)
+                let control = SharedDb::new(url, util::postgres::CONTROL_POOL_SIZE, ca)
                     .map_err(StoreError::from)?;
                 let control = PostgresStore::attach(control, config.node_name());
                 // Read before the registry loads: changes made meanwhile are applied

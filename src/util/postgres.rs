@@ -7,8 +7,16 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlite::DbError;
 
@@ -29,11 +37,16 @@ const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=10000 -c l
 /// nodes starting together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x4845_5256_4501;
 
+/// What a connection to the database runs over (TLS or not, as negotiated).
+pub(crate) type TlsStream =
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+
 /// Connections to the shared database. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct SharedDb {
     pool: Pool,
     config: std::sync::Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for SharedDb {
@@ -53,7 +66,15 @@ impl From<tokio_postgres::Error> for DbError {
         if error.as_db_error().is_some() {
             DbError::Postgres(error)
         } else {
-            DbError::Unavailable(error.to_string())
+            // The cause says what went wrong (a refused connection, a certificate).
+            let mut said = error.to_string();
+            let mut cause = std::error::Error::source(&error);
+            while let Some(inner) = cause {
+                said.push_str(": ");
+                said.push_str(&inner.to_string());
+                cause = inner.source();
+            }
+            DbError::Unavailable(said)
         }
     }
 }
@@ -83,8 +104,11 @@ pub(crate) async fn within<T, E: From<DbError>>(
 
 impl SharedDb {
     /// A pool of `size` connections to the database at `url`
-    /// (`postgres://user:password@host:port/db`), made when first needed.
-    pub fn new(url: &str, size: usize) -> Result<SharedDb, DbError> {
+    /// (`postgres://user:password@host:port/db`), made when first needed. TLS as the
+    /// URL's `sslmode` says (`prefer` by default: when the server offers it); the
+    /// server's certificate is verified against `ca` (a PEM file) when one is given,
+    /// and not verified otherwise, as libpq does for `prefer` and `require`.
+    pub fn new(url: &str, size: usize, ca: Option<&Path>) -> Result<SharedDb, DbError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| DbError::Unavailable(format!("invalid database URL: {error}")))?;
@@ -97,9 +121,10 @@ impl SharedDb {
         // (minutes): data unacknowledged this long fails the connection.
         config.tcp_user_timeout(CALL_TIMEOUT);
         config.keepalives_idle(Duration::from_secs(10));
+        let tls = tls_connector(ca)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -115,6 +140,7 @@ impl SharedDb {
         Ok(SharedDb {
             pool,
             config: std::sync::Arc::new(config),
+            tls,
         })
     }
 
@@ -130,11 +156,11 @@ impl SharedDb {
     ) -> Result<
         (
             tokio_postgres::Client,
-            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+            tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>,
         ),
         DbError,
     > {
-        Ok(self.config.connect(NoTls).await?)
+        Ok(self.config.connect(self.tls.clone()).await?)
     }
 
     /// Brings the tables of `component` to the version `steps` describe, in one
@@ -195,4 +221,91 @@ async fn migrate_locked(
         .await?;
     }
     Ok(())
+}
+
+/// TLS to the database: verified against the CA of `ca` when given; otherwise only
+/// encrypted (libpq's `sslmode=prefer`/`require`).
+fn tls_connector(ca: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
+    let provider = crate::util::tls_crypto();
+    let unusable =
+        |why: String| DbError::Unavailable(format!("the database CA cannot be used: {why}"));
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| unusable(error.to_string()))?;
+    let config = match ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|error| unusable(format!("{}: {error}", path.display())))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|error| unusable(format!("{}: {error}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|error| unusable(error.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(unusable(format!(
+                    "{} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Accepts any server certificate but checks the handshake's signatures: encryption
+/// without authentication, what libpq gives without a root certificate.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -1030,3 +1030,52 @@ async fn guessing_the_admin_secret_through_several_nodes_gains_nothing() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_reached_over_verified_tls_when_asked() {
+    use crate::tls_client::TestCa;
+    let ca = TestCa::new("database CA");
+    let postgres = Postgres::start_tls(&ca.issue(&["127.0.0.1", "localhost"]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca.write(dir.path());
+    let url = format!("{}?sslmode=require", postgres.url());
+    let ca_path = ca_file.clone();
+    let verified = node_with(&postgres, "a", move |config| {
+        config.database_url = Some(url);
+        config.database_ca = Some(ca_path);
+    })
+    .await;
+    verified.register_ok("over-tls", "ping").await;
+    let encrypted = postgres.sql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'herve' AND s.ssl",
+    );
+    assert_ne!(encrypted, "0", "no TLS connection from Herve");
+    let plain = postgres.sql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = 'herve' AND NOT s.ssl",
+    );
+    assert_eq!(plain, "0", "a plain connection from Herve");
+    verified.stop().await;
+
+    // A server the given CA did not sign is refused, with the reason.
+    let other = TestCa::new("someone else");
+    std::fs::create_dir_all(dir.path().join("other")).expect("dir");
+    let wrong = other.write(&dir.path().join("other"));
+    let mut command = herve_command(dir.path());
+    command
+        .env("AUTH_ADMIN_ID", ADMIN_ID)
+        .env("AUTH_ADMIN_SECRET", ADMIN_SECRET)
+        .env(
+            "HERVE_DATABASE_URL",
+            format!("{}?sslmode=require", postgres.url()),
+        )
+        .env("HERVE_DATABASE_CA", &wrong);
+    let out = command.output().expect("herve runs");
+    assert!(
+        !out.status.success(),
+        "herve trusted a server its CA did not sign"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("certificate"), "{said}");
+}

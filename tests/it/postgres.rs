@@ -11,6 +11,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// Server options besides the port and addresses (TLS).
+    extra: String,
 }
 
 /// The directory of PostgreSQL's server programs (Debian keeps them off the PATH).
@@ -57,6 +59,15 @@ fn free_port() -> u16 {
 impl Postgres {
     /// Creates and starts a server; panics with PostgreSQL's own words if it cannot.
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// A server that offers TLS with `issued` (a certificate for 127.0.0.1).
+    pub fn start_tls(issued: &crate::tls_client::Issued) -> Postgres {
+        Self::start_with(Some(issued))
+    }
+
+    fn start_with(tls: Option<&crate::tls_client::Issued>) -> Postgres {
         let bin = server_bin();
         let dir = tempfile::Builder::new()
             .prefix("herve-pg-")
@@ -70,7 +81,12 @@ impl Postgres {
                 .expect("chown");
             assert!(status.success(), "chown to postgres failed");
         }
-        let mut postgres = Postgres { dir, bin, port: 0 };
+        let mut postgres = Postgres {
+            dir,
+            bin,
+            port: 0,
+            extra: String::new(),
+        };
         let out = postgres.run(
             "initdb",
             &[
@@ -89,6 +105,9 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(issued) = tls {
+            postgres.serve_tls(issued);
+        }
         // A port found free may be taken before the server binds it: try another.
         for _ in 0..5 {
             postgres.port = free_port();
@@ -122,9 +141,10 @@ impl Postgres {
 
     fn start_server(&self) -> bool {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let out = self.run(
             "pg_ctl",
@@ -142,6 +162,33 @@ impl Postgres {
             ],
         );
         out.status.success()
+    }
+
+    /// Puts `issued` in the data directory and turns TLS on for the next start.
+    fn serve_tls(&mut self, issued: &crate::tls_client::Issued) {
+        use std::os::unix::fs::PermissionsExt;
+        let (cert, key) = (
+            self.data().join("server.crt"),
+            self.data().join("server.key"),
+        );
+        std::fs::write(&cert, &issued.chain).expect("write cert");
+        std::fs::write(&key, &issued.key).expect("write key");
+        // The key must be the server account's own, readable by it alone.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cert)
+                .arg(&key)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of the TLS files failed");
+        }
+        self.extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
     }
 
     fn log_path(&self) -> PathBuf {
