@@ -300,16 +300,22 @@ impl PostgresStore {
         node: &str,
         failures: &[(String, i64)],
     ) -> Result<(), StoreError> {
+        let (clients, counts): (Vec<&str>, Vec<i64>) = failures
+            .iter()
+            .map(|(client, count)| (client.as_str(), *count))
+            .unzip();
         within(async {
             let client = self.db.client().await?;
-            for (address, count) in failures {
-                client
-                    .execute(
-                        "INSERT INTO herve_failures (client, node, count) VALUES ($1, $2, $3)",
-                        &[address, &node, count],
-                    )
-                    .await?;
-            }
+            // One statement however many addresses failed: a flood from many
+            // addresses must not turn into as many round trips every second.
+            client
+                .execute(
+                    "INSERT INTO herve_failures (client, node, count)
+                     SELECT address, $1, failed FROM unnest($2::TEXT[], $3::BIGINT[])
+                         AS told(address, failed)",
+                    &[&node, &clients, &counts],
+                )
+                .await?;
             Ok(())
         })
         .await
