@@ -14,6 +14,7 @@
 //! program before its lease can run out (fencing).
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ const POLL: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a node waits before connecting again to a database it lost.
 const RECONNECT: Duration = Duration::from_millis(500);
+/// Addresses whose failed authentications a node shares each second, at most.
+const SHARED_FAILURES_PER_BEAT: usize = 256;
 /// Heartbeats between two prunings of old changes.
 const PRUNE_EVERY: u64 = 60;
 /// Changes read per query while catching up.
@@ -583,8 +586,12 @@ impl Cluster {
         let Some(auth) = self.auth.get() else {
             return;
         };
-        let untold: Vec<(String, i64)> = auth
-            .take_untold_failures()
+        let mut untold: Vec<(IpAddr, u32)> = auth.take_untold_failures().into_iter().collect();
+        // The busiest guessers, and a bounded number of them: a flood of addresses that
+        // each guess once (which no throttle stops anyway) must not become as many rows.
+        untold.sort_unstable_by_key(|(_, count)| std::cmp::Reverse(*count));
+        untold.truncate(SHARED_FAILURES_PER_BEAT);
+        let untold: Vec<(String, i64)> = untold
             .into_iter()
             .map(|(client, count)| (client.to_string(), i64::from(count)))
             .collect();
