@@ -205,13 +205,19 @@ impl Placement {
             .map(|to| (to.node.clone(), to.addr.clone()))
     }
 
-    /// Where service `uuid` runs, as this node sees it: `here`, or the node it
+    /// The programs this node runs or forwards, and where: `here`, or the node it
     /// forwards to.
-    fn whereabouts(&self, uuid: Uuid) -> Option<String> {
-        if lock(&self.held).contains_key(&uuid) {
-            return Some("here".to_owned());
-        }
-        lock(&self.forwarded).get(&uuid).map(|to| to.node.clone())
+    fn placed(&self) -> Vec<(Uuid, String)> {
+        let mut placed: Vec<(Uuid, String)> = lock(&self.held)
+            .keys()
+            .map(|uuid| (*uuid, "here".to_owned()))
+            .collect();
+        placed.extend(
+            lock(&self.forwarded)
+                .iter()
+                .map(|(uuid, to)| (*uuid, to.node.clone())),
+        );
+        placed
     }
 
     /// Renews the leases held, and finds the services to place again: those whose
@@ -621,19 +627,28 @@ impl Cluster {
         // Stateless services run on every node: a count says enough of them, and keeps
         // the heartbeat small however many there are. Programs are listed, with where
         // this node sees them run.
-        let views = self.registry.list();
-        let running = views.iter().filter(|view| view.status.should_run()).count();
-        let programs: Vec<Value> = views
+        let running: usize = self
+            .registry
+            .summary()
+            .by_status
+            .iter()
+            .filter(|(status, _)| status.should_run())
+            .map(|(_, count)| count)
+            .sum();
+        let programs: Vec<Value> = self
+            .placement
+            .placed()
             .into_iter()
-            .filter(|view| view.status.should_run())
-            .filter_map(|view| {
-                let place = self.placement.whereabouts(view.uuid)?;
-                Some(json!({
-                    "uuid": view.uuid,
-                    "name": view.name,
-                    "status": view.status,
-                    "runs_on": place,
-                }))
+            .filter_map(|(uuid, place)| {
+                let view = self.registry.get(uuid).ok()?;
+                view.status.should_run().then(|| {
+                    json!({
+                        "uuid": view.uuid,
+                        "name": view.name,
+                        "status": view.status,
+                        "runs_on": place,
+                    })
+                })
             })
             .collect();
         json!({ "running": running, "programs": programs })
