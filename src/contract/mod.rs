@@ -270,6 +270,16 @@ pub trait RunningService: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stops the instance as [`RunningService::stop`] does, but gone within `grace`:
+    /// a type that gives its work time to end (a program's `stop_timeout_ms`) cuts
+    /// that time short. Herve calls it when the instance must be gone by a deadline:
+    /// in a cluster, on a node that can no longer renew its lease on the service,
+    /// before another node may start it. The default: [`RunningService::stop`].
+    async fn stop_within(&self, grace: std::time::Duration) -> Result<(), ServiceError> {
+        let _ = grace;
+        self.stop().await
+    }
+
     /// Replaces what answers for the instance, without a gap, when the instance can do
     /// it better itself (`POST /services/:uuid/reload`): a `process` service starts a
     /// new copy of its program, moves its requests to it once it is ready and stops

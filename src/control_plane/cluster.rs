@@ -223,22 +223,28 @@ impl Placement {
     /// Renews the leases held, and finds the services to place again: those whose
     /// lease this node lost, those it forwards to a node that no longer holds them,
     /// and those it could not place or had to stop while the database was away.
-    /// Services it must stop now are in the second list: their lease was last renewed
-    /// half a lease ago, which leaves the program the other half to stop before
-    /// another node may take the lease. That check comes first and waits for nothing.
-    async fn tend(&self) -> (Vec<Uuid>, Vec<Uuid>) {
+    /// Services it must stop now are in the second list, with the time their program
+    /// has to end: their lease was last renewed half a lease ago, and the program must
+    /// be gone before another node may take the lease. That check comes first and
+    /// waits for nothing.
+    async fn tend(&self) -> (Vec<Uuid>, Vec<(Uuid, Duration)>) {
         let mut again = Vec::new();
         let mut fence = Vec::new();
-        let half = self.settings.lease / 2;
+        let lease = self.settings.lease;
         lock(&self.held).retain(|uuid, (_, renewed)| {
-            if renewed.elapsed() < half {
+            let since = renewed.elapsed();
+            if since < lease / 2 {
                 return true;
             }
             tracing::error!(%uuid, "could not renew a lease in time; the service's program is stopped here");
-            fence.push(*uuid);
+            // Whatever the program's own stop timeout, it is killed three quarters of a
+            // lease after the last renewal: the last quarter is the kill's margin
+            // (measured from before the renewal was sent, so never late).
+            let grace = (lease * 3 / 4).saturating_sub(since);
+            fence.push((*uuid, grace));
             false
         });
-        lock(&self.fenced).extend(fence.iter().copied());
+        lock(&self.fenced).extend(fence.iter().map(|(uuid, _)| *uuid));
         let held: Vec<(Uuid, i64)> = lock(&self.held)
             .iter()
             .map(|(uuid, (generation, _))| (*uuid, *generation))
@@ -375,7 +381,9 @@ impl Cluster {
     pub fn spawn_leases(self: &Arc<Self>, stop: CancellationToken) {
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(HEARTBEAT);
+            // Often enough that a renewal is never half a lease old at a check, even
+            // with the shortest leases.
+            let mut every = tokio::time::interval(HEARTBEAT.min(cluster.settings.lease / 4));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -383,26 +391,26 @@ impl Cluster {
                     () = stop.cancelled() => return,
                 }
                 let (again, fence) = cluster.placement.tend().await;
-                for uuid in fence {
-                    cluster.in_background(uuid, true);
+                for (uuid, grace) in fence {
+                    cluster.in_background(uuid, Some(grace));
                 }
                 for uuid in again {
-                    cluster.in_background(uuid, false);
+                    cluster.in_background(uuid, None);
                 }
             }
         });
     }
 
-    /// Fences (or places again) service `uuid` in a task of its own, unless one is at
-    /// it already.
-    fn in_background(self: &Arc<Self>, uuid: Uuid, fence: bool) {
+    /// Fences service `uuid` (its program gone within the grace given), or places it
+    /// again, in a task of its own, unless one is at it already.
+    fn in_background(self: &Arc<Self>, uuid: Uuid, fence: Option<Duration>) {
         if !lock(&self.busy).insert(uuid) {
             return;
         }
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
-            if fence {
-                cluster.registry.fence(uuid).await;
+            if let Some(grace) = fence {
+                cluster.registry.fence(uuid, grace).await;
             } else {
                 cluster.registry.place_again(uuid).await;
             }

@@ -378,6 +378,67 @@ async fn without_the_database_nodes_serve_on_refuse_changes_and_catch_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_the_database_kills_its_program_before_the_lease_runs_out() {
+    // A program that ignores SIGTERM and may take a minute to stop: a node cut off
+    // from the database must not wait that minute, or another node could start it
+    // while it still runs.
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
+    let command = format!("python3 {app} stubborn");
+    let uuid = crate::process_type::register_process(
+        &a,
+        "stubborn",
+        &[("command", command.as_str()), ("stop_timeout_ms", "60000")],
+    )
+    .await
+    .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    assert_eq!(crate::process_type::processes_of(&uuid).len(), 1);
+
+    // The last renewal was sent before this instant: the lease (4 s) runs out by
+    // `lost` + 4 s at the latest.
+    let lost = Instant::now();
+    postgres.stop();
+    crate::process_type::wait_for(
+        "the program to be killed",
+        Duration::from_secs(4),
+        async || crate::process_type::processes_of(&uuid).is_empty(),
+    )
+    .await;
+    let killed = lost.elapsed();
+    println!("killed {killed:?} after the database went away");
+    // Not before half the lease: a short outage costs nothing.
+    assert!(killed >= Duration::from_secs(2), "{killed:?}");
+    crate::process_type::wait_for("the service to fail", Duration::from_secs(2), async || {
+        let shown = a.admin_get(&format!("/services/{uuid}")).await.json();
+        shown["data"]["status"] == "failed"
+    })
+    .await;
+
+    // Back: it runs again (here, the only node).
+    postgres.restart();
+    crate::process_type::wait_for("the program again", Duration::from_secs(15), async || {
+        crate::process_type::processes_of(&uuid).len() == 1
+    })
+    .await;
+    // A clean stop gives it its minute: the test does not wait for that.
+    let stopping = tokio::spawn(a.stop());
+    while !stopping.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for pid in crate::process_type::processes_of(&uuid) {
+            // SAFETY: a plain signal to a process of this test's own.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    stopping.await.expect("stopped");
+    assert!(crate::process_type::processes_of(&uuid).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_random_nodes_lose_no_acknowledged_change() {
     use std::sync::{Arc, Mutex};
     let postgres = Postgres::start();

@@ -9,6 +9,7 @@
 //! [`replaying`], which turns them into no-ops.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -122,11 +123,11 @@ impl Registry {
     /// Stops the program of service `uuid` here: this node could not renew its lease
     /// in time, and another node may take it. It is placed again once the database
     /// is back.
-    pub async fn fence(&self, uuid: Uuid) {
+    pub async fn fence(&self, uuid: Uuid, grace: Duration) {
         let Ok((slot, mut life)) = self.locked(uuid, true).await else {
             return;
         };
-        self.halt(&slot, &mut life).await;
+        self.halt_within(&slot, &mut life, Some(grace)).await;
         slot.set_status(
             Status::Failed,
             "Stopped on this node: it lost the shared database and, with it, the lease on the service.",

@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -1057,6 +1058,11 @@ impl Registry {
     /// Withdraws the routes of `slot` and stops its instance, if any; the caller holds
     /// its lifecycle lock and records the status.
     async fn halt(&self, slot: &Slot, life: &mut Life) {
+        self.halt_within(slot, life, None).await;
+    }
+
+    /// As `halt`, with the instance gone within `grace` when one is given.
+    async fn halt_within(&self, slot: &Slot, life: &mut Life, grace: Option<Duration>) {
         {
             // A new epoch first: whatever the instance still reports is now stale.
             let mut state = lock(&slot.state);
@@ -1070,7 +1076,11 @@ impl Registry {
         };
         // Withdraw next: no new request reaches an instance that is going away.
         self.routes.withdraw(&slot.uuid);
-        if let Err(error) = instance.stop().await {
+        let stopped = match grace {
+            Some(grace) => instance.stop_within(grace).await,
+            None => instance.stop().await,
+        };
+        if let Err(error) = stopped {
             tracing::warn!(uuid = %slot.uuid, %error, "service did not stop cleanly");
         }
         if let Some(placement) = self.placement_of(slot) {

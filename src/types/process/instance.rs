@@ -254,6 +254,16 @@ impl RunningService for RunningProcess {
         Ok(())
     }
 
+    /// Stops as `stop` does, and kills what is still running once `grace` is over.
+    async fn stop_within(&self, grace: Duration) -> Result<(), ServiceError> {
+        let hurry = self.launcher.template.hurry.clone();
+        let _deadline = AbortOnDrop::spawn(async move {
+            tokio::time::sleep(grace).await;
+            hurry.cancel();
+        });
+        self.stop().await
+    }
+
     fn handler(&self) -> Option<Arc<dyn crate::contract::Handler>> {
         Some(Arc::new(ForwardToCopies(Arc::clone(&self.routing))))
     }

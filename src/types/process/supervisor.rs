@@ -80,6 +80,9 @@ pub(crate) struct Spec {
     pub health_path: Option<String>,
     pub restart: RestartPolicy,
     pub stop_timeout: Duration,
+    /// Cancelled when the program must be gone now: a stop then kills it without
+    /// waiting out `stop_timeout`. Shared by every copy of the service.
+    pub hurry: CancellationToken,
     pub ready_timeout: Duration,
 }
 
@@ -363,11 +366,18 @@ impl Supervisor {
         for pid in &started {
             sys::kill(*pid, libc::SIGTERM);
         }
-        let status = match tokio::time::timeout(self.spec.stop_timeout, child.wait()).await {
-            Ok(status) => status.map(|s| s.to_string()),
-            Err(_) => {
-                self.log
-                    .line(b"[herve] still running after the stop timeout: SIGKILL");
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(self.spec.stop_timeout, child.wait()) => waited.ok(),
+            () = self.spec.hurry.cancelled() => None,
+        };
+        let status = match waited {
+            Some(status) => status.map(|s| s.to_string()),
+            None => {
+                self.log.line(if self.spec.hurry.is_cancelled() {
+                    b"[herve] it must be gone now: SIGKILL".as_slice()
+                } else {
+                    b"[herve] still running after the stop timeout: SIGKILL".as_slice()
+                });
                 kill_group(pgid, libc::SIGKILL);
                 containment::signal_tree(pgid, libc::SIGKILL);
                 child.wait().await.map(|s| s.to_string())
