@@ -61,9 +61,12 @@ impl std::fmt::Debug for SharedDb {
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(error: tokio_postgres::Error) -> Self {
-        // An error the server sent is about the statement; any other is about reaching
-        // the server.
-        if error.as_db_error().is_some() {
+        // An error the server sent is about the statement, and so is a column of
+        // another type than this Herve made it (altered by hand); any other is about
+        // reaching the server.
+        let wrong_type = std::error::Error::source(&error)
+            .is_some_and(|cause| cause.is::<tokio_postgres::types::WrongType>());
+        if error.as_db_error().is_some() || wrong_type {
             DbError::Postgres(error)
         } else {
             // The cause says what went wrong (a refused connection, a certificate).
@@ -199,7 +202,8 @@ async fn migrate_locked(
             &[&component],
         )
         .await?
-        .map(|row| row.get(0))
+        .map(|row| row.try_get(0))
+        .transpose()?
         .unwrap_or(0);
     let wanted = i64::try_from(steps.len()).unwrap_or(i64::MAX);
     if current > wanted {

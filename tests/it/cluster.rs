@@ -145,6 +145,21 @@ async fn a_lone_herve_has_no_cluster() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_altered_by_hand_is_an_error_not_a_crash() {
+    let postgres = Postgres::start();
+    let a = node(&postgres, "a").await;
+    assert_eq!(a.admin_get("/cluster").await.status, 200);
+    postgres.sql("ALTER TABLE herve_nodes ALTER COLUMN started_at TYPE TEXT");
+    a.admin_get("/cluster")
+        .await
+        .expect(500, "The cluster's nodes could not be read.");
+    // The node is whole: it serves, and answers the same again.
+    assert_eq!(a.get("/health").await.status, 200);
+    assert_eq!(a.admin_get("/cluster").await.status, 500);
+    a.stop().await;
+}
+
 /// Starts the binary as node `name` on `postgres`, in `dir`.
 fn bin_node(postgres: &Postgres, dir: &std::path::Path, name: &str) -> BinHerve {
     std::fs::create_dir_all(dir).expect("node dir");

@@ -196,9 +196,12 @@ pub(super) async fn cluster(
              Give every node the same HERVE_DATABASE_URL to run several.",
         ));
     };
-    let view = cluster
-        .view()
-        .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+    let view = cluster.view().await.map_err(|error| {
+        if error.is_unavailable() {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        } else {
+            ApiError::internal("The cluster's nodes could not be read.", error)
+        }
+    })?;
     Ok(Envelope::data(view).respond(StatusCode::OK))
 }

@@ -186,7 +186,7 @@ impl PostgresStore {
                 &[&uuid.to_string()],
             )
             .await?
-            .get(0);
+            .try_get(0)?;
         tx.execute(
             "SELECT pg_notify($1, $2)",
             &[&CHANNEL, &revision.to_string()],
@@ -203,7 +203,7 @@ impl PostgresStore {
             let row = client
                 .query_one("SELECT coalesce(max(revision), 0) FROM herve_changes", &[])
                 .await?;
-            Ok(row.get(0))
+            Ok(row.try_get(0)?)
         })
         .await
     }
@@ -228,8 +228,8 @@ impl PostgresStore {
                 .into_iter()
                 .filter_map(|row| {
                     Some(Change {
-                        uuid: Uuid::try_parse(row.get::<_, &str>(0)).ok()?,
-                        revision: row.get(1),
+                        uuid: Uuid::try_parse(row.try_get::<_, &str>(0).ok()?).ok()?,
+                        revision: row.try_get(1).ok()?,
                     })
                 })
                 .collect())
@@ -338,7 +338,10 @@ impl PostgresStore {
                     &[&max, &(window_s as f64)],
                 )
                 .await?;
-            Ok(rows.into_iter().map(|row| row.get(0)).collect())
+            Ok(rows
+                .into_iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -384,13 +387,13 @@ impl PostgresStore {
                 .into_iter()
                 .map(|row| {
                     let written: serde_json::Value =
-                        serde_json::from_str(row.get::<_, &str>(5)).unwrap_or_default();
-                    NodeRow {
-                        name: row.get(0),
-                        addr: row.get(1),
-                        started_at: row.get(2),
-                        heartbeat_age_ms: row.get(3),
-                        revision: row.get(4),
+                        serde_json::from_str(row.try_get::<_, &str>(5)?).unwrap_or_default();
+                    Ok(NodeRow {
+                        name: row.try_get(0)?,
+                        addr: row.try_get(1)?,
+                        started_at: row.try_get(2)?,
+                        heartbeat_age_ms: row.try_get(3)?,
+                        revision: row.try_get(4)?,
                         running: written["running"].as_i64().unwrap_or(0),
                         services: match &written["programs"] {
                             serde_json::Value::Array(programs) => {
@@ -398,9 +401,9 @@ impl PostgresStore {
                             }
                             _ => serde_json::Value::Array(Vec::new()),
                         },
-                    }
+                    })
                 })
-                .collect())
+                .collect::<Result<_, tokio_postgres::Error>>()?)
         })
         .await
     }
@@ -441,10 +444,7 @@ impl PostgresStore {
                     &[&key, &node, &(ttl_ms as f64)],
                 )
                 .await?;
-            Ok(row.map(|row| Lease {
-                node: row.get(0),
-                generation: row.get(1),
-            }))
+            Ok(row.map(|row| lease_row(&row)).transpose()?)
         })
         .await
     }
@@ -492,10 +492,7 @@ impl PostgresStore {
                     &[&uuid.to_string()],
                 )
                 .await?;
-            Ok(row.map(|row| Lease {
-                node: row.get(0),
-                generation: row.get(1),
-            }))
+            Ok(row.map(|row| lease_row(&row)).transpose()?)
         })
         .await
     }
@@ -522,7 +519,7 @@ impl PostgresStore {
             let row = client
                 .query_opt("SELECT addr FROM herve_nodes WHERE name = $1", &[&name])
                 .await?;
-            Ok(row.map(|row| row.get(0)))
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
         })
         .await
     }
@@ -583,7 +580,7 @@ async fn claim_routes(tx: &Transaction<'_>, record: &ServiceRecord) -> Result<()
                     &[&host, &path],
                 )
                 .await?
-                .map(|row| row.get(0));
+                .and_then(|row| row.try_get(0).ok());
             let route = match (host.is_empty(), path.as_str()) {
                 (true, _) => path.clone(),
                 (false, "/") => host.clone(),
@@ -599,22 +596,30 @@ async fn claim_routes(tx: &Transaction<'_>, record: &ServiceRecord) -> Result<()
 }
 
 /// The `services` columns of `row` from `first` on, as [`SERVICE_COLUMNS`] lists them.
-fn service_row(row: &tokio_postgres::Row, first: usize) -> Row {
-    Row {
-        seq: row.get(first),
-        uuid: row.get(first + 1),
-        name: row.get(first + 2),
-        type_name: row.get(first + 3),
-        description: row.get(first + 4),
-        status: row.get(first + 5),
-        config: row.get(first + 6),
-        created_at: row.get(first + 7),
-        detail: row.get(first + 8),
-        user_description: row.get(first + 9),
-        hosts: row.get(first + 10),
-        path: row.get(first + 11),
-        fields: row.get(first + 12),
-    }
+fn service_row(row: &tokio_postgres::Row, first: usize) -> Result<Row, tokio_postgres::Error> {
+    Ok(Row {
+        seq: row.try_get(first)?,
+        uuid: row.try_get(first + 1)?,
+        name: row.try_get(first + 2)?,
+        type_name: row.try_get(first + 3)?,
+        description: row.try_get(first + 4)?,
+        status: row.try_get(first + 5)?,
+        config: row.try_get(first + 6)?,
+        created_at: row.try_get(first + 7)?,
+        detail: row.try_get(first + 8)?,
+        user_description: row.try_get(first + 9)?,
+        hosts: row.try_get(first + 10)?,
+        path: row.try_get(first + 11)?,
+        fields: row.try_get(first + 12)?,
+    })
+}
+
+/// The lease of `row` (node, generation).
+fn lease_row(row: &tokio_postgres::Row) -> Result<Lease, tokio_postgres::Error> {
+    Ok(Lease {
+        node: row.try_get(0)?,
+        generation: row.try_get(1)?,
+    })
 }
 
 #[async_trait]
@@ -628,10 +633,11 @@ impl Store for PostgresStore {
                     &[],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .filter_map(|row| service_row(row, 0).into_record())
-                .collect())
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                records.extend(service_row(row, 0)?.into_record());
+            }
+            Ok(records)
         })
         .await
     }
@@ -645,7 +651,10 @@ impl Store for PostgresStore {
                     &[&uuid.to_string()],
                 )
                 .await?;
-            Ok(row.and_then(|row| service_row(&row, 0).into_record()))
+            Ok(match row {
+                Some(row) => service_row(&row, 0)?.into_record(),
+                None => None,
+            })
         })
         .await
     }
@@ -677,7 +686,7 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(|error| name_taken(error, &record.name))?
-                .get(0);
+                .try_get(0)?;
             claim_routes(&tx, record).await?;
             Self::finish(tx, record.uuid).await?;
             Ok(seq)
@@ -771,10 +780,10 @@ impl Store for PostgresStore {
                 .into_iter()
                 .filter_map(|row| {
                     Some(StoredCertificate {
-                        source: CertSource::parse(row.get::<_, &str>(1))?,
-                        host: row.get(0),
-                        pem: row.get(2),
-                        updated_at: row.get(3),
+                        source: CertSource::parse(row.try_get::<_, &str>(1).ok()?)?,
+                        host: row.try_get(0).ok()?,
+                        pem: row.try_get(2).ok()?,
+                        updated_at: row.try_get(3).ok()?,
                     })
                 })
                 .collect())
@@ -901,17 +910,17 @@ impl Store for PostgresStore {
             Ok(rows
                 .into_iter()
                 .filter_map(|row| {
-                    let host: String = row.get(0);
-                    match row.get::<_, &str>(1) {
+                    let host: String = row.try_get(0).ok()?;
+                    match row.try_get::<_, &str>(1).ok()? {
                         "http-01" => Some(StoredChallenge::Http {
                             host,
-                            token: row.get(2),
-                            key_authorization: String::from_utf8(row.get(3)).ok()?,
+                            token: row.try_get(2).ok()?,
+                            key_authorization: String::from_utf8(row.try_get(3).ok()?).ok()?,
                         }),
                         "tls-alpn-01" => Some(StoredChallenge::TlsAlpn {
                             host,
-                            cert: row.get(3),
-                            key: row.get(4),
+                            cert: row.try_get(3).ok()?,
+                            key: row.try_get(4).ok()?,
                         }),
                         _ => None,
                     }
@@ -955,7 +964,9 @@ impl Store for PostgresStore {
                     &[&digest],
                 )
                 .await?;
-            Ok(row.map(|row| (row.get(0), row.get(1))))
+            Ok(row
+                .map(|row| Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(1)?)))
+                .transpose()?)
         })
         .await
     }
@@ -980,7 +991,7 @@ impl Store for PostgresStore {
                     &[&directory],
                 )
                 .await?;
-            Ok(row.map(|row| row.get(0)))
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
         })
         .await
     }

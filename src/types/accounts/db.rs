@@ -256,7 +256,7 @@ async fn shared_password_hash(
             &[&service, &username],
         )
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    Ok(row.map(|row| row.try_get(0)).transpose()?)
 }
 
 async fn shared_add_token(
@@ -296,10 +296,14 @@ async fn shared_user_of_token(
             &[&token_hash, &service, &unix_now()],
         )
         .await?;
-    Ok(row.map(|row| User {
-        username: row.get(0),
-        created_at: row.get(1),
-    }))
+    Ok(row
+        .map(|row| {
+            Ok::<_, tokio_postgres::Error>(User {
+                username: row.try_get(0)?,
+                created_at: row.try_get(1)?,
+            })
+        })
+        .transpose()?)
 }
 
 async fn shared_remove_token(db: &SharedDb, token_hash: &str) -> Result<(), DbError> {

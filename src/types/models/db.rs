@@ -328,7 +328,7 @@ async fn shared_insert_row(
             &[&service],
         )
         .await?
-        .get(0);
+        .try_get(0)?;
     let now = unix_now();
     tx.execute(
         "INSERT INTO model_instances (service, id, created_at, updated_at, data)
@@ -353,8 +353,15 @@ async fn shared_read(
             &[&service, &id],
         )
         .await?;
-    row.map(|row| decode_row((row.get(0), row.get(1), row.get(2), row.get(3))))
-        .transpose()
+    row.map(|row| {
+        decode_row((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        ))
+    })
+    .transpose()
 }
 
 async fn shared_write(
@@ -458,12 +465,17 @@ async fn shared_batch(
     };
     let (mut batch, mut bytes) = (Vec::new(), 0usize);
     for row in found {
-        let data: String = row.get(3);
+        let data: String = row.try_get(3)?;
         bytes += data.len();
         if bytes > max_bytes && !batch.is_empty() {
             break;
         }
-        batch.push(decode_row((row.get(0), row.get(1), row.get(2), data))?);
+        batch.push(decode_row((
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            data,
+        ))?);
     }
     Ok(batch)
 }
