@@ -62,7 +62,8 @@ pub(crate) struct ClusterSettings {
 #[derive(Debug, Clone)]
 struct Forwarded {
     node: String,
-    addr: String,
+    /// `None` while the node it is pinned to has never joined.
+    addr: Option<String>,
     /// The service is pinned to that node (`node`): it is forwarded there even while
     /// that node does not hold the lease (it takes it when it runs).
     pinned: bool,
@@ -145,16 +146,24 @@ impl Placement {
                 (None, Some(pinned)) => pinned.to_owned(),
                 (None, None) => continue,
             };
-            let addr = self
-                .store
-                .node_addr(&holder)
-                .await
-                .map_err(unplaced)?
-                .ok_or_else(|| {
-                    ServiceError::failed(format!(
-                        "The node '{holder}' has never joined the cluster: nothing runs the service."
-                    ))
-                })?;
+            let Some(addr) = self.store.node_addr(&holder).await.map_err(unplaced)? else {
+                // Pinned to a node yet to join: it starts the program when it does
+                // (the intent, `running`, is stored), and this node forwards then;
+                // until that, traffic is told why it cannot be served.
+                lock(&self.held).remove(&uuid);
+                lock(&self.fenced).remove(&uuid);
+                let waiting = awaiting_node(&holder);
+                let pinned = pinned_elsewhere == Some(holder.as_str());
+                lock(&self.forwarded).insert(
+                    uuid,
+                    Forwarded {
+                        node: holder,
+                        addr: None,
+                        pinned,
+                    },
+                );
+                return Ok(Box::new(waiting));
+            };
             let Some(forwarder) = forwarder else {
                 return Err(ServiceError::failed(
                     "This Herve has no proxy type to forward with.",
@@ -170,7 +179,7 @@ impl Placement {
                 uuid,
                 Forwarded {
                     node: holder,
-                    addr,
+                    addr: Some(addr),
                     pinned,
                 },
             );
@@ -200,9 +209,10 @@ impl Placement {
 
     /// The node (and its address) this node forwards service `uuid` to, if it does.
     pub fn runs_elsewhere(&self, uuid: Uuid) -> Option<(String, String)> {
-        lock(&self.forwarded)
-            .get(&uuid)
-            .map(|to| (to.node.clone(), to.addr.clone()))
+        lock(&self.forwarded).get(&uuid).map(|to| {
+            let addr = to.addr.as_deref().unwrap_or("not joined yet");
+            (to.node.clone(), addr.to_owned())
+        })
     }
 
     /// The programs this node runs or forwards, and where: `here`, or the node it
@@ -304,7 +314,7 @@ impl Placement {
             };
             let moved = !same
                 || match self.store.node_addr(&to.node).await {
-                    Ok(now) => now.as_deref() != Some(to.addr.as_str()),
+                    Ok(now) => now != to.addr,
                     Err(_) => break,
                 };
             if moved {
@@ -314,6 +324,23 @@ impl Placement {
         again.extend(lock(&self.fenced).iter().copied());
         (again, fence)
     }
+}
+
+/// What answers for a program pinned to node `node`, which has never joined: 503,
+/// saying so, until it joins (the node is looked for at every tend).
+fn awaiting_node(node: &str) -> axum::Router {
+    let message =
+        format!("The service runs on the node '{node}', which has not joined the cluster yet.\n");
+    axum::Router::new().fallback(move || {
+        let message = message.clone();
+        async move {
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                [(http::header::RETRY_AFTER, "5")],
+                message,
+            )
+        }
+    })
 }
 
 /// This node's part in the cluster: it follows the shared store and reports itself.

@@ -853,10 +853,10 @@ async fn a_program_pinned_to_a_node_runs_there_and_moves_when_the_pin_changes() 
     }
     let first = crate::process_type::processes_of(&uuid);
     assert_eq!(first.len(), 1, "{first:?}");
+    // b lists the program from the moment it holds the lease, a little before it
+    // routes to it.
     for client in [&a.client, &b.client] {
-        let reply = client.get(&format!("/{uuid}/")).await;
-        assert_eq!(reply.status, 200, "{} {}", client.addr, reply.text());
-        assert_eq!(reply.json()["pid"].as_u64(), Some(u64::from(first[0])));
+        reaches(client, &uuid, first[0], Duration::from_secs(5)).await;
     }
 
     // Pinned to a instead: it moves, and still runs once.
@@ -891,6 +891,49 @@ async fn a_program_pinned_to_a_node_runs_there_and_moves_when_the_pin_changes() 
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_pinned_to_a_node_yet_to_join_starts_when_it_joins() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let a = node(&postgres, "a").await;
+    let command = format!("python3 {app}");
+    let uuid = crate::process_type::register_process(
+        &a,
+        "later",
+        &[("command", command.as_str()), ("node", "c")],
+    )
+    .await
+    .expect("registered");
+    // Started: the intent is stored, and traffic is told why nothing answers yet.
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    let waiting = a.get(&format!("/{uuid}/")).await;
+    assert_eq!(waiting.status, 503, "{}", waiting.text());
+    assert_eq!(
+        waiting.text(),
+        "The service runs on the node 'c', which has not joined the cluster yet.\n"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(crate::process_type::processes_of(&uuid).is_empty());
+
+    // c joins: it runs the program, and a forwards to it.
+    let c = node(&postgres, "c").await;
+    let mut pids = Vec::new();
+    crate::process_type::wait_for("c to run it", Duration::from_secs(5), async || {
+        pids = crate::process_type::processes_of(&uuid);
+        pids.len() == 1
+    })
+    .await;
+    reaches(&a, &uuid, pids[0], Duration::from_secs(5)).await;
+    reaches(&c, &uuid, pids[0], Duration::from_secs(1)).await;
+    let shown = a.admin_get(&format!("/services/{uuid}")).await.json();
+    assert_eq!(shown["data"]["status"], "running", "{shown}");
+    a.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
