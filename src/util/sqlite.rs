@@ -28,6 +28,9 @@ pub enum DbError {
     /// The shared database cannot be reached: changes are refused until it is back.
     #[error("the shared database cannot be reached ({0}); changes are refused until it is back")]
     Unavailable(String),
+    /// The database is closed (Herve is stopping).
+    #[error("the database is closed")]
+    Closed,
     /// The data read back is not what was written.
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -41,10 +44,18 @@ pub enum DbError {
     },
 }
 
+/// Blocking threads a database's calls may take at once.
+const THREADS_PER_DATABASE: usize = 3;
+
 /// One connection to a database file.
 #[derive(Clone)]
 pub struct Database {
     conn: Arc<Mutex<Connection>>,
+    /// A few calls on the blocking pool at a time (one works, the next ones wait on
+    /// the lock, ready to go): the others wait their turn as tasks, not as blocking
+    /// threads (a burst of calls, such as token lookups for a flood of made-up
+    /// tokens, once took a thread each).
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Database {
@@ -61,6 +72,7 @@ impl Database {
         conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Database {
             conn: Arc::new(Mutex::new(conn)),
+            turns: Arc::new(tokio::sync::Semaphore::new(THREADS_PER_DATABASE)),
         })
     }
 
@@ -71,9 +83,19 @@ impl Database {
         F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
+        // Held by the work itself, so a caller that goes away mid-call does not let
+        // the next one onto the pool while the connection is still busy.
+        let turn = Arc::clone(&self.turns)
+            .acquire_owned()
+            .await
+            .map_err(|_| DbError::Closed)?;
         // A panic while holding the lock cannot leave a half-written transaction
         // behind (SQLite rolls it back), so a poisoned lock is still usable.
-        tokio::task::spawn_blocking(move || work(&mut lock(&conn))).await?
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work(&mut lock(&conn))
+        })
+        .await?
     }
 
     /// Runs `work` in one transaction: committed if it returns `Ok`, rolled back
@@ -184,5 +206,43 @@ mod tests {
         db.migrate_blocking("test", &steps)
             .expect("again: nothing to do");
         assert!(db.migrate_blocking("test", &steps[..1]).is_err());
+    }
+
+    #[test]
+    fn a_burst_of_calls_takes_a_few_blocking_threads_not_one_each() {
+        const NAME: &str = "sqlite-turns";
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name(NAME)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(&dir.path().join("t.db")).expect("open");
+        runtime.block_on(async {
+            let calls = (0..64).map(|_| {
+                db.call(|conn| {
+                    std::thread::sleep(Duration::from_millis(2));
+                    Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?)
+                })
+            });
+            for answer in futures_util::future::join_all(calls).await {
+                assert_eq!(answer.expect("answer"), 1);
+            }
+        });
+        // Idle blocking threads linger for seconds: those alive now are all it took.
+        let threads = std::fs::read_dir("/proc/self/task")
+            .expect("/proc")
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim() == NAME)
+            })
+            .count();
+        // A thread that gave its turn back may still be on its way to idle when the
+        // next call is handed out: a few more than the turns, never one per call.
+        assert!(
+            threads <= 2 * THREADS_PER_DATABASE,
+            "{threads} blocking threads for 64 calls"
+        );
     }
 }
