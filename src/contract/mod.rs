@@ -504,6 +504,16 @@ impl MountPrefix {
     }
 }
 
+/// Marks a request that another node of the cluster forwarded, proven by the header
+/// [`PEER_HEADER`]: its middlewares ran on that node, and its forwarding headers
+/// (`X-Forwarded-*`) are that node's, to be kept as a trusted proxy's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FromPeer;
+
+/// The header a node puts on the requests it forwards to another node, with a value
+/// only the nodes know; the receiving node removes it before anything sees it.
+pub(crate) const PEER_HEADER: &str = "x-herve-peer";
+
 /// A boxed error, the source of a [`ServiceError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -56,6 +56,9 @@ pub(crate) struct ClusterSettings {
     /// How long a lease lasts without renewal: a dead node's programs start elsewhere
     /// after this (and a tick).
     pub lease: Duration,
+    /// Proves to the other nodes that a request comes from a node (see
+    /// [`crate::contract::PEER_HEADER`]).
+    pub peer_token: http::HeaderValue,
 }
 
 /// Where this node forwards a service's traffic.
@@ -171,7 +174,10 @@ impl Placement {
             };
             let fields = Fields::from_pairs([("upstream", format!("{addr}/{uuid}"))]);
             let forwarding = forwarder.register(ctx, &fields).await?;
-            let instance = forwarder.start(ctx, &forwarding).await?;
+            let instance: Box<dyn RunningService> = Box::new(ToNode {
+                inner: forwarder.start(ctx, &forwarding).await?,
+                token: self.settings.peer_token.clone(),
+            });
             lock(&self.held).remove(&uuid);
             lock(&self.fenced).remove(&uuid);
             let pinned = pinned_elsewhere == Some(holder.as_str());
@@ -323,6 +329,68 @@ impl Placement {
         }
         again.extend(lock(&self.fenced).iter().copied());
         (again, fence)
+    }
+}
+
+/// A forwarder to the node that runs a program: a proxy whose requests say they come
+/// from a node, so that node does not run the service's middlewares a second time.
+struct ToNode {
+    inner: Box<dyn RunningService>,
+    token: http::HeaderValue,
+}
+
+/// [`ToNode`]'s requests, marked, then the proxy's handler.
+struct MarkedForNode {
+    inner: Arc<dyn crate::contract::Handler>,
+    token: http::HeaderValue,
+}
+
+impl crate::contract::Handler for MarkedForNode {
+    fn answer(&self, mut request: axum::extract::Request) -> crate::contract::Answer {
+        request.headers_mut().insert(
+            http::HeaderName::from_static(crate::contract::PEER_HEADER),
+            self.token.clone(),
+        );
+        self.inner.answer(request)
+    }
+}
+
+#[async_trait::async_trait]
+impl RunningService for ToNode {
+    fn routes(&self) -> axum::Router {
+        let token = self.token.clone();
+        self.inner.routes().layer(axum::middleware::map_request(
+            move |mut request: axum::extract::Request| {
+                let token = token.clone();
+                async move {
+                    request.headers_mut().insert(
+                        http::HeaderName::from_static(crate::contract::PEER_HEADER),
+                        token,
+                    );
+                    request
+                }
+            },
+        ))
+    }
+
+    async fn stop(&self) -> Result<(), ServiceError> {
+        self.inner.stop().await
+    }
+
+    async fn stop_within(&self, grace: Duration) -> Result<(), ServiceError> {
+        self.inner.stop_within(grace).await
+    }
+
+    fn upstreams(&self) -> Vec<crate::contract::UpstreamState> {
+        self.inner.upstreams()
+    }
+
+    fn handler(&self) -> Option<Arc<dyn crate::contract::Handler>> {
+        let inner = self.inner.handler()?;
+        Some(Arc::new(MarkedForNode {
+            inner,
+            token: self.token.clone(),
+        }))
     }
 }
 

@@ -31,6 +31,7 @@ use super::body::{linger, BodyGuard, BodyLimits, Cut};
 use super::routes::{first_segment, RouteTable, Target, OWN_PATHS};
 use super::tls::CertTable;
 use crate::contract::http::{plain, ApiError, ErrorCause, TEXT_PLAIN};
+use crate::contract::{FromPeer, PEER_HEADER};
 
 /// Who sent a request, as the connection tells.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +71,8 @@ pub(crate) struct Dispatcher {
     redirect_to_tls: Option<u16>,
     /// Connections and refusals, for the metrics.
     meter: Arc<super::ServerMeter>,
+    /// What the other nodes of the cluster put in [`PEER_HEADER`]; `None` alone.
+    peer_token: Option<HeaderValue>,
 }
 
 /// Where ACME's HTTP-01 challenges are asked (RFC 8555 §8.3).
@@ -83,6 +86,7 @@ pub(crate) struct DispatchSettings {
     pub certificates: Arc<CertTable>,
     pub redirect_to_tls: Option<u16>,
     pub meter: Arc<super::ServerMeter>,
+    pub peer_token: Option<HeaderValue>,
 }
 
 impl Dispatcher {
@@ -96,6 +100,7 @@ impl Dispatcher {
             meter: settings.meter,
             certificates: settings.certificates,
             redirect_to_tls: settings.redirect_to_tls,
+            peer_token: settings.peer_token,
         }
     }
 
@@ -158,7 +163,7 @@ impl Dispatcher {
         response
     }
 
-    async fn route_unclosed<B>(&self, peer: Peer, request: Request<B>) -> Response<Body>
+    async fn route_unclosed<B>(&self, peer: Peer, mut request: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<axum::BoxError>,
@@ -215,6 +220,13 @@ impl Dispatcher {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return refused;
         }
+        // Forwarded by another node, which ran the service's middlewares already (a
+        // rate limit counted twice would count that node as the client). The header is
+        // removed either way: no service ever sees it.
+        let from_node = self
+            .peer_token
+            .as_ref()
+            .is_some_and(|token| forwarded_by_node(request.headers_mut(), token));
         let limits = match &found.chain {
             None => self.body_limits,
             Some(chain) => BodyLimits {
@@ -240,10 +252,14 @@ impl Dispatcher {
         if peer.tls {
             extensions.insert(Scheme::HTTPS);
         }
+        if from_node {
+            extensions.insert(FromPeer);
+        }
         let slot = found.target.meter().begin();
         let started = Instant::now();
         let method = request.method().clone();
-        let response = match &found.chain {
+        let chain = found.chain.as_ref().filter(|_| !from_node);
+        let response = match chain {
             None => found.target.answer(request).await,
             // Boxed: the chain's future is large, and inline it would make every
             // request's future (and its moves) as large, chain or not.
@@ -536,5 +552,18 @@ impl HttpBody for Held {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Whether `headers` carry the cluster's `token` in [`PEER_HEADER`] (compared in
+/// constant time); the header is removed either way.
+fn forwarded_by_node(headers: &mut axum::http::HeaderMap, token: &HeaderValue) -> bool {
+    static NAME: axum::http::HeaderName = axum::http::HeaderName::from_static(PEER_HEADER);
+    match headers.remove(&NAME) {
+        Some(value) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            value.as_bytes(),
+            token.as_bytes(),
+        )),
+        None => false,
     }
 }

@@ -20,7 +20,7 @@ use super::headers;
 use super::pool::{ConnectError, Lease};
 use super::Proxy;
 use crate::contract::http::plain;
-use crate::contract::MountPrefix;
+use crate::contract::{FromPeer, MountPrefix};
 
 /// Pooled connections found closed, one after the other, before a fresh one is opened.
 const MAX_STALE_TRIES: usize = 4;
@@ -73,9 +73,11 @@ impl Proxy {
             .extensions
             .get::<MountPrefix>()
             .map_or(&self.prefix, MountPrefix::header_value);
+        // Another node forwarded it: its forwarding headers are a trusted proxy's.
+        let from_node = parts.extensions.get::<FromPeer>().is_some();
         headers::set_forwarding(
             &mut parts.headers,
-            client,
+            (client, from_node),
             (host, https),
             prefix,
             &self.trusted,

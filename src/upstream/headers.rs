@@ -62,13 +62,13 @@ impl TrustedProxies {
 /// with `https`): a client Herve does not trust cannot pass its own as Herve's.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    client: Option<IpAddr>,
+    (client, from_node): (Option<IpAddr>, bool),
     (host, https): (Option<HeaderValue>, bool),
     prefix: &HeaderValue,
     trusted: &TrustedProxies,
 ) {
     let proto = if https { "https" } else { "http" };
-    let from_proxy = client.is_some_and(|ip| trusted.trusts(ip));
+    let from_proxy = from_node || client.is_some_and(|ip| trusted.trusts(ip));
     let chain = if from_proxy {
         joined(headers, &X_FORWARDED_FOR)
     } else {
@@ -95,7 +95,10 @@ pub fn set_forwarding(
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
+    // The prefix the client asked under, which the node it came through knows.
+    if !(from_node && headers.contains_key(&X_FORWARDED_PREFIX)) {
+        headers.insert(X_FORWARDED_PREFIX.clone(), prefix.clone());
+    }
 
     let Some(client) = client else {
         return;
@@ -297,7 +300,7 @@ mod tests {
         let client: IpAddr = "10.1.2.3".parse().expect("ip");
         set_forwarding(
             &mut headers,
-            Some(client),
+            (Some(client), false),
             (Some(HeaderValue::from_static("app.test")), false),
             &HeaderValue::from_static("/x"),
             &TrustedProxies::default(),
@@ -321,7 +324,7 @@ mod tests {
         let client: IpAddr = "10.1.2.3".parse().expect("ip");
         set_forwarding(
             &mut headers,
-            Some(client),
+            (Some(client), false),
             (None, true),
             &HeaderValue::from_static("/x"),
             &trusted,

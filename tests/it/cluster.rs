@@ -936,6 +936,97 @@ async fn a_program_pinned_to_a_node_yet_to_join_starts_when_it_joins() {
     c.stop().await;
 }
 
+/// A program that answers every request with its pid and the headers it got.
+const HEADERS_APP: &str = r#"
+import http.server, json, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"pid": os.getpid(),
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forwarded_by_a_node_passes_the_middlewares_once() {
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("headers.py");
+    std::fs::write(&app, HEADERS_APP).expect("app");
+    let a = node(&postgres, "a").await;
+    let b = node(&postgres, "b").await;
+    let command = format!("python3 {}", app.display());
+    // Six requests an hour per client, on each node; the program runs on b.
+    let uuid = crate::process_type::register_process(
+        &a,
+        "headers",
+        &[
+            ("command", command.as_str()),
+            ("node", "b"),
+            ("rate_limit", "6/h"),
+        ],
+    )
+    .await
+    .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    let mut pids = Vec::new();
+    crate::process_type::wait_for("b to run it", Duration::from_secs(5), async || {
+        pids = crate::process_type::processes_of(&uuid);
+        pids.len() == 1
+    })
+    .await;
+    // b's first request from this client (it routes the program once it is ready).
+    reaches(&b, &uuid, pids[0], Duration::from_secs(5)).await;
+
+    // Through a: a counts them, b does not count them again (it would count a as the
+    // client: every client through a in one bucket). The program sees what the client
+    // asked on a, and never the nodes' proof.
+    for _ in 0..6 {
+        let reply = a.get("/headers/").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let seen = reply.json();
+        let headers = &seen["headers"];
+        assert!(headers.get("x-herve-peer").is_none(), "{seen}");
+        assert_eq!(headers["x-forwarded-prefix"], "/headers", "{seen}");
+        assert_eq!(headers["x-forwarded-proto"], "http", "{seen}");
+    }
+    let refused = a.get("/headers/").await;
+    assert_eq!(refused.status, 429, "a counts: {}", refused.text());
+
+    // Directly to b: its own count for this client is 1 so far.
+    assert_eq!(b.get(&format!("/{uuid}/")).await.status, 200);
+    // A client's own proof is no proof: counted as any request, and not passed on.
+    let forged = b
+        .send(
+            hyper::Method::GET,
+            &format!("/{uuid}/"),
+            Auth::None,
+            &[("x-herve-peer", "0123456789abcdef")],
+            "",
+        )
+        .await;
+    assert_eq!(forged.status, 200, "{}", forged.text());
+    assert!(forged.json()["headers"].get("x-herve-peer").is_none());
+    for _ in 0..3 {
+        assert_eq!(b.get(&format!("/{uuid}/")).await.status, 200);
+    }
+    assert_eq!(
+        b.get(&format!("/{uuid}/")).await.status,
+        429,
+        "b counts too"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_registering_the_same_name_or_route_at_once_do_not_both_win() {
     let postgres = Postgres::start();
