@@ -236,31 +236,32 @@ impl Placement {
         placed
     }
 
-    /// Renews the leases held, and finds the services to place again: those whose
-    /// lease this node lost, those it forwards to a node that no longer holds them,
-    /// and those it could not place or had to stop while the database was away.
-    /// Services it must stop now are in the second list, with the time their program
-    /// has to end: their lease was last renewed half a lease ago, and the program must
-    /// be gone before another node may take the lease. That check comes first and
-    /// waits for nothing.
-    async fn tend(&self) -> (Vec<Uuid>, Vec<(Uuid, Duration)>) {
-        let mut again = Vec::new();
+    /// The services whose program this node must stop now, each with the instant it
+    /// must be gone by: their lease was last renewed half a lease ago, and the program
+    /// must be gone before another node may take the lease. Waits for nothing.
+    fn overdue(&self) -> Vec<(Uuid, Instant)> {
         let mut fence = Vec::new();
         let lease = self.settings.lease;
         lock(&self.held).retain(|uuid, (_, renewed)| {
-            let since = renewed.elapsed();
-            if since < lease / 2 {
+            if renewed.elapsed() < lease / 2 {
                 return true;
             }
             tracing::error!(%uuid, "could not renew a lease in time; the service's program is stopped here");
             // Whatever the program's own stop timeout, it is killed three quarters of a
             // lease after the last renewal: the last quarter is the kill's margin
             // (measured from before the renewal was sent, so never late).
-            let grace = (lease * 3 / 4).saturating_sub(since);
-            fence.push((*uuid, grace));
+            fence.push((*uuid, *renewed + lease * 3 / 4));
             false
         });
         lock(&self.fenced).extend(fence.iter().map(|(uuid, _)| *uuid));
+        fence
+    }
+
+    /// Renews the leases held, and finds the services to place again: those whose
+    /// lease this node lost, those it forwards to a node that no longer holds them,
+    /// and those it could not place or had to stop while the database was away.
+    async fn tend(&self) -> Vec<Uuid> {
+        let mut again = Vec::new();
         let held: Vec<(Uuid, i64)> = lock(&self.held)
             .iter()
             .map(|(uuid, (generation, _))| (*uuid, *generation))
@@ -296,11 +297,11 @@ impl Placement {
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "could not renew the leases");
-                return (again, fence);
+                return again;
             }
             Err(_) => {
                 tracing::warn!("the leases' renewal took too long");
-                return (again, fence);
+                return again;
             }
         }
         let forwarded: Vec<(Uuid, Forwarded)> = lock(&self.forwarded)
@@ -328,7 +329,7 @@ impl Placement {
             }
         }
         again.extend(lock(&self.fenced).iter().copied());
-        (again, fence)
+        again
     }
 }
 
@@ -424,8 +425,21 @@ pub(crate) struct Cluster {
     certificates: std::sync::OnceLock<Arc<Certificates>>,
     /// Whose failed authentications are counted across the cluster.
     auth: std::sync::OnceLock<Arc<AdminAuth>>,
-    /// Services being fenced or placed again in a task of their own.
+    /// Services being placed again in a task of their own.
     busy: Mutex<HashSet<Uuid>>,
+    /// Services being fenced: not placed again until that is done (a placement would
+    /// stop the program with its whole stop timeout, and start it again without a
+    /// lease).
+    fencing: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+/// Takes `uuid` off a busy list when dropped.
+struct Busy<'a>(&'a Mutex<HashSet<Uuid>>, Uuid);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        lock(self.0).remove(&self.1);
+    }
 }
 
 /// What `GET /cluster` shows.
@@ -467,6 +481,7 @@ impl Cluster {
             certificates: std::sync::OnceLock::new(),
             auth: std::sync::OnceLock::new(),
             busy: Mutex::default(),
+            fencing: Arc::default(),
         })
     }
 
@@ -474,6 +489,23 @@ impl Cluster {
     /// `stop`. Started before anything is started, and never waiting for the registry:
     /// a slow start or an apply holds up neither renewals nor fencing.
     pub fn spawn_leases(self: &Arc<Self>, stop: CancellationToken) {
+        // The watchdog: a loop of its own that waits for nothing, so a renewal stuck
+        // on the database delays no fence.
+        let watchdog = Arc::clone(self);
+        let watchdog_stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(watchdog.settings.lease / 16);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = watchdog_stop.cancelled() => return,
+                }
+                for (uuid, deadline) in watchdog.placement.overdue() {
+                    watchdog.fence_in_background(uuid, deadline);
+                }
+            }
+        });
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
             // Often enough that a renewal is never half a lease old at a check, even
@@ -485,31 +517,36 @@ impl Cluster {
                     _ = every.tick() => {}
                     () = stop.cancelled() => return,
                 }
-                let (again, fence) = cluster.placement.tend().await;
-                for (uuid, grace) in fence {
-                    cluster.in_background(uuid, Some(grace));
-                }
-                for uuid in again {
-                    cluster.in_background(uuid, None);
+                for uuid in cluster.placement.tend().await {
+                    cluster.place_in_background(uuid);
                 }
             }
         });
     }
 
-    /// Fences service `uuid` (its program gone within the grace given), or places it
-    /// again, in a task of its own, unless one is at it already.
-    fn in_background(self: &Arc<Self>, uuid: Uuid, fence: Option<Duration>) {
-        if !lock(&self.busy).insert(uuid) {
+    /// Fences service `uuid` (its program gone by `deadline`) in a task of its own,
+    /// always: a placement at work on it does not make the fence wait its turn to be
+    /// asked (the service's lifecycle lock orders the two).
+    fn fence_in_background(self: &Arc<Self>, uuid: Uuid, deadline: Instant) {
+        lock(&self.fencing).insert(uuid);
+        let registry = Arc::clone(&self.registry);
+        let fencing = Arc::clone(&self.fencing);
+        tokio::spawn(async move {
+            let _done = Busy(&fencing, uuid);
+            registry.fence(uuid, deadline).await;
+        });
+    }
+
+    /// Places service `uuid` again in a task of its own, unless one is at it already.
+    fn place_in_background(self: &Arc<Self>, uuid: Uuid) {
+        if lock(&self.fencing).contains(&uuid) || !lock(&self.busy).insert(uuid) {
             return;
         }
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
-            if let Some(grace) = fence {
-                cluster.registry.fence(uuid, grace).await;
-            } else {
-                cluster.registry.place_again(uuid).await;
-            }
-            lock(&cluster.busy).remove(&uuid);
+            // Off the busy list however the task ends (a type's hook may panic).
+            let _done = Busy(&cluster.busy, uuid);
+            cluster.registry.place_again(uuid).await;
         });
     }
 

@@ -9,7 +9,7 @@
 //! [`replaying`], which turns them into no-ops.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -123,11 +123,11 @@ impl Registry {
     /// Stops the program of service `uuid` here: this node could not renew its lease
     /// in time, and another node may take it. It is placed again once the database
     /// is back.
-    pub async fn fence(&self, uuid: Uuid, grace: Duration) {
+    pub async fn fence(&self, uuid: Uuid, deadline: Instant) {
         let Ok((slot, mut life)) = self.locked(uuid, true).await else {
             return;
         };
-        self.halt_within(&slot, &mut life, Some(grace)).await;
+        self.halt_within(&slot, &mut life, Some(deadline)).await;
         slot.set_status(
             Status::Failed,
             "Stopped on this node: it lost the shared database and, with it, the lease on the service.",
@@ -157,6 +157,18 @@ impl Registry {
         })
         .await;
         if let Err(error) = outcome {
+            // Gone, or never to start as it is: not to be tried again every second.
+            let settled = matches!(
+                error,
+                RegistryError::NotFound
+                    | RegistryError::Corrupt(_)
+                    | RegistryError::TypeUnavailable(_)
+            );
+            if settled {
+                if let Some(placement) = &self.placement {
+                    placement.unfence(uuid);
+                }
+            }
             tracing::warn!(%uuid, %error, "could not place a service again");
         }
     }

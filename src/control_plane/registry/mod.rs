@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -680,6 +680,9 @@ impl Registry {
         self.store.remove(uuid).await?;
         life.removed = true;
         slot.gone.cancel();
+        if let Some(placement) = self.placement_of(slot) {
+            placement.unfence(uuid);
+        }
         let definition = slot.definition();
         {
             let mut services = lock(&self.services);
@@ -1013,6 +1016,11 @@ impl Registry {
                 if let Err(stop_error) = instance.stop().await {
                     tracing::warn!(uuid = %slot.uuid, error = %stop_error, "stop after a failed save failed");
                 }
+                // Nor is it placed here any more (a lease kept would be renewed for
+                // nothing, and the other nodes would forward to nothing).
+                if let Some(placement) = self.placement_of(slot) {
+                    placement.release(slot.uuid).await;
+                }
                 // Nothing runs: say so rather than keep whatever the start reported.
                 slot.set_status(Status::Failed, &error.to_string());
                 return Err(error.into());
@@ -1061,8 +1069,8 @@ impl Registry {
         self.halt_within(slot, life, None).await;
     }
 
-    /// As `halt`, with the instance gone within `grace` when one is given.
-    async fn halt_within(&self, slot: &Slot, life: &mut Life, grace: Option<Duration>) {
+    /// As `halt`, with the instance gone by `deadline` when one is given.
+    async fn halt_within(&self, slot: &Slot, life: &mut Life, deadline: Option<Instant>) {
         {
             // A new epoch first: whatever the instance still reports is now stale.
             let mut state = lock(&slot.state);
@@ -1072,12 +1080,20 @@ impl Registry {
             state.started_at = None;
         }
         let Some(instance) = life.instance.take() else {
+            // Nothing runs here; a lease or a forwarding left behind goes all the same.
+            if let Some(placement) = self.placement_of(slot) {
+                placement.release(slot.uuid).await;
+            }
             return;
         };
         // Withdraw next: no new request reaches an instance that is going away.
         self.routes.withdraw(&slot.uuid);
-        let stopped = match grace {
-            Some(grace) => instance.stop_within(grace).await,
+        let stopped = match deadline {
+            Some(deadline) => {
+                instance
+                    .stop_within(deadline.saturating_duration_since(Instant::now()))
+                    .await
+            }
             None => instance.stop().await,
         };
         if let Err(error) = stopped {

@@ -357,6 +357,15 @@ impl PostgresStore {
                     &[],
                 )
                 .await?;
+            // Leases given up are kept (expired) so that generations never repeat;
+            // those of services that are gone (uuids are never used again) can go.
+            client
+                .execute(
+                    "DELETE FROM herve_leases WHERE expires_at < now() - interval '1 hour'
+                     AND uuid NOT IN (SELECT uuid FROM services)",
+                    &[],
+                )
+                .await?;
             client
                 .execute(
                     &format!(
@@ -408,9 +417,10 @@ impl PostgresStore {
         .await
     }
 
-    /// Takes or renews the lease of service `uuid` for `node`, for `ttl`: granted when
-    /// nobody holds it, the holder's has expired, or `node` holds it already. A lease
-    /// taken over gets a new generation, so the previous holder's renewals fail.
+    /// Takes the lease of service `uuid` for `node`, for `ttl`: granted when nobody
+    /// holds it, the holder's has expired, or `node` holds it already. Every take gets
+    /// a new generation (never one used before: a lease given up is expired, not
+    /// deleted), so renewals made under an earlier one fail, even this node's own.
     pub async fn take_lease(
         &self,
         uuid: Uuid,
@@ -435,9 +445,7 @@ impl PostgresStore {
                     "INSERT INTO herve_leases (uuid, node, generation, expires_at)
                      VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond')
                      ON CONFLICT (uuid) DO UPDATE SET
-                         generation = CASE WHEN herve_leases.node = excluded.node
-                                           THEN herve_leases.generation
-                                           ELSE herve_leases.generation + 1 END,
+                         generation = herve_leases.generation + 1,
                          node = excluded.node, expires_at = excluded.expires_at
                      WHERE herve_leases.node = excluded.node OR herve_leases.expires_at < now()
                      RETURNING node, generation",
@@ -503,7 +511,9 @@ impl PostgresStore {
             let client = self.db.client().await?;
             client
                 .execute(
-                    "DELETE FROM herve_leases WHERE uuid = $1 AND node = $2",
+                    "UPDATE herve_leases SET expires_at = now() - interval '1 millisecond',
+                                             generation = generation + 1
+                     WHERE uuid = $1 AND node = $2",
                     &[&uuid.to_string(), &node],
                 )
                 .await?;
