@@ -454,6 +454,62 @@ async fn a_node_that_loses_the_database_kills_its_program_before_the_lease_runs_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_does_not_wait_for_a_stop_stuck_on_an_unanswering_database() {
+    // The database stops answering (frozen, connections open): a stop asked then holds
+    // the service while it waits on the database, and the program must still be gone
+    // before its lease runs out.
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
+    let command = format!("python3 {app} stubborn");
+    let uuid = crate::process_type::register_process(
+        &a,
+        "stuck",
+        &[("command", command.as_str()), ("stop_timeout_ms", "60000")],
+    )
+    .await
+    .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    assert_eq!(crate::process_type::processes_of(&uuid).len(), 1);
+
+    let lost = Instant::now();
+    postgres.freeze();
+    let stopping = {
+        let client = a.client.clone();
+        let uuid = uuid.clone();
+        tokio::spawn(async move { client.stop_service(&uuid).await.status })
+    };
+    let killed = async {
+        crate::process_type::wait_for(
+            "the program to be killed",
+            Duration::from_secs(4),
+            async || crate::process_type::processes_of(&uuid).is_empty(),
+        )
+        .await;
+        lost.elapsed()
+    };
+    let killed = killed.await;
+    postgres.thaw();
+    println!("killed {killed:?} after the database froze");
+    // Saved once the database answers again, or refused after the call's deadline.
+    let stopped = stopping.await.expect("stop");
+    assert!(matches!(stopped.as_u16(), 200 | 503), "{stopped}");
+    // Clean up a program that may have been started again (it ignores SIGTERM).
+    let stopping = tokio::spawn(a.stop());
+    while !stopping.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for pid in crate::process_type::processes_of(&uuid) {
+            // SAFETY: a plain signal to a process of this test's own.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    stopping.await.expect("stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_random_nodes_lose_no_acknowledged_change() {
     use std::sync::{Arc, Mutex};
     let postgres = Postgres::start();

@@ -225,6 +225,45 @@ impl Postgres {
         );
     }
 
+    /// Freezes the server and every process it started (SIGSTOP): connections stay
+    /// open and nothing answers, as when the network to it is cut. `thaw` undoes it.
+    pub fn freeze(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on.
+    pub fn thaw(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    /// `signal` to the postmaster and its children (and only this server's).
+    fn signal_all(&self, signal: i32) {
+        let pidfile =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster: i32 = pidfile
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .expect("the postmaster's pid");
+        let children = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        let after = stat.rsplit_once(") ")?.1.to_owned();
+                        after.split(' ').nth(1)?.parse::<i32>().ok()
+                    })
+                    == Some(postmaster)
+            });
+        for pid in std::iter::once(postmaster).chain(children) {
+            // SAFETY: a plain signal to a process this test started.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Starts the stopped server again, on the same port.
     pub fn restart(&self) {
         assert!(

@@ -124,6 +124,20 @@ impl Registry {
     /// in time, and another node may take it. It is placed again once the database
     /// is back.
     pub async fn fence(&self, uuid: Uuid, deadline: Instant) {
+        // Gone by the deadline whoever holds the service's lifecycle lock (a stop or a
+        // restart waiting on the database): stopped from here too, at once. Stopping
+        // a program twice is stopping it once.
+        if let Ok(slot) = self.slot(uuid) {
+            let running = lock(&slot.state).instance.clone();
+            if let Some(instance) = running {
+                let grace = deadline.saturating_duration_since(Instant::now());
+                self.runtime.spawn(async move {
+                    if let Err(error) = instance.stop_within(grace).await {
+                        tracing::warn!(%uuid, %error, "a fenced program did not stop cleanly");
+                    }
+                });
+            }
+        }
         let Ok((slot, mut life)) = self.locked(uuid, true).await else {
             return;
         };

@@ -195,7 +195,7 @@ impl Registry {
 
     /// Stops an instance that no longer answers once its last request is answered
     /// (every request holds its target) or [`DRAIN`] has passed, in the background.
-    fn drain(&self, uuid: Uuid, instance: Box<dyn RunningService>, target: Option<Arc<Target>>) {
+    fn drain(&self, uuid: Uuid, instance: Arc<dyn RunningService>, target: Option<Arc<Target>>) {
         let closing = self.closing_token.clone();
         let task = self.runtime.spawn(async move {
             if let Some(target) = target {

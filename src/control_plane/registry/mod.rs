@@ -199,6 +199,9 @@ struct State {
     abandon: Option<CancellationToken>,
     /// When the instance that answers went live (Unix seconds).
     started_at: Option<u64>,
+    /// The instance that answers, reachable without the lifecycle lock: a fence stops
+    /// it by its deadline whoever holds that lock.
+    instance: Option<Arc<dyn RunningService>>,
 }
 
 impl State {
@@ -233,7 +236,7 @@ struct Slot {
 
 #[derive(Default)]
 struct Life {
-    instance: Option<Box<dyn RunningService>>,
+    instance: Option<Arc<dyn RunningService>>,
     /// Set once unregistered: an operation that waited for the lock finds it gone.
     removed: bool,
 }
@@ -1045,8 +1048,10 @@ impl Registry {
             instance.authenticator(),
             instance.handler(),
         );
-        life.instance = Some(instance);
+        let instance: Arc<dyn RunningService> = Arc::from(instance);
+        life.instance = Some(Arc::clone(&instance));
         let mut state = lock(&slot.state);
+        state.instance = Some(instance);
         if state.ended_epoch == epoch {
             // It failed or ended between becoming ready and now: the report said so
             // (and records it once this start lets go of the lifecycle lock).
@@ -1078,6 +1083,7 @@ impl Registry {
             state.target = None;
             state.runtime = None;
             state.started_at = None;
+            state.instance = None;
         }
         let Some(instance) = life.instance.take() else {
             // Nothing runs here; a lease or a forwarding left behind goes all the same.
@@ -1168,6 +1174,7 @@ impl Slot {
                 ended_epoch: 0,
                 abandon: None,
                 started_at: None,
+                instance: None,
             }),
             life: Arc::new(tokio::sync::Mutex::new(Life::default())),
             gone: CancellationToken::new(),
