@@ -118,7 +118,11 @@ impl Placement {
         // Without the database, the service is placed again when it is back.
         let unplaced = |error: StoreError| {
             lock(&self.fenced).insert(uuid);
-            ServiceError::failed(format!("The cluster could not place the service: {error}"))
+            // The store's error as the source: a database away answers 503.
+            ServiceError::Failed {
+                message: format!("The cluster could not place the service: {error}"),
+                source: Some(Box::new(error)),
+            }
         };
         // Twice: a lease seen held may run out between the two queries.
         for _ in 0..2 {

@@ -433,6 +433,16 @@ async fn a_node_that_loses_the_database_kills_its_program_before_the_lease_runs_
         shown["data"]["status"] == "failed"
     })
     .await;
+    // Nor can it be started while the database is away.
+    let refused = a.start(&uuid).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused
+            .message()
+            .contains("the shared database cannot be reached"),
+        "{}",
+        refused.text()
+    );
 
     // Back: it runs again (here, the only node).
     postgres.restart();

@@ -286,6 +286,10 @@ async fn logs(
 fn api_error(error: RegistryError) -> ApiError {
     let status = match &error {
         RegistryError::Store(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+        // The cluster could not place a program for want of the shared database.
+        RegistryError::Hook(error) if placement_unavailable(error) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         RegistryError::NotFound | RegistryError::UnknownType | RegistryError::NoLogs => {
             StatusCode::NOT_FOUND
         }
@@ -310,6 +314,13 @@ fn api_error(error: RegistryError) -> ApiError {
     } else {
         answer
     }
+}
+
+/// Whether a hook failed because the shared database could not be reached.
+fn placement_unavailable(error: &crate::contract::ServiceError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<crate::control_plane::store::StoreError>())
+        .is_some_and(|error| error.is_unavailable())
 }
 
 /// An error and its sources, as one line.
