@@ -239,7 +239,10 @@ impl HerveBuilder {
                     ),
                     peer_token: peer_token(&config),
                 };
-                let placement = Arc::new(Placement::new(control.clone(), settings));
+                let leases = SharedDb::new(url, util::postgres::LEASE_POOL_SIZE, ca)
+                    .map_err(StoreError::from)?;
+                let leases = PostgresStore::attach(leases, config.node_name());
+                let placement = Arc::new(Placement::new(leases, settings));
                 shared = Some((control, placement, revision));
                 Arc::new(postgres)
             }

@@ -28,6 +28,9 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// requests never holds up a lease's renewal.
 pub(crate) const POOL_SIZE: usize = 8;
 pub(crate) const CONTROL_POOL_SIZE: usize = 3;
+/// Connections for the leases alone (renewals, and the placements that take them), so
+/// that following changes or a burst of placements never delays a renewal.
+pub(crate) const LEASE_POOL_SIZE: usize = 2;
 
 /// Server-side limits of every session: a node that vanishes in the middle of a
 /// transaction must not keep its locks (the order of changes) until TCP gives up.
