@@ -363,6 +363,9 @@ pub struct ServiceContext {
     reporter: StatusReporter,
     /// Cancelled when Herve wants the start in progress given up.
     abandon: CancellationToken,
+    /// Cancelled when what this start launched must be gone now, grace or not (a
+    /// cluster node fencing a program it may no longer run).
+    hurry: CancellationToken,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -388,12 +391,24 @@ impl ServiceContext {
             data_dir,
             reporter,
             abandon: CancellationToken::new(),
+            hurry: CancellationToken::new(),
         }
     }
 
     pub(crate) fn with_abandon(mut self, abandon: CancellationToken) -> Self {
         self.abandon = abandon;
         self
+    }
+
+    pub(crate) fn with_hurry(mut self, hurry: CancellationToken) -> Self {
+        self.hurry = hurry;
+        self
+    }
+
+    /// Cancelled when what the start launches must be gone at once: a stop then
+    /// kills without the grace it would give.
+    pub(crate) fn hurry(&self) -> &CancellationToken {
+        &self.hurry
     }
 
     /// Completes when Herve wants the [`ServiceType::start`] in progress given up (a

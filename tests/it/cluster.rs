@@ -520,6 +520,53 @@ async fn a_fence_does_not_wait_for_a_stop_stuck_on_an_unanswering_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_kills_a_program_that_is_still_starting() {
+    // Started, never ready, deaf to SIGTERM: a start given up waits out the stop
+    // timeout, unless the program must be gone before its lease runs out.
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let never = dir.path().join("never-ready");
+    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
+    let command = format!("python3 {app} stubborn");
+    let uuid = crate::process_type::register_process(
+        &a,
+        "slow",
+        &[
+            ("command", command.as_str()),
+            ("health_path", "/ready"),
+            ("env", &format!("READY_FILE={}", never.display())),
+            ("ready_timeout_ms", "60000"),
+            ("stop_timeout_ms", "60000"),
+        ],
+    )
+    .await
+    .expect("registered");
+    let starting = {
+        let client = a.client.clone();
+        let uuid = uuid.clone();
+        tokio::spawn(async move { client.start(&uuid).await.status })
+    };
+    crate::process_type::wait_for("the program to run", Duration::from_secs(5), async || {
+        crate::process_type::processes_of(&uuid).len() == 1
+    })
+    .await;
+
+    let lost = Instant::now();
+    postgres.stop();
+    crate::process_type::wait_for(
+        "the program to be killed",
+        Duration::from_secs(4),
+        async || crate::process_type::processes_of(&uuid).is_empty(),
+    )
+    .await;
+    println!("killed {:?} after the database went away", lost.elapsed());
+    let status = starting.await.expect("start");
+    assert!(status.is_server_error(), "{status}");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_random_nodes_lose_no_acknowledged_change() {
     use std::sync::{Arc, Mutex};
     let postgres = Postgres::start();

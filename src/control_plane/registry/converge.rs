@@ -128,7 +128,19 @@ impl Registry {
         // restart waiting on the database): stopped from here too, at once. Stopping
         // a program twice is stopping it once.
         if let Ok(slot) = self.slot(uuid) {
-            let running = lock(&slot.state).instance.clone();
+            let (running, hurry) = {
+                let state = lock(&slot.state);
+                (state.instance.clone(), state.hurry.clone())
+            };
+            // A start under way is given up, and whatever it launched is killed at
+            // the deadline (a program that is not ready yet ignores SIGTERM too).
+            slot.abandon_start();
+            if let Some(hurry) = hurry {
+                self.runtime.spawn(async move {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+                    hurry.cancel();
+                });
+            }
             if let Some(instance) = running {
                 let grace = deadline.saturating_duration_since(Instant::now());
                 self.runtime.spawn(async move {

@@ -133,15 +133,21 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let uuid = slot.uuid;
         let old_epoch = lock(&slot.state).epoch;
-        let (epoch, abandon) = {
+        let (epoch, abandon, hurry) = {
             let mut state = lock(&slot.state);
             let abandon = CancellationToken::new();
             state.abandon = Some(abandon.clone());
-            (state.next_epoch(), abandon)
+            // The old instance's: a fence hurries both.
+            let hurry = state
+                .hurry
+                .get_or_insert_with(CancellationToken::new)
+                .clone();
+            (state.next_epoch(), abandon, hurry)
         };
         let ctx = self
             .context(uuid, &slot.name, self.reporter(slot, epoch))
-            .with_abandon(abandon);
+            .with_abandon(abandon)
+            .with_hurry(hurry);
         let started = service_type.start(&ctx, &next.config).await;
         let back_to_old = || {
             let mut state = lock(&slot.state);

@@ -197,6 +197,9 @@ struct State {
     ended_epoch: u64,
     /// Set while a start runs: cancelling it asks the start to give up.
     abandon: Option<CancellationToken>,
+    /// From a start on, until the service is halted: cancelling it makes what the
+    /// start launched go at once, grace or not (a fence's last resort).
+    hurry: Option<CancellationToken>,
     /// When the instance that answers went live (Unix seconds).
     started_at: Option<u64>,
     /// The instance that answers, reachable without the lifecycle lock: a fence stops
@@ -963,11 +966,13 @@ impl Registry {
             return Err(RegistryError::TypeUnavailable(slot.type_name.clone()));
         };
         let abandon = CancellationToken::new();
+        let hurry = CancellationToken::new();
         let (epoch, stored_running, definition) = {
             let mut state = lock(&slot.state);
             let epoch = state.next_epoch();
             state.runtime = None;
             state.abandon = Some(abandon.clone());
+            state.hurry = Some(hurry.clone());
             // On resume (and restart) the store says `running` already: no write.
             (
                 epoch,
@@ -977,7 +982,8 @@ impl Registry {
         };
         let ctx = self
             .context(slot.uuid, &slot.name, self.reporter(slot, epoch))
-            .with_abandon(abandon);
+            .with_abandon(abandon)
+            .with_hurry(hurry);
         let started = match self.placement_of(slot) {
             Some(placement) => {
                 placement
@@ -1084,6 +1090,7 @@ impl Registry {
             state.runtime = None;
             state.started_at = None;
             state.instance = None;
+            state.hurry = None;
         }
         let Some(instance) = life.instance.take() else {
             // Nothing runs here; a lease or a forwarding left behind goes all the same.
@@ -1173,6 +1180,7 @@ impl Slot {
                 target: None,
                 ended_epoch: 0,
                 abandon: None,
+                hurry: None,
                 started_at: None,
                 instance: None,
             }),

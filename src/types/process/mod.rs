@@ -457,7 +457,7 @@ impl ServiceType for ProcessType {
                 health_path: config.health_path.clone(),
                 restart: config.restart,
                 stop_timeout: Duration::from_millis(config.stop_timeout_ms),
-                hurry: CancellationToken::new(),
+                hurry: ctx.hurry().child_token(),
                 ready_timeout: Duration::from_millis(config.ready_timeout_ms),
             },
             fixed_port: config.port,
