@@ -221,8 +221,9 @@ impl Dispatcher {
             return refused;
         }
         // Forwarded by another node, which ran the service's middlewares already (a
-        // rate limit counted twice would count that node as the client). The header is
-        // removed either way: no service ever sees it.
+        // rate limit counted twice would count that node as the client): only the
+        // credentials are checked again, so that the nodes' proof, were it overheard,
+        // opens nothing. The header is removed either way: no service ever sees it.
         let from_node = self
             .peer_token
             .as_ref()
@@ -258,11 +259,14 @@ impl Dispatcher {
         let slot = found.target.meter().begin();
         let started = Instant::now();
         let method = request.method().clone();
-        let chain = found.chain.as_ref().filter(|_| !from_node);
-        let response = match chain {
+        let response = match &found.chain {
             None => found.target.answer(request).await,
             // Boxed: the chain's future is large, and inline it would make every
             // request's future (and its moves) as large, chain or not.
+            Some(chain) if from_node => {
+                Box::pin(chain.serve_forwarded(&self.routes, &found.target, peer.addr, request))
+                    .await
+            }
             Some(chain) => {
                 Box::pin(chain.serve(&self.routes, &found.target, peer.addr, request)).await
             }

@@ -1141,6 +1141,110 @@ async fn a_request_forwarded_by_a_node_passes_the_middlewares_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overheard_node_proof_opens_no_protected_service() {
+    // The nodes' proof travels with every forwarded request: someone who overhears it
+    // (plain HTTP between nodes) must still not get past a service's credentials.
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("headers.py");
+    std::fs::write(&app, HEADERS_APP).expect("app");
+    let command = format!("python3 {}", app.display());
+    let a = node(&postgres, "a").await;
+    let b = node(&postgres, "b").await;
+    // A "node" whose address is a listener of this test: what a forwards there is
+    // overheard.
+    let spy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let spy_addr = format!("http://{}", spy.local_addr().expect("addr"));
+    let _spy_node = node_with(&postgres, "spy", move |config| {
+        config.node_addr = Some(spy_addr);
+    })
+    .await;
+    let overheard = crate::process_type::register_process(
+        &a,
+        "overheard",
+        &[("command", command.as_str()), ("node", "spy")],
+    )
+    .await
+    .expect("registered");
+    a.start(&overheard)
+        .await
+        .expect(200, "The service has successfully started.");
+    let listening = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = spy.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    assert_eq!(a.get("/overheard/").await.status, 200);
+    let head = listening.await.expect("overheard");
+    let proof = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-herve-peer")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("the proof in the forwarded request");
+
+    // A protected program on b: the proof alone does not open it, nor does it with
+    // wrong credentials; the right ones do.
+    let hash = bcrypt::hash("open sesame", 4).expect("hash");
+    let guarded = crate::process_type::register_process(
+        &a,
+        "guarded",
+        &[
+            ("command", command.as_str()),
+            ("node", "b"),
+            ("protect", "basic"),
+            ("basic_users", &format!("ann:{hash}")),
+        ],
+    )
+    .await
+    .expect("registered");
+    a.start(&guarded)
+        .await
+        .expect(200, "The service has successfully started.");
+    let path = format!("/{guarded}/");
+    let proof_header = [("x-herve-peer", proof.as_str())];
+    let with_proof = |auth| b.send(hyper::Method::GET, &path, auth, &proof_header, "");
+    let mut reply = with_proof(Auth::None).await;
+    let started = Instant::now();
+    while reply.status == 404 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reply = with_proof(Auth::None).await;
+    }
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(with_proof(Auth::Basic("ann", "wrong")).await.status, 401);
+    let opened = with_proof(Auth::Basic("ann", "open sesame")).await;
+    assert_eq!(opened.status, 200, "{}", opened.text());
+    assert_eq!(opened.json()["headers"]["x-herve-user"], "ann");
+    // And through a, with the credentials, as any client.
+    let through_a = a
+        .send(
+            hyper::Method::GET,
+            "/guarded/",
+            Auth::Basic("ann", "open sesame"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(through_a.status, 200, "{}", through_a.text());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_registering_the_same_name_or_route_at_once_do_not_both_win() {
     let postgres = Postgres::start();
     let a = node(&postgres, "a").await;

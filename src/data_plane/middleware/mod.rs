@@ -182,6 +182,49 @@ impl Chain {
         response
     }
 
+    /// Answers `request`, which another node of the cluster forwarded after running
+    /// this chain: its credentials are checked again (they are what opens the
+    /// service, whoever forwards), nothing else is done twice (counted, rewritten,
+    /// compressed).
+    pub async fn serve_forwarded(
+        &self,
+        routes: &RouteTable,
+        target: &Target,
+        client: SocketAddr,
+        mut request: Request<Body>,
+    ) -> Response<Body> {
+        if let Some(guard) = &self.guard {
+            if let Err(refusal) = self.check(guard, routes, client, &mut request).await {
+                return refusal;
+            }
+        }
+        target.answer(request).await
+    }
+
+    /// Checks the credentials `request` carries for `guard`; the user they name goes
+    /// in [`USER_HEADER`] (and only Herve's word goes there).
+    async fn check(
+        &self,
+        guard: &Guard,
+        routes: &RouteTable,
+        client: SocketAddr,
+        request: &mut Request<Body>,
+    ) -> Result<HeaderValue, Response<Body>> {
+        let user_header = HeaderName::from_static(USER_HEADER);
+        request.headers_mut().remove(&user_header);
+        // Asked only when the token is not in the guard's cache.
+        let authenticator = || {
+            guard
+                .authority()
+                .and_then(|authority| routes.authenticator(authority))
+        };
+        let name = guard
+            .check(authenticator, client.ip(), request.headers())
+            .await?;
+        request.headers_mut().insert(user_header, name.clone());
+        Ok(name)
+    }
+
     /// Protection, rate limit, header rules and the service.
     async fn guarded(
         &self,
@@ -192,23 +235,8 @@ impl Chain {
     ) -> Response<Body> {
         let mut user = None;
         if let Some(guard) = &self.guard {
-            let user_header = HeaderName::from_static(USER_HEADER);
-            // Only Herve says who the user is.
-            request.headers_mut().remove(&user_header);
-            // Asked only when the token is not in the guard's cache.
-            let authenticator = || {
-                guard
-                    .authority()
-                    .and_then(|authority| routes.authenticator(authority))
-            };
-            match guard
-                .check(authenticator, client.ip(), request.headers())
-                .await
-            {
-                Ok(name) => {
-                    request.headers_mut().insert(user_header, name.clone());
-                    user = Some(name);
-                }
+            match self.check(guard, routes, client, &mut request).await {
+                Ok(name) => user = Some(name),
                 Err(refusal) => return refusal,
             }
         }
