@@ -220,10 +220,10 @@ impl Dispatcher {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return refused;
         }
-        // Forwarded by another node, which ran the service's middlewares already (a
-        // rate limit counted twice would count that node as the client): only the
-        // credentials are checked again, so that the nodes' proof, were it overheard,
-        // opens nothing. The header is removed either way: no service ever sees it.
+        // Forwarded by another node, which forwards a program's requests without
+        // running its middlewares: they run here, on the node that runs it, keyed on
+        // the client that node names. The header is removed either way: no service
+        // ever sees it.
         let from_node = self
             .peer_token
             .as_ref()
@@ -263,12 +263,14 @@ impl Dispatcher {
             None => found.target.answer(request).await,
             // Boxed: the chain's future is large, and inline it would make every
             // request's future (and its moves) as large, chain or not.
-            Some(chain) if from_node => {
-                Box::pin(chain.serve_forwarded(&self.routes, &found.target, peer.addr, request))
-                    .await
-            }
             Some(chain) => {
-                Box::pin(chain.serve(&self.routes, &found.target, peer.addr, request)).await
+                // What the middlewares key on (rates, failed credentials): the client,
+                // which a forwarding node names, not that node.
+                let client = match from_node {
+                    true => client_named_by_node(request.headers()).unwrap_or(peer.addr),
+                    false => peer.addr,
+                };
+                Box::pin(chain.serve(&self.routes, &found.target, client, request)).await
             }
         };
         let response = answer_for_cut(response, cut.as_deref(), true);
@@ -557,6 +559,13 @@ impl HttpBody for Held {
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// The client a forwarding node names in `X-Real-IP` (its own view of who asked).
+fn client_named_by_node(headers: &axum::http::HeaderMap) -> Option<SocketAddr> {
+    let named = headers.get("x-real-ip")?.to_str().ok()?;
+    let ip: std::net::IpAddr = named.trim().parse().ok()?;
+    Some(SocketAddr::new(ip, 0))
 }
 
 /// Whether `headers` carry the cluster's `token` in [`PEER_HEADER`] (compared in

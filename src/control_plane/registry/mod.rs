@@ -205,6 +205,9 @@ struct State {
     /// The instance that answers, reachable without the lifecycle lock: a fence stops
     /// it by its deadline whoever holds that lock.
     instance: Option<Arc<dyn RunningService>>,
+    /// The instance forwards to the node of the cluster that runs the program: the
+    /// service's middlewares run there, not here.
+    forwarding: bool,
 }
 
 impl State {
@@ -301,7 +304,7 @@ impl Slot {
             hosts: state.definition.hosts.clone(),
             path: state.definition.path.clone(),
             target: Arc::clone(target),
-            chain: state.chain.clone(),
+            chain: state.chain.clone().filter(|_| !state.forwarding),
         }
     }
 
@@ -1056,8 +1059,12 @@ impl Registry {
         );
         let instance: Arc<dyn RunningService> = Arc::from(instance);
         life.instance = Some(Arc::clone(&instance));
+        let forwarding = self
+            .placement_of(slot)
+            .is_some_and(|placement| placement.runs_elsewhere(slot.uuid).is_some());
         let mut state = lock(&slot.state);
         state.instance = Some(instance);
+        state.forwarding = forwarding;
         if state.ended_epoch == epoch {
             // It failed or ended between becoming ready and now: the report said so
             // (and records it once this start lets go of the lifecycle lock).
@@ -1091,6 +1098,7 @@ impl Registry {
             state.started_at = None;
             state.instance = None;
             state.hurry = None;
+            state.forwarding = false;
         }
         let Some(instance) = life.instance.take() else {
             // Nothing runs here; a lease or a forwarding left behind goes all the same.
@@ -1183,6 +1191,7 @@ impl Slot {
                 hurry: None,
                 started_at: None,
                 instance: None,
+                forwarding: false,
             }),
             life: Arc::new(tokio::sync::Mutex::new(Life::default())),
             gone: CancellationToken::new(),

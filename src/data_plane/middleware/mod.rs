@@ -182,25 +182,6 @@ impl Chain {
         response
     }
 
-    /// Answers `request`, which another node of the cluster forwarded after running
-    /// this chain: its credentials are checked again (they are what opens the
-    /// service, whoever forwards), nothing else is done twice (counted, rewritten,
-    /// compressed).
-    pub async fn serve_forwarded(
-        &self,
-        routes: &RouteTable,
-        target: &Target,
-        client: SocketAddr,
-        mut request: Request<Body>,
-    ) -> Response<Body> {
-        if let Some(guard) = &self.guard {
-            if let Err(refusal) = self.check(guard, routes, client, &mut request).await {
-                return refusal;
-            }
-        }
-        target.answer(request).await
-    }
-
     /// Checks the credentials `request` carries for `guard`; the user they name goes
     /// in [`USER_HEADER`] (and only Herve's word goes there).
     async fn check(
