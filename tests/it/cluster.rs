@@ -567,6 +567,63 @@ async fn a_fence_kills_a_program_that_is_still_starting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_kills_every_copy_of_a_program_being_reloaded() {
+    // A reload holds the program's copies while its new copy gets ready (never, here):
+    // a fence must not wait for it.
+    let postgres = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = crate::process_type::write_app(dir.path());
+    let flag = dir.path().join("ready");
+    std::fs::write(&flag, "").expect("flag");
+    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
+    let command = format!("python3 {app} stubborn");
+    let uuid = crate::process_type::register_process(
+        &a,
+        "reloading",
+        &[
+            ("command", command.as_str()),
+            ("health_path", "/ready"),
+            ("env", &format!("READY_FILE={}", flag.display())),
+            ("ready_timeout_ms", "60000"),
+            ("stop_timeout_ms", "60000"),
+        ],
+    )
+    .await
+    .expect("registered");
+    a.start(&uuid)
+        .await
+        .expect(200, "The service has successfully started.");
+    std::fs::remove_file(&flag).expect("unflag");
+    let reloading = {
+        let client = a.client.clone();
+        let uuid = uuid.clone();
+        tokio::spawn(async move {
+            client
+                .admin_post(&format!("/services/{uuid}/reload"))
+                .await
+                .status
+        })
+    };
+    crate::process_type::wait_for("the new copy", Duration::from_secs(5), async || {
+        crate::process_type::processes_of(&uuid).len() == 2
+    })
+    .await;
+
+    let lost = Instant::now();
+    postgres.stop();
+    crate::process_type::wait_for(
+        "every copy to be killed",
+        Duration::from_secs(4),
+        async || crate::process_type::processes_of(&uuid).is_empty(),
+    )
+    .await;
+    println!("killed {:?} after the database went away", lost.elapsed());
+    let status = reloading.await.expect("reload");
+    assert!(status.is_server_error(), "{status}");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_random_nodes_lose_no_acknowledged_change() {
     use std::sync::{Arc, Mutex};
     let postgres = Postgres::start();

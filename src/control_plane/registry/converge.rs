@@ -127,6 +127,7 @@ impl Registry {
         // Gone by the deadline whoever holds the service's lifecycle lock (a stop or a
         // restart waiting on the database): stopped from here too, at once. Stopping
         // a program twice is stopping it once.
+        let mut stopping = None;
         if let Ok(slot) = self.slot(uuid) {
             let (running, hurry) = {
                 let state = lock(&slot.state);
@@ -143,17 +144,22 @@ impl Registry {
             }
             if let Some(instance) = running {
                 let grace = deadline.saturating_duration_since(Instant::now());
-                self.runtime.spawn(async move {
+                stopping = Some(self.runtime.spawn(async move {
                     if let Err(error) = instance.stop_within(grace).await {
                         tracing::warn!(%uuid, %error, "a fenced program did not stop cleanly");
                     }
-                });
+                }));
             }
         }
         let Ok((slot, mut life)) = self.locked(uuid, true).await else {
             return;
         };
         self.halt_within(&slot, &mut life, Some(deadline)).await;
+        // The halt may have found the instance's stop under way already: the fence is
+        // over once that stop is (nothing is placed again before).
+        if let Some(stopping) = stopping {
+            let _ = stopping.await;
+        }
         slot.set_status(
             Status::Failed,
             "Stopped on this node: it lost the shared database and, with it, the lease on the service.",

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::contract::{
     FieldSpec, Fields, LogLines, RunningService, ServiceContext, ServiceError, ServiceType,
@@ -444,6 +443,9 @@ impl ServiceType for ProcessType {
         // one of Herve's own account needs Landlock for that.
         let hide = identity.run_as.is_none().then(|| self.herve_data.clone());
         let replicas = config.replicas.clamp(1, MAX_REPLICAS as usize);
+        // Cancelled when everything must go now (a fence): every copy's stop token
+        // descends from it too, so no copy waits for a reload to let go of the list.
+        let hurry = ctx.hurry().child_token();
         let launcher = Launcher {
             template: Spec {
                 argv: config.command.clone(),
@@ -457,7 +459,7 @@ impl ServiceType for ProcessType {
                 health_path: config.health_path.clone(),
                 restart: config.restart,
                 stop_timeout: Duration::from_millis(config.stop_timeout_ms),
-                hurry: ctx.hurry().child_token(),
+                hurry: hurry.clone(),
                 ready_timeout: Duration::from_millis(config.ready_timeout_ms),
             },
             fixed_port: config.port,
@@ -471,7 +473,7 @@ impl ServiceType for ProcessType {
                 self.trusted.clone(),
             ),
             uuid: ctx.uuid(),
-            dropped: CancellationToken::new(),
+            dropped: hurry.child_token(),
         };
         ctx.reporter().report(crate::contract::Report::Starting);
         let abandoned = {
