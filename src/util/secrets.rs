@@ -93,12 +93,6 @@ pub fn keyed_digest(key: &[u8; 32], parts: &[&[u8]]) -> Digest {
     mac.finalize_fixed().into()
 }
 
-/// What every holder of `parts` derives alike, and nobody without them: BLAKE2b over
-/// them, under a fixed key (a plain hash, with [`keyed_digest`]'s framing).
-pub fn shared_digest(parts: &[&[u8]]) -> Digest {
-    keyed_digest(&[0; 32], parts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

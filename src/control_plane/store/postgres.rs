@@ -23,7 +23,7 @@ use crate::util::postgres::{within, SharedDb};
 use crate::util::AbortOnDrop;
 
 /// The schema, one step per version; applied by one node at a time.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     "CREATE TABLE services (
          seq              BIGSERIAL PRIMARY KEY,
          uuid             TEXT NOT NULL UNIQUE,
@@ -97,6 +97,11 @@ const MIGRATIONS: [&str; 6] = [
          count  BIGINT NOT NULL
      );
      CREATE INDEX herve_failures_at ON herve_failures (at);",
+    // What the nodes prove themselves to each other with: random, made once.
+    "CREATE TABLE herve_secrets (
+         name  TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );",
 ];
 
 /// The advisory lock ("HERVE" and 2) that puts changes in order.
@@ -163,6 +168,34 @@ impl PostgresStore {
     pub async fn open(db: SharedDb, node: String) -> Result<Self, StoreError> {
         db.migrate("store", &MIGRATIONS).await?;
         Ok(PostgresStore { db, node })
+    }
+
+    /// The secret the nodes put on the requests they forward to each other (see
+    /// [`crate::contract::PEER_HEADER`]): made by the first node that asks, the same
+    /// for every node after, known to no one but them (not derived from anything).
+    pub async fn peer_secret(&self) -> Result<String, StoreError> {
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|error| {
+            StoreError::Database(crate::util::sqlite::DbError::Corrupt(format!(
+                "no randomness for the nodes' secret: {error}"
+            )))
+        })?;
+        let made: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+        within(async {
+            let client = self.db.client().await?;
+            client
+                .execute(
+                    "INSERT INTO herve_secrets (name, value) VALUES ('peer', $1)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&made],
+                )
+                .await?;
+            let row = client
+                .query_one("SELECT value FROM herve_secrets WHERE name = 'peer'", &[])
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     /// The store in `db`, whose schema [`PostgresStore::open`] brought up to date.
