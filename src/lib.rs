@@ -252,7 +252,9 @@ impl HerveBuilder {
                 let leases = SharedDb::new(url, util::postgres::LEASE_POOL_SIZE, ca)
                     .map_err(StoreError::from)?;
                 let leases = PostgresStore::attach(leases, config.node_name());
-                let placement = Arc::new(Placement::new(leases, settings));
+                let renewals = SharedDb::new(url, 1, ca).map_err(StoreError::from)?;
+                let renewals = PostgresStore::attach(renewals, config.node_name());
+                let placement = Arc::new(Placement::new(leases, renewals, settings));
                 shared = Some((control, placement, revision));
                 Arc::new(postgres)
             }

@@ -75,6 +75,8 @@ struct Forwarded {
 /// Where this node's services that run on one node at a time are.
 pub(crate) struct Placement {
     store: PostgresStore,
+    /// On a connection of its own: renewals wait for no placement.
+    renewals: PostgresStore,
     settings: ClusterSettings,
     /// Leases this node holds: generation, and when they were last renewed.
     held: Mutex<HashMap<Uuid, (i64, Instant)>>,
@@ -86,9 +88,14 @@ pub(crate) struct Placement {
 }
 
 impl Placement {
-    pub fn new(store: PostgresStore, settings: ClusterSettings) -> Placement {
+    pub fn new(
+        store: PostgresStore,
+        renewals: PostgresStore,
+        settings: ClusterSettings,
+    ) -> Placement {
         Placement {
             store,
+            renewals,
             settings,
             held: Mutex::default(),
             forwarded: Mutex::default(),
@@ -274,7 +281,7 @@ impl Placement {
         // A renewal that takes long is as good as failed: the watchdog above decides.
         let renewal = tokio::time::timeout(
             self.settings.lease / 4,
-            self.store
+            self.renewals
                 .renew_leases(&self.settings.node, &held, self.settings.lease),
         )
         .await;

@@ -28,8 +28,9 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// requests never holds up a lease's renewal.
 pub(crate) const POOL_SIZE: usize = 8;
 pub(crate) const CONTROL_POOL_SIZE: usize = 3;
-/// Connections for the leases alone (renewals, and the placements that take them), so
-/// that following changes or a burst of placements never delays a renewal.
+/// Connections for placing programs (taking leases, finding their holders), apart
+/// from following changes; renewals have one more of their own, so that neither
+/// following nor a burst of placements delays them.
 pub(crate) const LEASE_POOL_SIZE: usize = 2;
 
 /// Server-side limits of every session: a node that vanishes in the middle of a
@@ -65,11 +66,13 @@ impl std::fmt::Debug for SharedDb {
 impl From<tokio_postgres::Error> for DbError {
     fn from(error: tokio_postgres::Error) -> Self {
         // An error the server sent is about the statement, and so is a column of
-        // another type than this Herve made it (altered by hand); any other is about
-        // reaching the server.
-        let wrong_type = std::error::Error::source(&error)
-            .is_some_and(|cause| cause.is::<tokio_postgres::types::WrongType>());
-        if error.as_db_error().is_some() || wrong_type {
+        // another type (or NULL) than this Herve made it, altered by hand; any other is
+        // about reaching the server.
+        let unreadable = std::error::Error::source(&error).is_some_and(|cause| {
+            cause.is::<tokio_postgres::types::WrongType>()
+                || cause.is::<tokio_postgres::types::WasNull>()
+        }) || error.to_string().starts_with("invalid column");
+        if error.as_db_error().is_some() || unreadable {
             DbError::Postgres(error)
         } else {
             // The cause says what went wrong (a refused connection, a certificate).

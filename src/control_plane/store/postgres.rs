@@ -257,15 +257,17 @@ impl PostgresStore {
                     &[&revision, &limit],
                 )
                 .await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|row| {
-                    Some(Change {
-                        uuid: Uuid::try_parse(row.try_get::<_, &str>(0).ok()?).ok()?,
-                        revision: row.try_get(1).ok()?,
-                    })
-                })
-                .collect())
+            // A change that cannot be read fails the call (it is read again), never
+            // skipped; only a uuid that does not parse names nothing to apply.
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let uuid: &str = row.try_get(0)?;
+                let revision: i64 = row.try_get(1)?;
+                if let Ok(uuid) = Uuid::try_parse(uuid) {
+                    changes.push(Change { uuid, revision });
+                }
+            }
+            Ok(changes)
         })
         .await
     }
