@@ -392,40 +392,86 @@ async fn without_the_database_nodes_serve_on_refuse_changes_and_catch_up() {
     b.stop().await;
 }
 
+/// A node "a" with 4 s leases, and a program registered on it that ignores SIGTERM
+/// and may take a minute to stop (`stop_timeout_ms=60000`), with `fields` besides.
+/// The program is `python3 <app> stubborn`, in `dir`.
+struct Stubborn {
+    postgres: Postgres,
+    dir: tempfile::TempDir,
+    a: TestHerve,
+    uuid: String,
+}
+
+impl Stubborn {
+    async fn register(name: &str, fields: &[(&str, &str)]) -> Stubborn {
+        let postgres = Postgres::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = crate::process_type::write_app(dir.path());
+        let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
+        let command = format!("python3 {app} stubborn");
+        let mut all = vec![("command", command.as_str()), ("stop_timeout_ms", "60000")];
+        all.extend_from_slice(fields);
+        let uuid = crate::process_type::register_process(&a, name, &all)
+            .await
+            .expect("registered");
+        Stubborn {
+            postgres,
+            dir,
+            a,
+            uuid,
+        }
+    }
+
+    fn processes(&self) -> Vec<u32> {
+        crate::process_type::processes_of(&self.uuid)
+    }
+
+    /// Waits until the program is gone, at most a lease (4 s) after `lost`, when the
+    /// database went away: the last renewal was sent before, so its lease runs out by
+    /// then at the latest. How long it took.
+    async fn killed_within_the_lease(&self, lost: Instant) -> Duration {
+        crate::process_type::wait_for(
+            "every process of the program to be killed",
+            Duration::from_secs(4).saturating_sub(lost.elapsed()),
+            async || self.processes().is_empty(),
+        )
+        .await;
+        let killed = lost.elapsed();
+        println!("killed {killed:?} after the database went away");
+        killed
+    }
+
+    /// Stops the node, killing the program meanwhile: a clean stop gives it its minute.
+    async fn stop(self) {
+        let uuid = self.uuid;
+        let stopping = tokio::spawn(self.a.stop());
+        while !stopping.is_finished() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for pid in crate::process_type::processes_of(&uuid) {
+                // SAFETY: a plain signal to a process of this test's own.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        stopping.await.expect("stopped");
+        assert!(crate::process_type::processes_of(&uuid).is_empty());
+        drop((self.postgres, self.dir));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_the_database_kills_its_program_before_the_lease_runs_out() {
-    // A program that ignores SIGTERM and may take a minute to stop: a node cut off
-    // from the database must not wait that minute, or another node could start it
-    // while it still runs.
-    let postgres = Postgres::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = crate::process_type::write_app(dir.path());
-    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
-    let command = format!("python3 {app} stubborn");
-    let uuid = crate::process_type::register_process(
-        &a,
-        "stubborn",
-        &[("command", command.as_str()), ("stop_timeout_ms", "60000")],
-    )
-    .await
-    .expect("registered");
-    a.start(&uuid)
+    // A node cut off from the database must not give its program the minute it asks
+    // for, or another node could start it while it still runs.
+    let stubborn = Stubborn::register("stubborn", &[]).await;
+    let (a, uuid) = (&stubborn.a, &stubborn.uuid);
+    a.start(uuid)
         .await
         .expect(200, "The service has successfully started.");
-    assert_eq!(crate::process_type::processes_of(&uuid).len(), 1);
+    assert_eq!(stubborn.processes().len(), 1);
 
-    // The last renewal was sent before this instant: the lease (4 s) runs out by
-    // `lost` + 4 s at the latest.
     let lost = Instant::now();
-    postgres.stop();
-    crate::process_type::wait_for(
-        "the program to be killed",
-        Duration::from_secs(4),
-        async || crate::process_type::processes_of(&uuid).is_empty(),
-    )
-    .await;
-    let killed = lost.elapsed();
-    println!("killed {killed:?} after the database went away");
+    stubborn.postgres.stop();
+    let killed = stubborn.killed_within_the_lease(lost).await;
     // Not before half the lease: a short outage costs nothing.
     assert!(killed >= Duration::from_secs(2), "{killed:?}");
     crate::process_type::wait_for("the service to fail", Duration::from_secs(2), async || {
@@ -434,7 +480,7 @@ async fn a_node_that_loses_the_database_kills_its_program_before_the_lease_runs_
     })
     .await;
     // Nor can it be started while the database is away.
-    let refused = a.start(&uuid).await;
+    let refused = a.start(uuid).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(
         refused
@@ -445,22 +491,12 @@ async fn a_node_that_loses_the_database_kills_its_program_before_the_lease_runs_
     );
 
     // Back: it runs again (here, the only node).
-    postgres.restart();
+    stubborn.postgres.restart();
     crate::process_type::wait_for("the program again", Duration::from_secs(15), async || {
-        crate::process_type::processes_of(&uuid).len() == 1
+        stubborn.processes().len() == 1
     })
     .await;
-    // A clean stop gives it its minute: the test does not wait for that.
-    let stopping = tokio::spawn(a.stop());
-    while !stopping.is_finished() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for pid in crate::process_type::processes_of(&uuid) {
-            // SAFETY: a plain signal to a process of this test's own.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-    stopping.await.expect("stopped");
-    assert!(crate::process_type::processes_of(&uuid).is_empty());
+    stubborn.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,135 +504,87 @@ async fn a_fence_does_not_wait_for_a_stop_stuck_on_an_unanswering_database() {
     // The database stops answering (frozen, connections open): a stop asked then holds
     // the service while it waits on the database, and the program must still be gone
     // before its lease runs out.
-    let postgres = Postgres::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = crate::process_type::write_app(dir.path());
-    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
-    let command = format!("python3 {app} stubborn");
-    let uuid = crate::process_type::register_process(
-        &a,
-        "stuck",
-        &[("command", command.as_str()), ("stop_timeout_ms", "60000")],
-    )
-    .await
-    .expect("registered");
-    a.start(&uuid)
+    let stubborn = Stubborn::register("stuck", &[]).await;
+    stubborn
+        .a
+        .start(&stubborn.uuid)
         .await
         .expect(200, "The service has successfully started.");
-    assert_eq!(crate::process_type::processes_of(&uuid).len(), 1);
+    assert_eq!(stubborn.processes().len(), 1);
 
     let lost = Instant::now();
-    postgres.freeze();
+    stubborn.postgres.freeze();
     let stopping = {
-        let client = a.client.clone();
-        let uuid = uuid.clone();
+        let client = stubborn.a.client.clone();
+        let uuid = stubborn.uuid.clone();
         tokio::spawn(async move { client.stop_service(&uuid).await.status })
     };
-    let killed = async {
-        crate::process_type::wait_for(
-            "the program to be killed",
-            Duration::from_secs(4),
-            async || crate::process_type::processes_of(&uuid).is_empty(),
-        )
-        .await;
-        lost.elapsed()
-    };
-    let killed = killed.await;
-    postgres.thaw();
-    println!("killed {killed:?} after the database froze");
+    stubborn.killed_within_the_lease(lost).await;
+    stubborn.postgres.thaw();
     // Saved once the database answers again, or refused after the call's deadline.
     let stopped = stopping.await.expect("stop");
     assert!(matches!(stopped.as_u16(), 200 | 503), "{stopped}");
-    // Clean up a program that may have been started again (it ignores SIGTERM).
-    let stopping = tokio::spawn(a.stop());
-    while !stopping.is_finished() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for pid in crate::process_type::processes_of(&uuid) {
-            // SAFETY: a plain signal to a process of this test's own.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-    stopping.await.expect("stopped");
+    stubborn.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fence_kills_a_program_that_is_still_starting() {
     // Started, never ready, deaf to SIGTERM: a start given up waits out the stop
     // timeout, unless the program must be gone before its lease runs out.
-    let postgres = Postgres::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = crate::process_type::write_app(dir.path());
-    let never = dir.path().join("never-ready");
-    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
-    let command = format!("python3 {app} stubborn");
-    let uuid = crate::process_type::register_process(
-        &a,
+    let never = std::env::temp_dir().join(format!("herve-never-{}", std::process::id()));
+    let ready_file = format!("READY_FILE={}", never.display());
+    let stubborn = Stubborn::register(
         "slow",
         &[
-            ("command", command.as_str()),
             ("health_path", "/ready"),
-            ("env", &format!("READY_FILE={}", never.display())),
+            ("env", &ready_file),
             ("ready_timeout_ms", "60000"),
-            ("stop_timeout_ms", "60000"),
         ],
     )
-    .await
-    .expect("registered");
+    .await;
     let starting = {
-        let client = a.client.clone();
-        let uuid = uuid.clone();
+        let client = stubborn.a.client.clone();
+        let uuid = stubborn.uuid.clone();
         tokio::spawn(async move { client.start(&uuid).await.status })
     };
     crate::process_type::wait_for("the program to run", Duration::from_secs(5), async || {
-        crate::process_type::processes_of(&uuid).len() == 1
+        stubborn.processes().len() == 1
     })
     .await;
 
     let lost = Instant::now();
-    postgres.stop();
-    crate::process_type::wait_for(
-        "the program to be killed",
-        Duration::from_secs(4),
-        async || crate::process_type::processes_of(&uuid).is_empty(),
-    )
-    .await;
-    println!("killed {:?} after the database went away", lost.elapsed());
+    stubborn.postgres.stop();
+    stubborn.killed_within_the_lease(lost).await;
     let status = starting.await.expect("start");
     assert!(status.is_server_error(), "{status}");
-    a.stop().await;
+    stubborn.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fence_kills_every_copy_of_a_program_being_reloaded() {
     // A reload holds the program's copies while its new copy gets ready (never, here):
     // a fence must not wait for it.
-    let postgres = Postgres::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = crate::process_type::write_app(dir.path());
-    let flag = dir.path().join("ready");
-    std::fs::write(&flag, "").expect("flag");
-    let a = node_with(&postgres, "a", |config| config.failover_s = 6).await;
-    let command = format!("python3 {app} stubborn");
-    let uuid = crate::process_type::register_process(
-        &a,
+    let flag = tempfile::NamedTempFile::new().expect("flag");
+    let ready_file = format!("READY_FILE={}", flag.path().display());
+    let stubborn = Stubborn::register(
         "reloading",
         &[
-            ("command", command.as_str()),
             ("health_path", "/ready"),
-            ("env", &format!("READY_FILE={}", flag.display())),
+            ("env", &ready_file),
             ("ready_timeout_ms", "60000"),
-            ("stop_timeout_ms", "60000"),
         ],
     )
-    .await
-    .expect("registered");
-    a.start(&uuid)
+    .await;
+    stubborn
+        .a
+        .start(&stubborn.uuid)
         .await
         .expect(200, "The service has successfully started.");
-    std::fs::remove_file(&flag).expect("unflag");
+    // Copies started from now on never get ready.
+    flag.close().expect("unflag");
     let reloading = {
-        let client = a.client.clone();
-        let uuid = uuid.clone();
+        let client = stubborn.a.client.clone();
+        let uuid = stubborn.uuid.clone();
         tokio::spawn(async move {
             client
                 .admin_post(&format!("/services/{uuid}/reload"))
@@ -605,22 +593,16 @@ async fn a_fence_kills_every_copy_of_a_program_being_reloaded() {
         })
     };
     crate::process_type::wait_for("the new copy", Duration::from_secs(5), async || {
-        crate::process_type::processes_of(&uuid).len() == 2
+        stubborn.processes().len() == 2
     })
     .await;
 
     let lost = Instant::now();
-    postgres.stop();
-    crate::process_type::wait_for(
-        "every copy to be killed",
-        Duration::from_secs(4),
-        async || crate::process_type::processes_of(&uuid).is_empty(),
-    )
-    .await;
-    println!("killed {:?} after the database went away", lost.elapsed());
+    stubborn.postgres.stop();
+    stubborn.killed_within_the_lease(lost).await;
     let status = reloading.await.expect("reload");
     assert!(status.is_server_error(), "{status}");
-    a.stop().await;
+    stubborn.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
